@@ -1,0 +1,272 @@
+"""The schema of ``params.yaml``: typed, validated parameters for one experiment.
+
+``params.yaml`` is the single source of parameters — DVC reads the same file for its
+stage dependencies and ``dvc exp run -S section.key=value`` edits it — so every key used
+anywhere in galot is declared here, once, with its default, type and allowed range.
+Defaults follow the paper's Table 8 where it applies (σ = MarginSampling, ε growing
+linearly from 0 to 0.5, α = ε/5, k = 6 samples, n = 10 PGD steps, B_GAL = |L|); budgets,
+epochs and image counts are scaled to the embedded default (MNIST digits on a laptop CPU).
+
+A mistake is reported as one line naming the key and what is allowed, e.g.
+``params.yaml: al.strategy must be one of [...], got 'Margin'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from galot_core.errors import GalotError
+
+# Names as in the paper's Table 1; they are also the values accepted in params.yaml.
+AL_STRATEGIES = (
+    "RandomSampling",
+    "EntropySampling",
+    "MarginSampling",
+    "LeastConfidence",
+    "BALD",
+    "BADGE",
+    "MeanSTD",
+    "VarRatio",
+    "KMeans",
+    "CoreSet",
+    "LossPrediction",
+)
+# Differentiable acquisitions that TextOpt can maximise (σ_GAL, paper Fig. 5).
+GAL_STRATEGIES = ("RandomSampling", "EntropySampling", "MarginSampling", "LeastConfidence")
+ARCHITECTURES = ("small_cnn", "resnet18", "vgg16", "densenet121", "mobilenet_v2")
+DATASETS = ("mnist5k", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
+MODES = ("al", "gal", "al+gal")
+
+
+def _field(default: Any, *, choices: tuple | None = None, min: float | None = None,
+           max: float | None = None, min_exclusive: bool = False, help: str = "") -> Any:
+    meta = {"choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "help": help}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = _field("default", help="run folder name under runs_dir")
+    runs_dir: str = _field("runs", help="where run folders live")
+    seed: int = _field(0, min=0)
+    mode: str = _field("al+gal", choices=MODES, help="al: real labels only; gal: generated only; al+gal: GALOT")
+    cycles: int = _field(10, min=1, help="N, active-learning cycles")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _field("mnist5k", choices=DATASETS)
+    root: str = _field("data", help="dataset folder (cifar/tinyimagenet/imagefolder)")
+    download: bool = _field(False, help="allow torchvision to download CIFAR (needs network)")
+    image_size: int | None = _field(None, min=8, help="resize imagefolder images to this size")
+    class_names_file: str | None = _field(None, help="imagefolder: folder name -> class name mapping")
+    test_fraction: float = _field(0.2, min=0.0, max=0.9, min_exclusive=True)
+    on_bad_image: str = _field("skip", choices=("skip", "fail"))
+
+
+@dataclass(frozen=True)
+class ALConfig:
+    strategy: str = _field("MarginSampling", choices=AL_STRATEGIES, help="σ_AL")
+    budget_per_cycle: int = _field(20, min=1, help="B_AL, real images labelled per cycle")
+    mc_samples: int = _field(10, min=2, help="MC-dropout passes for BALD / MeanSTD")
+
+
+@dataclass(frozen=True)
+class GALConfig:
+    strategy: str = _field("MarginSampling", choices=GAL_STRATEGIES, help="σ_GAL, maximised by TextOpt")
+    template: str = _field("a realistic photo of a {label}", help="prompt template τ with {label}")
+    epsilon: float = _field(0.5, min=0.0, help="ε (final value of the schedule)")
+    epsilon_schedule: str = _field("linear", choices=("linear", "constant"),
+                                   help="linear: ε·(c-1)/(N-1) in cycle c, as linear(0, ε) in Table 8")
+    epsilon_relative: bool = _field(False, help="ε as a fraction of ||s*||₂ instead of absolute")
+    alpha_ratio: float = _field(0.2, min=0.0, min_exclusive=True, help="α = alpha_ratio·ε (Table 8: ε/5)")
+    steps: int = _field(10, min=0, help="n, PGD steps")
+    samples: int = _field(6, min=1, help="k, images per gradient estimate")
+    step_rule: str = _field("sign", choices=("sign", "l2"), help="sign: Eq. 5; l2: the authors' code")
+    estimator: str = _field("last_step", choices=("last_step", "full", "tweedie", "last_m"))
+    budget_factor: float = _field(1.0, min=0.0, help="B_GAL = budget_factor·|L| (gal mode: ·B_AL·c)")
+    accumulate: bool = _field(False, help="keep earlier cycles' synthetic images in training")
+
+
+@dataclass(frozen=True)
+class T2IConfig:
+    model: str = _field("models/galot-mini", help="diffusers folder or hub id")
+    steps: int = _field(10, min=1, help="denoising steps T")
+    guidance_scale: float = _field(3.0, min=0.0)
+    timestep_spacing: str | None = _field("trailing", choices=(None, "leading", "trailing", "linspace"))
+    dtype: str = _field("auto", choices=("auto", "fp32", "fp16", "bf16"))
+    device: str = _field("auto")
+    batch_size: int = _field(100, min=1, help="images per generation batch")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = _field("small_cnn", choices=ARCHITECTURES)
+    dropout: float = _field(0.2, min=0.0, max=0.9, help="before the last layer; MC dropout for BALD/MeanSTD")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _field(40, min=1)
+    min_steps: int = _field(300, min=0, help="at least this many SGD steps, so tiny labelled sets still train")
+    batch_size: int = _field(32, min=1)
+    lr: float = _field(0.01, min=0.0, min_exclusive=True)
+    momentum: float = _field(0.9, min=0.0, max=1.0)
+    weight_decay: float = _field(5e-4, min=0.0)
+    augment: str = _field("auto", choices=("auto", "none", "crop", "crop+flip"),
+                          help="auto: crop+flip for natural images, crop for digits")
+    device: str = _field("auto")
+    eval_batch_size: int = _field(512, min=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    al: ALConfig = field(default_factory=ALConfig)
+    gal: GALConfig = field(default_factory=GALConfig)
+    t2i: T2IConfig = field(default_factory=T2IConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.experiment.runs_dir) / self.experiment.name
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    args = typing.get_args(tp)
+    if args and type(None) in args:  # Optional[...]
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise GalotError(f"{source}: {key} must be {_type_name(tp)}, got {value!r}")
+
+
+def _check_range(value: Any, f: dataclasses.Field, key: str, source: str) -> None:
+    m = f.metadata
+    if m.get("choices") is not None and value not in m["choices"]:
+        allowed = ", ".join("null" if c is None else str(c) for c in m["choices"])
+        raise GalotError(f"{source}: {key} must be one of [{allowed}], got {value!r}")
+    if value is None or isinstance(value, (str, bool)):
+        return
+    lo, hi = m.get("min"), m.get("max")
+    if lo is not None and (value < lo or (m.get("min_exclusive") and value == lo)):
+        op = ">" if m.get("min_exclusive") else ">="
+        raise GalotError(f"{source}: {key} must be {op} {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise GalotError(f"{source}: {key} must be <= {hi}, got {value!r}")
+
+
+def _build_section(cls: type, raw: Any, section: str, source: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise GalotError(f"{source}: '{section}' must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise GalotError(
+            f"{source}: unknown key '{section}.{unknown[0]}' (allowed in '{section}': {', '.join(fields)})"
+        )
+    values = {}
+    for name, f in fields.items():
+        key = f"{section}.{name}"
+        value = _coerce(raw[name], hints[name], key, source) if name in raw else f.default
+        _check_range(value, f, key, source)
+        values[name] = value
+    return cls(**values)
+
+
+def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:
+    """Validate a parsed ``params.yaml`` and return a :class:`Config`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise GalotError(f"{source}: expected a mapping of sections at the top level")
+    hints = typing.get_type_hints(Config)
+    sections = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(raw) - sections)
+    if unknown:
+        raise GalotError(f"{source}: unknown section '{unknown[0]}' (allowed: {', '.join(sorted(sections))})")
+    cfg = Config(**{name: _build_section(hints[name], raw.get(name), name, source) for name in sections})
+    _check_consistency(cfg, source)
+    return cfg
+
+
+def _check_consistency(cfg: Config, source: str) -> None:
+    """Rules that involve more than one key."""
+    if "{label}" not in cfg.gal.template:
+        raise GalotError(f"{source}: gal.template must contain '{{label}}', got {cfg.gal.template!r}")
+    for name in ("experiment.name",):
+        value = cfg.experiment.name
+        if not value or "/" in value or "\\" in value or value in (".", "..") or "\0" in value:
+            raise GalotError(f"{source}: {name} must be a plain folder name (no '/', '..'), got {value!r}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"al.strategy=BALD"`` → (["al", "strategy"], "BALD"); values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise GalotError(f"--set {text!r}: expected section.key=value, e.g. --set al.strategy=BALD")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise GalotError(f"--set {text!r}: key must be section.key, e.g. gal.epsilon")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw or {}).items()}
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        sec = out.setdefault(section, {})
+        if not isinstance(sec, dict):
+            raise GalotError(f"--set {text!r}: '{section}' is not a section")
+        sec[key] = value
+    return out
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read, override and validate ``params.yaml``."""
+    path = Path(path)
+    raw: Any = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise GalotError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    else:
+        raise GalotError(f"{path}: file not found; pass --params PATH or create params.yaml")
+    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))

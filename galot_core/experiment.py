@@ -1,0 +1,348 @@
+"""One experiment = one run folder; one cycle = Algorithm 1, lines 5–10, as resumable steps.
+
+Each step reads what earlier steps left in the run folder and writes its own outputs
+atomically; a step whose outputs exist is skipped. So a run killed at any point
+continues where it stopped, and the orchestration layer (Prefect tasks, DVC stages) can
+call the steps one by one without passing tensors around. Layout::
+
+    runs/<name>/
+      config.json                 parameters the experiment was started with
+      pool.json                   labelled pool indices, labels, cycle bought
+      cycles/cycle_003/
+        embeddings.safetensors    s* and the TextOpt-optimised s, one row per class
+        model.safetensors         classifier trained in cycle 3
+        metrics.json              test accuracy, |L|, |G|, ε, seconds per step
+      synthetic/cycle_003/        generated images + manifest.jsonl (galot_core.synthetic)
+      metrics.json                all cycles' metrics, in order
+
+Modes (``experiment.mode``): ``al`` — real labels only (the AL baselines); ``gal`` —
+generated images only, zero labels (the paper's "Baseline GAL", text → model);
+``al+gal`` — GALOT, real labels ∪ generated images.
+
+Synthetic images do not accumulate by default (``gal.accumulate: false``): each cycle
+generates a fresh set of B_GAL = budget_factor·|L| images from the current optimised
+embeddings and trains on those, as the authors' code does; B_GAL = |L| growing with the
+labelled pool is the paper's Appendix A. With ``accumulate: true`` every earlier cycle's
+set is also used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safetensors.torch import load_file, save
+
+from galot_core import acquisition, synthetic, textopt
+from galot_core.checkpoint import load_classifier, save_classifier
+from galot_core.config import Config, config_from_dict
+from galot_core.data import Dataset, PoolState, load_dataset
+from galot_core.errors import GalotError
+from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
+from galot_core.models import Classifier, LossPredictionHead, build_model
+from galot_core.train import accuracy, fit, resolve_device
+from galot_core.transforms import Preprocess, to_uint8
+
+DEFAULT_T2I = "models/galot-mini"
+
+# Keys that may change between invocations of the same experiment without invalidating
+# what was already computed (where it runs, how fast, how long it goes on).
+_MUTABLE_KEYS = {
+    ("experiment", "cycles"), ("experiment", "runs_dir"), ("data", "root"), ("data", "download"),
+    ("train", "device"), ("train", "eval_batch_size"), ("t2i", "device"), ("t2i", "batch_size"),
+}
+
+
+def cycle_seed(seed: int, cycle: int, *parts: int) -> int:
+    """A distinct, reproducible 63-bit seed per (experiment seed, cycle, purpose, ...)."""
+    text = ":".join(str(p) for p in (seed, cycle, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+@dataclass
+class CycleMetrics:
+    cycle: int
+    labelled: int
+    generated: int
+    epsilon: float
+    test_accuracy: float
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cycle": self.cycle, "labelled": self.labelled, "generated": self.generated,
+                "epsilon": self.epsilon, "test_accuracy": self.test_accuracy, "seconds": self.seconds}
+
+
+class Experiment:
+    """A run folder and the steps that advance it."""
+
+    def __init__(self, cfg: Config, dataset: Dataset | None = None) -> None:
+        self.cfg = cfg
+        self.dir = cfg.run_dir
+        self._dataset = dataset
+
+    # ----- persistent state -------------------------------------------------------------
+    @cached_property
+    def dataset(self) -> Dataset:
+        return self._dataset if self._dataset is not None else load_dataset(self.cfg.data)
+
+    @cached_property
+    def preprocess(self) -> Preprocess:
+        d = self.dataset
+        return Preprocess(d.image_size, d.channels, d.mean, d.std)
+
+    @cached_property
+    def t2i(self):
+        """The text-to-image backend, loaded on first use (AL-only runs never load it)."""
+        from galot_core.t2i import DiffusersT2I
+
+        model = self.cfg.t2i.model
+        if model == DEFAULT_T2I and not Path(model).exists():
+            raise GalotError(f"t2i.model: {model} does not exist yet; run `galot pretrain-t2i` once (about 15 min "
+                             "on 2 CPU cores) or point t2i.model at a diffusers folder or hub id")
+        return DiffusersT2I.from_pretrained(model, device=self.cfg.t2i.device, dtype=self.cfg.t2i.dtype,
+                                            timestep_spacing=self.cfg.t2i.timestep_spacing)
+
+    @property
+    def uses_generation(self) -> bool:
+        return self.cfg.experiment.mode in ("gal", "al+gal")
+
+    def epsilon(self, cycle: int) -> float:
+        g = self.cfg.gal
+        return textopt.epsilon_for_cycle(cycle, self.cfg.experiment.cycles, g.epsilon, g.epsilon_schedule)
+
+    def gal_budget(self, cycle: int) -> int:
+        """B_GAL: budget_factor·|L| (al+gal); in gal mode the |L| an AL run would have by this cycle."""
+        labelled = (self.cfg.al.budget_per_cycle * cycle if self.cfg.experiment.mode == "gal"
+                    else len(self.pool_state().labelled))
+        return int(round(self.cfg.gal.budget_factor * labelled))
+
+    def prompts(self) -> list[str]:
+        return [self.cfg.gal.template.format(label=name) for name in self.dataset.class_names]
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.cfg.train.device)
+
+    def cycle_dir(self, cycle: int) -> Path:
+        return self.dir / "cycles" / f"cycle_{cycle:03d}"
+
+    def start(self) -> None:
+        """Create the run folder, or check that it was started with compatible parameters."""
+        path = self.dir / "config.json"
+        if path.exists():
+            _check_same_experiment(config_from_dict(read_json(path), source=str(path)), self.cfg, self.dir)
+        else:
+            atomic_write_json(path, self.cfg.to_dict())
+
+    def pool_state(self) -> PoolState:
+        return PoolState.load_or_new(self.dir / "pool.json", len(self.dataset.pool))
+
+    def completed_cycles(self) -> int:
+        c = 0
+        while (self.cycle_dir(c + 1) / "metrics.json").exists():
+            c += 1
+        return c
+
+    def load_model(self, cycle: int) -> tuple[Classifier, LossPredictionHead | None] | None:
+        path = self.cycle_dir(cycle) / "model.safetensors"
+        if cycle < 1 or not path.exists():
+            return None
+        model, head, _ = load_classifier(path)
+        return model, head
+
+    # ----- the steps of one cycle -------------------------------------------------------
+    def select(self, cycle: int) -> list[int]:
+        """Line 5: rank the unlabelled pool by σ_AL with the last cycle's classifier, label the top B_AL."""
+        state = self.pool_state()
+        already = [i for i, c in zip(state.labelled, state.cycles) if c == cycle]
+        if already or self.cfg.experiment.mode == "gal":
+            return already
+        n = self.cfg.al.budget_per_cycle
+        unlabelled = state.unlabelled_tensor()
+        if n > len(unlabelled):
+            raise GalotError(f"al.budget_per_cycle: {n} images asked in cycle {cycle} but only "
+                             f"{len(unlabelled)} remain unlabelled; lower al.budget_per_cycle or experiment.cycles")
+        previous = self.load_model(cycle - 1)
+        model, head = previous if previous else (None, None)
+        picked = acquisition.select(
+            self.cfg.al.strategy, n, model=model, images=self.dataset.pool.images,
+            unlabelled=unlabelled, labelled=state.labelled_tensor(), preprocess=self.preprocess,
+            device=self.device, batch_size=self.cfg.train.eval_batch_size, mc_samples=self.cfg.al.mc_samples,
+            generator=torch.Generator().manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 1)),
+            loss_head=head,
+        )
+        # The oracle: labels are read from the dataset (simulated annotation).
+        state.add(picked, self.dataset.pool.labels[picked], cycle)
+        state.save(self.dir / "pool.json")
+        return [int(i) for i in picked]
+
+    def optimize_embeddings(self, cycle: int) -> dict[str, float]:
+        """Lines 6–8: s* = h_τ(y) per class, then TextOpt (PGD on Eq. 2) against the last classifier."""
+        path = self.cycle_dir(cycle) / "embeddings.safetensors"
+        if path.exists():
+            return {"epsilon": float(load_file(str(path))["epsilon"].max())}
+        g, t2i = self.cfg.gal, self.t2i
+        s_star = t2i.encode(self.prompts())
+        eps = textopt.resolve_epsilon(self.epsilon(cycle), s_star, g.epsilon_relative)
+        eps_t = torch.as_tensor(eps, dtype=torch.float32).expand(len(s_star)).clone()
+        previous = self.load_model(cycle - 1)
+        calls_before = t2i.num_unet_calls
+        if previous is None or float(eps_t.max()) == 0.0 or g.steps == 0:
+            s = s_star.float().clone()  # nothing to optimise against yet, or ε = 0 (GALOT basic)
+        else:
+            model = previous[0].to(t2i.device).eval().requires_grad_(False)
+            preprocess = self.preprocess.to(t2i.device)
+            step_seeds = iter(range(g.steps))
+
+            def objective(images: torch.Tensor) -> torch.Tensor:
+                return acquisition.objective(g.strategy, model(preprocess(images)))
+
+            def grad_fn(s: torch.Tensor) -> torch.Tensor:
+                gen = torch.Generator(t2i.device).manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 3,
+                                                                         next(step_seeds)))
+                return t2i.acquisition_grad(s, objective, k=g.samples, generator=gen,
+                                            num_inference_steps=self.cfg.t2i.steps,
+                                            guidance_scale=self.cfg.t2i.guidance_scale, estimator=g.estimator,
+                                            batch_size=self.cfg.t2i.batch_size)[0]
+
+            if g.strategy == "RandomSampling":
+                grad_fn = textopt.random_direction_grad(torch.Generator().manual_seed(
+                    cycle_seed(self.cfg.experiment.seed, cycle, 4)))
+            s = textopt.optimize(s_star, grad_fn, eps_t, g.alpha_ratio * eps_t, g.steps, step=g.step_rule)
+        tensors = {"s_star": s_star.float().cpu().contiguous(), "s": s.float().cpu().contiguous(),
+                   "epsilon": eps_t.cpu().contiguous()}
+        atomic_write_bytes(path, save(tensors, metadata={"prompts": "\n".join(self.prompts())}))
+        return {"epsilon": float(eps_t.max()), "unet_calls": t2i.num_unet_calls - calls_before}
+
+    def generate(self, cycle: int) -> int:
+        """Line 9: B_GAL images from the optimised embeddings, pseudo-labelled by their class, to disk."""
+        folder = synthetic.cycle_folder(self.dir, cycle)
+        entries = synthetic.read_manifest(folder)
+        n_total = self.gal_budget(cycle)
+        if len(entries) >= n_total:
+            return len(entries)
+        t2i, tc = self.t2i, self.cfg.t2i
+        emb = load_file(str(self.cycle_dir(cycle) / "embeddings.safetensors"))
+        s, eps = emb["s"], emb["epsilon"]
+        classes = self.dataset.class_names
+        per_class = [n_total // len(classes) + (1 if c < n_total % len(classes) else 0) for c in range(len(classes))]
+        done = {e.file for e in entries}
+        todo = [(c, i) for c in range(len(classes)) for i in range(per_class[c])
+                if f"{synthetic.safe_dirname(c, classes[c])}/{i:06d}.png" not in done]
+        sched = f"{type(t2i.scheduler).__name__}({t2i.scheduler.config.get('timestep_spacing', '')})"
+        emb_hash = [synthetic.tensor_sha256(s[c]) for c in range(len(classes))]
+        prompts = self.prompts()
+        for start in range(0, len(todo), tc.batch_size):
+            batch = todo[start:start + tc.batch_size]
+            seeds = [cycle_seed(self.cfg.experiment.seed, cycle, 5, c, i) for c, i in batch]
+            noise = torch.cat([t2i.initial_noise(1, torch.Generator(t2i.device).manual_seed(sd)) for sd in seeds])
+            with torch.no_grad():
+                images = t2i.generate(s[[c for c, _ in batch]], num_inference_steps=tc.steps,
+                                      guidance_scale=tc.guidance_scale, latents=noise)
+            new = [synthetic.ManifestEntry(
+                file=f"{synthetic.safe_dirname(c, classes[c])}/{i:06d}.png", sha256="", label=c,
+                class_name=classes[c], prompt=prompts[c], cycle=cycle, epsilon=float(eps[c]),
+                embedding_sha256=emb_hash[c], seed=sd, model_id=t2i.model_id, revision=t2i.revision,
+                scheduler=sched, steps=tc.steps, guidance_scale=tc.guidance_scale) for (c, i), sd in zip(batch, seeds)]
+            pngs = [synthetic.png_bytes(img) for img in to_uint8(images.cpu())]
+            for entry, data in zip(new, pngs):
+                atomic_write_bytes(folder / entry.file, data)
+            entries += [synthetic.ManifestEntry(**{**e.__dict__, "sha256": hashlib.sha256(d).hexdigest()})
+                        for e, d in zip(new, pngs)]
+            entries.sort(key=lambda e: e.file)
+            synthetic.write_manifest(folder, entries)
+        return len(entries)
+
+    def synthetic_folders(self, cycle: int) -> list[Path]:
+        if not self.uses_generation:
+            return []
+        cycles = range(1, cycle + 1) if self.cfg.gal.accumulate else [cycle]
+        return [synthetic.cycle_folder(self.dir, c) for c in cycles]
+
+    def training_set(self, cycle: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real labelled images ∪ the cycle's generated images (Algorithm 1, line 10)."""
+        state = self.pool_state()
+        idx = state.labelled_tensor()
+        d = self.dataset
+        gen_x, gen_y = synthetic.load_synthetic(self.synthetic_folders(cycle), d.image_size, d.channels)
+        return torch.cat([d.pool.images[idx], gen_x]), torch.cat([state.labels_tensor(), gen_y])
+
+    def train(self, cycle: int) -> dict[str, float]:
+        """Line 10: train a fresh classifier on everything labelled (and generated) so far."""
+        path = self.cycle_dir(cycle) / "model.safetensors"
+        info_path = self.cycle_dir(cycle) / "train.json"
+        if path.exists() and info_path.exists():
+            return read_json(info_path)
+        images, labels = self.training_set(cycle)
+        cfg, d = self.cfg, self.dataset
+        seed = cycle_seed(cfg.experiment.seed, cycle, 2)
+        torch.manual_seed(seed)
+        model = build_model(cfg.model.arch, d.channels, d.num_classes, cfg.model.dropout)
+        head = LossPredictionHead(model.feature_dim) if cfg.al.strategy == "LossPrediction" else None
+        result = fit(model, images, labels, self.preprocess, cfg.train, natural=d.natural, seed=seed,
+                     loss_head=head, progress=True)
+        save_classifier(model, path, arch=cfg.model.arch, in_channels=d.channels, loss_head=head)
+        info = {"train_images": len(images), "steps": result.steps, "epochs": result.epochs,
+                "final_loss": result.final_loss, "seconds": result.seconds}
+        atomic_write_json(info_path, info)
+        return info
+
+    def evaluate(self, cycle: int, seconds: dict[str, float]) -> CycleMetrics:
+        """Test accuracy of the cycle's classifier; writing the metrics marks the cycle complete."""
+        model, _ = self.load_model(cycle)  # type: ignore[misc]
+        test = self.dataset.test
+        acc = accuracy(model, test.images, test.labels, self.preprocess, device=self.device,
+                       batch_size=self.cfg.train.eval_batch_size)
+        generated = sum(len(synthetic.read_manifest(f)) for f in self.synthetic_folders(cycle))
+        metrics = CycleMetrics(cycle=cycle, labelled=len(self.pool_state().labelled), generated=generated,
+                               epsilon=self.epsilon(cycle) if self.uses_generation else 0.0,
+                               test_accuracy=acc, seconds=seconds)
+        atomic_write_json(self.cycle_dir(cycle) / "metrics.json", metrics.to_dict())
+        atomic_write_json(self.dir / "metrics.json", self.all_metrics())
+        return metrics
+
+    def all_metrics(self) -> list[dict[str, Any]]:
+        return [read_json(self.cycle_dir(c) / "metrics.json") for c in range(1, self.completed_cycles() + 1)]
+
+    # ----- driving ----------------------------------------------------------------------
+    def run_cycle(self, cycle: int | None = None) -> CycleMetrics:
+        """Advance the experiment by one cycle (the next incomplete one by default)."""
+        self.start()
+        cycle = cycle or self.completed_cycles() + 1
+        if cycle > self.cfg.experiment.cycles:
+            raise GalotError(f"experiment.cycles: all {self.cfg.experiment.cycles} cycles of "
+                             f"'{self.cfg.experiment.name}' are complete; raise experiment.cycles to go on")
+        seconds: dict[str, float] = {}
+        steps = [("select", self.select)]
+        if self.uses_generation:
+            steps += [("textopt", self.optimize_embeddings), ("generate", self.generate)]
+        steps.append(("train", self.train))
+        for name, step in steps:
+            t = time.perf_counter()
+            step(cycle)
+            seconds[name] = round(time.perf_counter() - t, 3)
+        return self.evaluate(cycle, seconds)
+
+    def run(self) -> list[dict[str, Any]]:
+        self.start()
+        while self.completed_cycles() < self.cfg.experiment.cycles:
+            self.run_cycle()
+        return self.all_metrics()
+
+
+def _check_same_experiment(old: Config, new: Config, run_dir: Path) -> None:
+    a, b = old.to_dict(), new.to_dict()
+    for section in a:
+        for key in a[section]:
+            if (section, key) not in _MUTABLE_KEYS and a[section][key] != b[section][key]:
+                raise GalotError(
+                    f"{section}.{key}: experiment '{new.experiment.name}' in {run_dir} was started with "
+                    f"{a[section][key]!r}, now {b[section][key]!r}; use a new experiment.name or delete the run folder"
+                )

@@ -1,0 +1,135 @@
+"""The synthetic dataset on disk: viewable PNGs plus a manifest that records their provenance.
+
+Layout, one folder per cycle so a cycle's set can be versioned, reused and deleted alone::
+
+    <run>/synthetic/cycle_003/
+        manifest.jsonl            one JSON line per image (see ManifestEntry)
+        03_three/000000.png ...   PNGs at the generator's resolution, grouped by class
+
+The manifest is the source of truth: an image counts only once its manifest line exists,
+and the manifest is rewritten atomically after every image batch is fully on disk, so a
+crash can leave a stray PNG but never a manifest line for a missing or partial file.
+Each line stores the image's SHA-256, so ``galot verify`` can detect any change.
+Images are stored at the generator's size (512 px for Stable Diffusion) so one set serves
+classifiers of any input size; :func:`load_synthetic` resizes them once, on load, to the
+dataset's size with the same antialiased resize the classifier's preprocessing uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from galot_core.errors import GalotError
+from galot_core.io import atomic_write_bytes, atomic_write_text
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    file: str                # relative to the cycle folder
+    sha256: str
+    label: int               # pseudo-label = the prompted class
+    class_name: str
+    prompt: str
+    cycle: int
+    epsilon: float
+    embedding_sha256: str    # hash of the (optimised) text embedding the image came from
+    seed: int
+    model_id: str
+    revision: str
+    scheduler: str
+    steps: int
+    guidance_scale: float
+
+
+def safe_dirname(index: int, class_name: str, max_len: int = 48) -> str:
+    """A folder name for a class that cannot escape the output folder (no '/', '..', NUL, absurd length)."""
+    text = unicodedata.normalize("NFKD", class_name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:max_len] or "class"
+    return f"{index:03d}_{slug}"
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().float().numpy().tobytes()).hexdigest()
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """One uint8 image (C, H, W) → PNG bytes (deterministic: no timestamps in PNG)."""
+    arr = image.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode="L" if arr.shape[2] == 1 else "RGB")
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def cycle_folder(run_dir: str | Path, cycle: int) -> Path:
+    return Path(run_dir) / "synthetic" / f"cycle_{cycle:03d}"
+
+
+def read_manifest(folder: str | Path) -> list[ManifestEntry]:
+    path = Path(folder) / "manifest.jsonl"
+    if not path.exists():
+        return []
+    try:
+        return [ManifestEntry(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    except (ValueError, TypeError) as e:
+        raise GalotError(f"{path}: manifest is corrupt ({e.__class__.__name__}); delete the cycle folder to "
+                         "regenerate it") from None
+
+
+def write_manifest(folder: str | Path, entries: list[ManifestEntry]) -> None:
+    atomic_write_text(Path(folder) / "manifest.jsonl", "".join(json.dumps(asdict(e)) + "\n" for e in entries))
+
+
+def write_images(folder: str | Path, images: torch.Tensor, entries: list[ManifestEntry]) -> None:
+    """Write uint8 images (N, C, H, W) atomically, each under its entry's file name."""
+    folder = Path(folder)
+    for image, entry in zip(images, entries):
+        atomic_write_bytes(folder / entry.file, png_bytes(image))
+
+
+def decode_png(path: Path) -> torch.Tensor:
+    with Image.open(path) as im:
+        im.load()
+        arr = torch.from_numpy(np.asarray(im).copy())
+    return arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
+
+
+def load_synthetic(folders: list[Path], size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All manifest-listed images of ``folders`` as uint8 (N, channels, size, size) and their pseudo-labels."""
+    from galot_core.transforms import Preprocess
+
+    to_size = Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels)
+    images, labels = [], []
+    for folder in folders:
+        for e in read_manifest(folder):
+            x = to_size(decode_png(folder / e.file).unsqueeze(0))
+            images.append((x.clamp(0, 1) * 255).round().to(torch.uint8))
+            labels.append(e.label)
+    if not images:
+        return torch.zeros((0, channels, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+
+def save_grid(images: torch.Tensor, nrow: int, path: str | Path, scale: int = 2) -> None:
+    """uint8 images (N, C, H, W) as one PNG grid, ``nrow`` images per row, upscaled for viewing."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=128)
+    if scale > 1:
+        grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    atomic_write_bytes(path, png_bytes(grid[:images.shape[1]] if images.shape[1] == 1 else grid))

@@ -1,0 +1,43 @@
+"""Shared test fixtures. Everything runs offline on the CPU with tiny models."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    from galot_core.data.mnist5k import load_mnist5k
+
+    return load_mnist5k()
+
+
+@pytest.fixture(scope="session")
+def tiny_digits(mnist5k):
+    """A 10-class digit task small enough to train in a second: 300-image pool, 200 test images."""
+    from galot_core.data.base import Dataset
+
+    def take(s, per_class):
+        idx = torch.cat([torch.nonzero(s.labels == c).flatten()[:per_class] for c in range(10)])
+        return s.subset(torch.sort(idx).values)
+
+    return Dataset(name="tiny_digits", pool=take(mnist5k.pool, 30), test=take(mnist5k.test, 20),
+                   class_names=list(mnist5k.class_names), natural=False, mean=mnist5k.mean, std=mnist5k.std)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory):
+    """A tiny random Stable Diffusion pipeline saved as a diffusers folder (built offline from configs)."""
+    from tests.tiny_sd import tiny_sd_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd") / "pipe"
+    tiny_sd_pipeline(scheduler="ddim").save_pretrained(str(folder))
+    return folder
