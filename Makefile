@@ -16,7 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -e ".[dev]"
 	touch $@
 
-run: setup
+# The embedded text-to-image model is pretrained once (about 15 min on 2 CPU cores).
+models/galot-mini/model_index.json: | setup
+	$(VENV)/bin/galot pretrain-t2i
+
+run: setup models/galot-mini/model_index.json
 	$(VENV)/bin/galot run
 
 test: setup

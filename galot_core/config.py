@@ -89,7 +89,10 @@ class GALConfig:
     steps: int = _field(10, min=0, help="n, PGD steps")
     samples: int = _field(6, min=1, help="k, images per gradient estimate")
     step_rule: str = _field("sign", choices=("sign", "l2"), help="sign: Eq. 5; l2: the authors' code")
-    estimator: str = _field("last_step", choices=("last_step", "full", "tweedie", "last_m"))
+    estimator: str = _field("last_step", choices=("last_step", "full", "tweedie", "last_m"),
+                            help="gradient through the last step (Prop. 1), all steps, or one x0 prediction")
+    momentum: float = _field(0.0, min=0.0, max=0.99, help="heavy-ball momentum across PGD steps (0 = paper)")
+    common_noise: bool = _field(False, help="same k noise samples at every PGD step (common random numbers)")
     budget_factor: float = _field(1.0, min=0.0, help="B_GAL = budget_factor·|L| (gal mode: ·B_AL·c)")
     accumulate: bool = _field(False, help="keep earlier cycles' synthetic images in training")
 

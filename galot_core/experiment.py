@@ -205,8 +205,10 @@ class Experiment:
                 return acquisition.objective(g.strategy, model(preprocess(images)))
 
             def grad_fn(s: torch.Tensor) -> torch.Tensor:
-                gen = torch.Generator(t2i.device).manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 3,
-                                                                         next(step_seeds)))
+                # Fresh noise per PGD step estimates Eq. 5's expectation; common noise optimises
+                # a fixed sample average, which has less variance between steps.
+                step = 0 if g.common_noise else next(step_seeds)
+                gen = torch.Generator(t2i.device).manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 3, step))
                 return t2i.acquisition_grad(s, objective, k=g.samples, generator=gen,
                                             num_inference_steps=self.cfg.t2i.steps,
                                             guidance_scale=self.cfg.t2i.guidance_scale, estimator=g.estimator,
@@ -215,7 +217,8 @@ class Experiment:
             if g.strategy == "RandomSampling":
                 grad_fn = textopt.random_direction_grad(torch.Generator().manual_seed(
                     cycle_seed(self.cfg.experiment.seed, cycle, 4)))
-            s = textopt.optimize(s_star, grad_fn, eps_t, g.alpha_ratio * eps_t, g.steps, step=g.step_rule)
+            s = textopt.optimize(s_star, grad_fn, eps_t, g.alpha_ratio * eps_t, g.steps, step=g.step_rule,
+                                 momentum=g.momentum)
         tensors = {"s_star": s_star.float().cpu().contiguous(), "s": s.float().cpu().contiguous(),
                    "epsilon": eps_t.cpu().contiguous()}
         atomic_write_bytes(path, save(tensors, metadata={"prompts": "\n".join(self.prompts())}))
@@ -339,7 +342,9 @@ class Experiment:
 
 def _check_same_experiment(old: Config, new: Config, run_dir: Path) -> None:
     a, b = old.to_dict(), new.to_dict()
-    for section in a:
+    # Generation parameters cannot have influenced an experiment that never generates.
+    ignored = {"gal", "t2i"} if old.experiment.mode == new.experiment.mode == "al" else set()
+    for section in a.keys() - ignored:
         for key in a[section]:
             if (section, key) not in _MUTABLE_KEYS and a[section][key] != b[section][key]:
                 raise GalotError(

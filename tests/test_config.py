@@ -11,12 +11,17 @@ def write(tmp_path, data):
     return p
 
 
-def test_repo_params_yaml_is_valid_and_follows_table8():
-    cfg = load_config("params.yaml")
+def test_defaults_follow_table8():
+    cfg = Config()
     assert cfg.al.strategy == "MarginSampling" and cfg.gal.strategy == "MarginSampling"
     assert cfg.gal.samples == 6 and cfg.gal.steps == 10 and cfg.gal.alpha_ratio == pytest.approx(0.2)
-    assert cfg.gal.epsilon == 0.5 and cfg.gal.epsilon_schedule == "linear"
-    assert cfg.gal.template == "a realistic photo of a {label}"
+    assert cfg.gal.epsilon == 0.5 and cfg.gal.epsilon_schedule == "linear" and not cfg.gal.epsilon_relative
+    assert cfg.gal.template == "a realistic photo of a {label}" and cfg.gal.budget_factor == 1.0
+
+
+def test_repo_params_yaml_is_valid():
+    cfg = load_config("params.yaml")
+    assert cfg.experiment.mode == "al+gal" and cfg.data.dataset == "mnist5k"
 
 
 def test_defaults_equal_empty_file(tmp_path):

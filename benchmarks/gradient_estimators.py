@@ -1,0 +1,383 @@
+"""How well do the cheap gradient estimators track GALOT's expected acquisition gradient?
+
+    python benchmarks/gradient_estimators.py    # writes benchmarks/results/gradient_estimators.json
+                                                # and docs/gradient_estimators.md
+
+GALOT (paper Sec. 3.3, Eq. 5) ascends grad_s E_{x0 ~ p(x0|s)} sigma(x0, f_theta); Proposition 1
+replaces backprop through the whole sampler by the last denoising step. ``DiffusersT2I.acquisition_grad``
+offers four Monte-Carlo estimators of that gradient ("last_step", "last_m", "tweedie", "full"),
+each averaging over ``k`` samples. For the prompt "a realistic photo of a {label}", galot-mini,
+DDIM (trailing) and the margin acquisition of a *weak* classifier (20 real labels, as in
+benchmarks/t2i_quality.py; a saturated judge gives near-zero gradients), this script measures
+
+1. for every estimator and k: cosine to ``full`` with the same k on the SAME noise (common
+   random numbers: how close to exact backprop is the estimator), cosine to a reference
+   expected gradient (mean of ``full`` over ``k_ref`` samples on independent noise: how close to
+   what Eq. 5 asks for), and cost (seconds and UNet calls per call);
+   plus the Monte-Carlo noise floor: cosine between two ``full`` estimates on different noise;
+2. variance reduction: cosine to the reference against k (and seconds) for the cheapest good
+   estimator, and whether "more samples with a cheaper estimator" beats "full with k = 6" at
+   equal seconds.
+
+All numbers in the report are computed here; the conclusions are derived from them by fixed rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from galot_core import acquisition  # noqa: E402
+from galot_core.config import TrainConfig  # noqa: E402
+from galot_core.data.mnist5k import load_mnist5k  # noqa: E402
+from galot_core.judge import preprocess_for  # noqa: E402
+from galot_core.models import build_model  # noqa: E402
+from galot_core.t2i import DiffusersT2I  # noqa: E402
+from galot_core.train import fit  # noqa: E402
+
+TEMPLATE = "a realistic photo of a {label}"
+ESTIMATORS = ("last_step", "last_m", "tweedie", "full")
+REF_SEED = 10_000_000  # reference noise seeds start here: disjoint from every estimate's seed
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine between two gradients of one embedding (flattened); nan if either is zero."""
+    a, b = a.flatten().double(), b.flatten().double()
+    denom = a.norm() * b.norm()
+    return float(a @ b / denom) if denom > 0 else float("nan")
+
+
+def mean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def std(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    if len(xs) < 2:
+        return float("nan")
+    mu = sum(xs) / len(xs)
+    return (sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+
+
+def estimate_seed(seed_index: int, k: int) -> int:
+    """Generator seed of one estimate: the same for every estimator (common random numbers),
+    different across seed indices and k."""
+    return 1000 * (seed_index + 1) + k
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(ROOT / "models/galot-mini"))
+    ap.add_argument("--classes", type=int, nargs="+", default=[0, 3, 7], help="class indices (prompts)")
+    ap.add_argument("--steps", type=int, default=10, help="DDIM inference steps")
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--m", type=int, default=2, help="window of the last_m estimator")
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 6, 24])
+    ap.add_argument("--seeds", type=int, default=2, help="noise seeds per (estimator, k); >= 2 gives the noise floor")
+    ap.add_argument("--k-ref", type=int, default=96, help="samples of full in the reference (split in two halves)")
+    ap.add_argument("--ref-batch", type=int, default=24, help="samples per UNet batch for the reference")
+    ap.add_argument("--sweep-ks", type=int, nargs="+", default=[48, 96],
+                    help="extra k for the chosen cheap estimator (part 2), beyond --ks")
+    ap.add_argument("--weak-labels-per-class", type=int, default=2)
+    ap.add_argument("--weak-min-steps", type=int, default=300, help="SGD steps of the weak classifier")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gradient_estimators.json"))
+    ap.add_argument("--doc", default=str(ROOT / "docs/gradient_estimators.md"))
+    args = ap.parse_args()
+    if args.seeds < 1 or args.k_ref < 2 or 6 not in args.ks:
+        ap.error("need --seeds >= 1, --k-ref >= 2 and 6 in --ks (the k = 6 full baseline)")
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)  # noqa: E731
+
+    # ---- the model, the prompts, the weak classifier whose acquisition is maximised
+    d = load_mnist5k()
+    t2i = DiffusersT2I.from_pretrained(args.model, device="cpu", dtype="fp32")
+    names = [d.class_names[c] for c in args.classes]
+    s = t2i.encode([TEMPLATE.format(label=n) for n in names])  # (C, L, D): all classes in one call
+    torch.manual_seed(0)
+    weak = build_model("small_cnn", d.channels, d.num_classes)
+    idx = torch.cat([torch.nonzero(d.pool.labels == c).flatten()[: args.weak_labels_per_class]
+                     for c in range(d.num_classes)])
+    pre = preprocess_for(d)
+    fit(weak, d.pool.images[idx], d.pool.labels[idx], pre,
+        TrainConfig(device="cpu", min_steps=args.weak_min_steps), natural=d.natural, seed=0)
+    weak.eval().requires_grad_(False)
+    log(f"weak classifier trained on {len(idx)} real labels")
+
+    def objective(images: torch.Tensor) -> torch.Tensor:
+        return acquisition.objective("MarginSampling", weak(pre(images)))
+
+    windows = {e: t2i._gradient_window(e, args.steps, args.m, None) for e in ESTIMATORS}
+
+    def run(estimator: str, k: int, seed: int, batch_size: int | None = None) -> dict:
+        calls0 = t2i.num_unet_calls
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        grad, values = t2i.acquisition_grad(
+            s, objective, k=k, generator=torch.Generator().manual_seed(seed), num_inference_steps=args.steps,
+            guidance_scale=args.guidance, estimator=estimator, m=args.m, batch_size=batch_size)
+        return {"grad": grad, "objective": values.tolist(), "seconds": time.perf_counter() - wall0,
+                "cpu_seconds": time.process_time() - cpu0, "unet_calls": t2i.num_unet_calls - calls0}
+
+    run("full", 1, 0)  # warm-up (allocator, autograd), untimed
+    log("warm-up done")
+
+    # ---- reference: mean of full over k_ref samples, two halves on independent noise
+    half = args.k_ref // 2
+    halves = [run("full", half, REF_SEED + h, batch_size=args.ref_batch) for h in range(2)]
+    ref = (halves[0]["grad"] + halves[1]["grad"]) / 2
+    split_half = [cosine(halves[0]["grad"][c], halves[1]["grad"][c]) for c in range(len(names))]
+    log(f"reference: k_ref={2 * half}, split-half cosine per class {[round(x, 3) for x in split_half]}")
+
+    # ---- part 1: every estimator x k x seed, same noise across estimators
+    ks = sorted(set(args.ks))
+    raw: dict[str, dict[int, list[dict]]] = {e: {k: [] for k in ks} for e in ESTIMATORS}
+    for seed_index in range(args.seeds):
+        for k in ks:
+            for e in ESTIMATORS:
+                raw[e][k].append(run(e, k, estimate_seed(seed_index, k)))
+            log(f"seed {seed_index} k={k}: " + ", ".join(
+                f"{e} {raw[e][k][-1]['seconds']:.1f}s" for e in ESTIMATORS))
+
+    def summarise(e: str, k: int, runs: list[dict], full_runs: list[dict] | None) -> dict:
+        per_class = lambda fn: [[fn(r, c) for c in range(len(names))] for r in runs]  # noqa: E731
+        to_ref = per_class(lambda r, c: cosine(r["grad"][c], ref[c]))
+        row = {
+            "estimator": e, "k": k, "n_estimates": len(runs),
+            "cos_to_ref_per_seed_class": to_ref,
+            "cos_to_ref": mean([x for xs in to_ref for x in xs]),
+            "cos_to_ref_std": std([x for xs in to_ref for x in xs]),
+            "seconds": mean([r["seconds"] for r in runs]),
+            "cpu_seconds": mean([r["cpu_seconds"] for r in runs]),
+            "unet_calls": mean([r["unet_calls"] for r in runs]),
+            "grad_norm": mean([float(r["grad"][c].norm()) for r in runs for c in range(len(names))]),
+            "objective": mean([v for r in runs for v in r["objective"]]),
+        }
+        if full_runs is not None:
+            same = [[cosine(r["grad"][c], f["grad"][c]) for c in range(len(names))]
+                    for r, f in zip(runs, full_runs)]
+            row["cos_to_full_same_noise_per_seed_class"] = same
+            row["cos_to_full_same_noise"] = mean([x for xs in same for x in xs])
+        return row
+
+    table = [summarise(e, k, raw[e][k], raw["full"][k]) for e in ESTIMATORS for k in ks]
+    noise_floor = {}
+    if args.seeds >= 2:
+        for k in ks:
+            pairs = [cosine(raw["full"][k][a]["grad"][c], raw["full"][k][b]["grad"][c])
+                     for a in range(args.seeds) for b in range(a + 1, args.seeds) for c in range(len(names))]
+            noise_floor[k] = {"cos_full_vs_full_other_noise": mean(pairs), "pairs": pairs}
+
+    # ---- choose the cheapest good estimator by a fixed rule (from part-1 numbers only)
+    k_top = max(ks)
+    by = {(r["estimator"], r["k"]): r for r in table}
+    full_top = by[("full", k_top)]["cos_to_ref"]
+    cheap = [e for e in ESTIMATORS if e != "full"]
+    good = [e for e in cheap if by[(e, k_top)]["cos_to_ref"] >= 0.8 * full_top]
+    if good:
+        chosen = min(good, key=lambda e: by[(e, k_top)]["seconds"])
+        rule = (f"cheapest (seconds at k = {k_top}) among the estimators whose cosine to the reference at "
+                f"k = {k_top} is at least 0.8 x that of full")
+    else:
+        chosen = max(cheap, key=lambda e: by[(e, k_top)]["cos_to_ref"])
+        rule = (f"no cheap estimator reached 0.8 x full's cosine to the reference at k = {k_top}; "
+                "taking the one with the highest cosine")
+    log(f"chosen for the k sweep: {chosen} ({rule})")
+
+    # ---- part 2: the chosen estimator at larger k (seed 0 only), plus its equal-time k vs full k=6
+    t_full6 = by[("full", 6)]["seconds"]
+    # Seconds per call ~ a + b k (fit on part-1 times): the k the chosen estimator can afford in t_full6.
+    xs_k = [k for k in ks for _ in raw[chosen][k]]
+    ys_t = [r["seconds"] for k in ks for r in raw[chosen][k]]
+    kbar, tbar = mean(xs_k), mean(ys_t)
+    slope = sum((x - kbar) * (y - tbar) for x, y in zip(xs_k, ys_t)) / max(1e-9, sum((x - kbar) ** 2 for x in xs_k))
+    intercept = tbar - slope * kbar
+    k_equal = max(1, int((t_full6 - intercept) / slope)) if slope > 0 else max(ks)
+    sweep_ks = sorted(set(args.sweep_ks + [k_equal]) - set(ks))
+    sweep_runs = {k: raw[chosen][k][:1] for k in ks}
+    for k in sweep_ks:
+        sweep_runs[k] = [run(chosen, k, estimate_seed(0, k), batch_size=args.ref_batch if k > 48 else None)]
+        log(f"sweep {chosen} k={k}: {sweep_runs[k][0]['seconds']:.1f}s")
+    sweep = [summarise(chosen, k, sweep_runs[k], None) for k in sorted(sweep_runs)]
+    full_curve = [summarise("full", k, raw["full"][k][:1], None) for k in ks]
+    equal = next(r for r in sweep if r["k"] == k_equal)
+    full6_seed0 = next(r for r in full_curve if r["k"] == 6)
+
+    # ---- ceiling: how well can anything agree with a reference that is itself a k_ref-sample mean
+    # Spearman-Brown: the split-half cosine rho of two k_ref/2 means predicts reliability
+    # 2 rho / (1 + rho) of the k_ref mean; an unbiased noise-free gradient would have cosine
+    # ~ sqrt(that) to the reference (isotropic-noise approximation).
+    rho = mean(split_half)
+    ceiling = math.sqrt(max(0.0, 2 * rho / (1 + rho))) if rho > -1 else float("nan")
+
+    strip = lambda r: {k: v for k, v in r.items() if k != "grad"}  # noqa: E731
+    result = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "args": vars(args), "template": TEMPLATE, "class_names": names,
+        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+                    "cpu_count": os.cpu_count()},
+        "scheduler": {"class": type(t2i.scheduler).__name__,
+                      "timestep_spacing": t2i.scheduler.config.timestep_spacing,
+                      "timesteps": [int(t) for t in t2i.scheduler.timesteps]},
+        "gradient_windows": {e: {"grad_from_step": w[0], "tweedie_at_step": w[1], "scale": w[2],
+                                 "differentiated_unet_calls": (w[1] if w[1] is not None else args.steps - 1) - w[0] + 1}
+                             for e, w in windows.items()},
+        "weak_classifier": {"labels": len(idx), "min_steps": args.weak_min_steps},
+        "reference": {"k_ref": 2 * half, "split_half_cosine_per_class": split_half, "split_half_cosine": rho,
+                      "ceiling_cosine": ceiling, "seconds": sum(h["seconds"] for h in halves),
+                      "grad_norm_per_class": [float(ref[c].norm()) for c in range(len(names))]},
+        "table": table,
+        "noise_floor": noise_floor,
+        "chosen": {"estimator": chosen, "rule": rule},
+        "sweep": sweep, "full_curve_seed0": full_curve,
+        "equal_time": {"full_k6_seconds": t_full6, "time_fit_intercept": intercept, "time_fit_slope": slope,
+                       "k_equal": k_equal, "chosen_cos_to_ref": equal["cos_to_ref"], "chosen_seconds": equal["seconds"],
+                       "full_k6_cos_to_ref_all_seeds": by[("full", 6)]["cos_to_ref"],
+                       "full_k6_cos_to_ref_seed0": full6_seed0["cos_to_ref"]},
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    del strip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_report(result, Path(args.doc))
+    log(f"wrote {args.out} and {args.doc}")
+
+
+def f3(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def conclusions(r: dict) -> list[str]:
+    """Plain statements derived from the numbers by fixed rules."""
+    out = []
+    table = r["table"]
+    ks = sorted({row["k"] for row in table})
+    by = {(row["estimator"], row["k"]): row for row in table}
+    k_top = ks[-1]
+    # 1. best cosine to the reference per second (each estimator at its best k among part-1 runs).
+    eff = {row["estimator"] + f" k={row['k']}": row["cos_to_ref"] / row["seconds"] for row in table
+           if row["cos_to_ref"] > 0}
+    if eff:
+        best = max(eff, key=eff.get)
+        out.append(f"Best cosine to the reference per second of compute: **{best}** "
+                   f"({eff[best]:.3f} per s; full k=6: {by[('full', 6)]['cos_to_ref'] / by[('full', 6)]['seconds']:.3f} per s).")
+    # 2. closeness to exact backprop on the same noise at k = 6.
+    same6 = {e: by[(e, 6)]["cos_to_full_same_noise"] for e in ESTIMATORS if e != "full"}
+    best_same = max(same6, key=same6.get)
+    out.append(f"On the same noise (k = 6), the estimator closest to exact backprop is **{best_same}** "
+               f"(cosine {same6[best_same]:.3f}; " + ", ".join(f"{e} {v:.3f}" for e, v in same6.items()) + ").")
+    # 3. noise floor vs estimator error.
+    nf = r["noise_floor"].get("6", r["noise_floor"].get(6))
+    if nf is not None:
+        worst = min(same6.values())
+        verdict = ("smaller than" if nf["cos_full_vs_full_other_noise"] < worst else "comparable to or larger than")
+        out.append(f"Monte-Carlo noise: two full k = 6 estimates on different noise agree only to cosine "
+                   f"{nf['cos_full_vs_full_other_noise']:.3f}, {verdict} the agreement of the weakest cheap "
+                   f"estimator with full on the same noise ({worst:.3f}): at k = 6 the sampling noise, not the "
+                   "estimator's approximation, dominates the error of the gradient." if nf["cos_full_vs_full_other_noise"] < worst
+                   else f"Monte-Carlo noise: two full k = 6 estimates on different noise agree to cosine "
+                   f"{nf['cos_full_vs_full_other_noise']:.3f}, not below the weakest cheap estimator's agreement with "
+                   f"full on the same noise ({worst:.3f}).")
+    # 4. k helps?
+    for e in ESTIMATORS:
+        lo, hi = by[(e, ks[0])]["cos_to_ref"], by[(e, k_top)]["cos_to_ref"]
+        if e == "full":
+            out.append(f"full: cosine to the reference {lo:.3f} at k = {ks[0]} -> {hi:.3f} at k = {k_top} "
+                       f"({by[(e, ks[0])]['seconds']:.1f} s -> {by[(e, k_top)]['seconds']:.1f} s per call).")
+    # 5. equal time.
+    eq = r["equal_time"]
+    ch = r["chosen"]["estimator"]
+    better = eq["chosen_cos_to_ref"] > eq["full_k6_cos_to_ref_seed0"]
+    out.append(f"Equal seconds: in the time of full k = 6 ({eq['full_k6_seconds']:.1f} s) {ch} affords k = {eq['k_equal']} "
+               f"({eq['chosen_seconds']:.1f} s measured), with cosine to the reference {eq['chosen_cos_to_ref']:.3f} vs "
+               f"{eq['full_k6_cos_to_ref_seed0']:.3f} for full k = 6 on the same seed: "
+               + (f"**more samples with {ch} beat full k = 6**." if better else f"**full k = 6 is still better**."))
+    sweep = r["sweep"]
+    top = max(sweep, key=lambda x: x["k"])
+    out.append(f"{ch} at k = {top['k']} ({top['seconds']:.1f} s) reaches cosine {top['cos_to_ref']:.3f} to the reference; "
+               f"full at k = {k_top} ({by[('full', k_top)]['seconds']:.1f} s) reaches {by[('full', k_top)]['cos_to_ref']:.3f}. "
+               f"The reference itself (k_ref = {r['reference']['k_ref']}) has split-half cosine "
+               f"{r['reference']['split_half_cosine']:.3f}, so no estimator can be expected to exceed about "
+               f"{r['reference']['ceiling_cosine']:.3f}.")
+    return out
+
+
+def write_report(r: dict, path: Path) -> None:
+    a = r["args"]
+    ks = sorted({row["k"] for row in r["table"]})
+    windows = r["gradient_windows"]
+    lines = [
+        "# Gradient estimators for GALOT's Eq. 5",
+        "",
+        f"Generated by `{r['command']}` (writes `benchmarks/results/gradient_estimators.json`); do not edit by hand. "
+        f"Total runtime {r['total_seconds'] / 60:.1f} min on {r['machine']['cpu_count']} CPU cores "
+        f"({r['machine']['torch_threads']} torch threads; other jobs shared the machine, so seconds are noisy).",
+        "",
+        f"Setup: galot-mini, prompts \"{r['template']}\" for {', '.join(r['class_names'])} (all classes in one call), "
+        f"{a['steps']} DDIM steps ({r['scheduler']['timestep_spacing']} spacing, timesteps "
+        f"{r['scheduler']['timesteps']}), guidance {a['guidance']}, objective = margin acquisition of a weak "
+        f"small CNN trained on {r['weak_classifier']['labels']} real labels. Estimators "
+        "(`DiffusersT2I.acquisition_grad`): "
+        + "; ".join(f"`{e}` differentiates {w['differentiated_unet_calls']} UNet call(s) from step {w['grad_from_step']}"
+                    for e, w in windows.items()) + f" (last_m: m = {a['m']}).",
+        "",
+        f"Reference = mean of `full` over k_ref = {r['reference']['k_ref']} samples on independent noise, "
+        f"computed as two halves: split-half cosine {f3(r['reference']['split_half_cosine'])} "
+        f"(per class {', '.join(f3(x) for x in r['reference']['split_half_cosine_per_class'])}), so even a "
+        f"noise-free unbiased gradient would have cosine ≈ {f3(r['reference']['ceiling_cosine'])} to it "
+        "(Spearman–Brown, isotropic-noise approximation). Cosines are per class, then averaged over "
+        f"{len(r['class_names'])} classes × {a['seeds']} noise seeds.",
+        "",
+        "## 1. Estimators × k",
+        "",
+        "Seconds and UNet calls are per call (all classes × k samples; a guided [uncond, cond] batch is one call).",
+        "",
+        "| estimator | k | cos to full, same noise | cos to reference (± sd) | seconds | CPU s | UNet calls | mean margin |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["table"]:
+        lines.append(f"| {row['estimator']} | {row['k']} | {f3(row.get('cos_to_full_same_noise'))} | "
+                     f"{f3(row['cos_to_ref'])} ± {f3(row['cos_to_ref_std'])} | {row['seconds']:.2f} | "
+                     f"{row['cpu_seconds']:.2f} | {row['unet_calls']:.0f} | {row['objective']:.3f} |")
+    if r["noise_floor"]:
+        lines += ["", "Monte-Carlo noise floor: cosine between two `full` estimates on different noise "
+                  "(same k, all seed pairs × classes):", "",
+                  "| k | cos(full, full') |", "|---:|---:|"]
+        for k in ks:
+            nf = r["noise_floor"].get(str(k), r["noise_floor"].get(k))
+            lines.append(f"| {k} | {f3(nf['cos_full_vs_full_other_noise'])} |")
+    ch = r["chosen"]
+    lines += ["", "## 2. Variance reduction: more samples of a cheap estimator", "",
+              f"Chosen estimator: **{ch['estimator']}** — {ch['rule']}. Noise seed 0 only; `full` on seed 0 for "
+              "comparison.", "",
+              "| estimator | k | cos to reference | seconds | UNet calls |", "|---|---:|---:|---:|---:|"]
+    for row in r["sweep"]:
+        lines.append(f"| {row['estimator']} | {row['k']} | {f3(row['cos_to_ref'])} | {row['seconds']:.2f} | "
+                     f"{row['unet_calls']:.0f} |")
+    for row in r["full_curve_seed0"]:
+        lines.append(f"| full | {row['k']} | {f3(row['cos_to_ref'])} | {row['seconds']:.2f} | {row['unet_calls']:.0f} |")
+    eq = r["equal_time"]
+    lines += ["", f"Equal time: seconds per call of {ch['estimator']} ≈ {eq['time_fit_intercept']:.2f} + "
+              f"{eq['time_fit_slope']:.3f}·k (fit on part 1), so in full k = 6's {eq['full_k6_seconds']:.2f} s it "
+              f"affords k = {eq['k_equal']}.", "", "## Conclusion (derived by the script)", ""]
+    lines += [f"- {c}" for c in conclusions(r)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
