@@ -196,6 +196,7 @@ class Experiment:
         calls_before = t2i.num_unet_calls
         if previous is None or float(eps_t.max()) == 0.0 or g.steps == 0:
             s = s_star.float().clone()  # nothing to optimise against yet, or ε = 0 (GALOT basic)
+            eps_t = torch.zeros_like(eps_t)
         else:
             model = previous[0].to(t2i.device).eval().requires_grad_(False)
             preprocess = self.preprocess.to(t2i.device)
@@ -263,6 +264,11 @@ class Experiment:
             synthetic.write_manifest(folder, entries)
         return len(entries)
 
+    def effective_epsilon(self, cycle: int) -> float:
+        """The ε TextOpt actually used (0 when there was no classifier yet to optimise against)."""
+        path = self.cycle_dir(cycle) / "embeddings.safetensors"
+        return float(load_file(str(path))["epsilon"].max()) if path.exists() else 0.0
+
     def synthetic_folders(self, cycle: int) -> list[Path]:
         if not self.uses_generation:
             return []
@@ -305,7 +311,7 @@ class Experiment:
                        batch_size=self.cfg.train.eval_batch_size)
         generated = sum(len(synthetic.read_manifest(f)) for f in self.synthetic_folders(cycle))
         metrics = CycleMetrics(cycle=cycle, labelled=len(self.pool_state().labelled), generated=generated,
-                               epsilon=self.epsilon(cycle) if self.uses_generation else 0.0,
+                               epsilon=self.effective_epsilon(cycle),
                                test_accuracy=acc, seconds=seconds)
         atomic_write_json(self.cycle_dir(cycle) / "metrics.json", metrics.to_dict())
         atomic_write_json(self.dir / "metrics.json", self.all_metrics())
