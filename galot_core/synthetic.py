@@ -90,13 +90,6 @@ def write_manifest(folder: str | Path, entries: list[ManifestEntry]) -> None:
     atomic_write_text(Path(folder) / "manifest.jsonl", "".join(json.dumps(asdict(e)) + "\n" for e in entries))
 
 
-def write_images(folder: str | Path, images: torch.Tensor, entries: list[ManifestEntry]) -> None:
-    """Write uint8 images (N, C, H, W) atomically, each under its entry's file name."""
-    folder = Path(folder)
-    for image, entry in zip(images, entries):
-        atomic_write_bytes(folder / entry.file, png_bytes(image))
-
-
 def decode_png(path: Path) -> torch.Tensor:
     with Image.open(path) as im:
         im.load()
@@ -118,11 +111,6 @@ def load_synthetic(folders: list[Path], size: int, channels: int) -> tuple[torch
     if not images:
         return torch.zeros((0, channels, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
     return torch.cat(images), torch.tensor(labels, dtype=torch.int64)
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 
 def save_grid(images: torch.Tensor, nrow: int, path: str | Path, scale: int = 2) -> None:
