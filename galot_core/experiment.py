@@ -187,7 +187,7 @@ class Experiment:
         """Lines 6–8: s* = h_τ(y) per class, then TextOpt (PGD on Eq. 2) against the last classifier."""
         path = self.cycle_dir(cycle) / "embeddings.safetensors"
         if path.exists():
-            return {"epsilon": float(load_file(str(path))["epsilon"].max())}
+            return {"epsilon": self.effective_epsilon(cycle)}
         g, t2i = self.cfg.gal, self.t2i
         s_star = t2i.encode(self.prompts())
         eps = textopt.resolve_epsilon(self.epsilon(cycle), s_star, g.epsilon_relative)
