@@ -8,9 +8,11 @@ A mistake in them, or in a dataset or model path, prints one line and exits with
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from galot_core.errors import GalotError
@@ -30,52 +32,144 @@ def _config(args: argparse.Namespace):
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Accuracy by cycle as a fixed-width text table."""
-    header = f"{'cycle':>5}  {'|L|':>6}  {'|G|':>6}  {'eps':>6}  {'test acc':>8}"
+    judged = any(r.get("judged_accuracy") is not None for r in rows)
+    header = f"{'cycle':>5}  {'|L|':>6}  {'|G|':>6}  {'eps':>6}  {'test acc':>8}" + ("  judged" if judged else "")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['cycle']:>5}  {r['labelled']:>6}  {r['generated']:>6}  {r['epsilon']:>6.3f}  "
-                     f"{r['test_accuracy']:>8.4f}")
+        line = (f"{r['cycle']:>5}  {r['labelled']:>6}  {r['generated']:>6}  {r['epsilon']:>6.3f}  "
+                f"{r['test_accuracy']:>8.4f}")
+        if judged:
+            line += f"  {r['judged_accuracy']:>6.3f}" if r.get("judged_accuracy") is not None else "       –"
+        lines.append(line)
     return "\n".join(lines)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from galot_core.experiment import Experiment
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """--set overrides plus the ones --baseline implies (the AL-only comparison run)."""
+    overrides = list(args.overrides)
+    if getattr(args, "baseline", None):
+        from galot_core.config import AL_STRATEGIES
+        from galot_core.experiment import baseline_config
 
-    cfg = _config(args)
+        if args.baseline not in AL_STRATEGIES:
+            raise GalotError(f"--baseline: unknown strategy {args.baseline!r}; use one of {', '.join(AL_STRATEGIES)}")
+        b = baseline_config(_config(args), args.baseline)
+        overrides += [f"experiment.runs_dir={b.experiment.runs_dir}", f"experiment.name={b.experiment.name}",
+                      "experiment.mode=al", f"al.strategy={args.baseline}"]
+    return overrides
+
+
+def _prepare_run(args: argparse.Namespace, overrides: list[str]):
+    """Validate everything cheap to check before Prefect starts, so mistakes are one line."""
+    from galot_core.config import load_config
+    from galot_core.experiment import Experiment, replace_if_changed
+
+    cfg = load_config(args.params, overrides)
+    if args.restart_if_changed:
+        moved = replace_if_changed(cfg)
+        if moved:
+            print(f"galot: parameters changed; moved the old run folder to {moved} and starting afresh", flush=True)
     exp = Experiment(cfg)
+    exp.start()
+    exp.dataset  # noqa: B018  (load now: a bad dataset path fails here, with one line)
+    if exp.uses_generation and exp.completed_cycles() < cfg.experiment.cycles:
+        exp.t2i  # noqa: B018
+    return cfg, exp
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.galot import galot_run
+
+    overrides = _run_overrides(args)
+    cfg, exp = _prepare_run(args, overrides)
     print(f"galot: experiment '{cfg.experiment.name}' ({cfg.experiment.mode}, {cfg.data.dataset}, "
-          f"{cfg.experiment.cycles} cycles) in {exp.dir}", flush=True)
-    rows = exp.run()
+          f"{cfg.experiment.cycles} cycles, {exp.completed_cycles()} done) in {exp.dir}", flush=True)
+    rows = galot_run(str(Path(args.params).resolve()), overrides)
     print(format_table(rows))
     return 0
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    from galot_core.experiment import Experiment
+    from flows.galot import galot_cycle
 
-    exp = Experiment(_config(args))
-    m = exp.run_cycle()
+    overrides = _run_overrides(args)
+    cfg, exp = _prepare_run(args, overrides)
+    if exp.completed_cycles() >= cfg.experiment.cycles:
+        raise GalotError(f"experiment.cycles: all {cfg.experiment.cycles} cycles of '{cfg.experiment.name}' are "
+                         "complete; raise experiment.cycles to go on")
+    m = galot_cycle(str(Path(args.params).resolve()), overrides)
     print(format_table(exp.all_metrics()))
-    print(f"galot: cycle {m.cycle} complete, test accuracy {m.test_accuracy:.4f}")
+    print(f"galot: cycle {m['cycle']} complete, test accuracy {m['test_accuracy']:.4f}")
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from flows.galot import galot_transfer
+    from galot_core.export import read_index
+
+    cfg = _config(args)
+    read_index(cfg.run_dir / "dataset")  # one clear line if the experiment has not exported anything yet
+    results = galot_transfer(str(Path(args.params).resolve()), list(args.overrides), args.arch or None)
+    print(f"{'arch':<14}  {'real':>5}  {'gen':>5}  {'test acc':>8}  {'seconds':>7}  unet calls")
+    for r in results:
+        print(f"{r['arch']:<14}  {r['real']:>5}  {r['generated']:>5}  {r['test_accuracy']:>8.4f}  "
+              f"{r['seconds']:>7.0f}  {r['unet_calls']}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from galot_core.prepare import prepare
+
+    cfg = _config(args)
+    info = prepare(cfg, Path(args.out))
+    judge = info.get("judge")
+    print(f"galot: {info['dataset']}: {len(info['class_names'])} classes, pool {info['pool']}, test {info['test']}"
+          + (f"; judge {judge['path']} (test accuracy {judge['test_accuracy']:.4f})" if judge else "")
+          + f" -> {args.out}")
     return 0
 
 
 def cmd_pretrain_t2i(args: argparse.Namespace) -> int:
     from galot_core.data import load_dataset
-    from galot_core.t2i.embedded import PretrainConfig, pretrain
+    from galot_core.t2i.embedded import pretrain, pretrained_with
 
     cfg = _config(args)
+    out = Path(args.out or cfg.pretrain.out)
+    if args.out is None and cfg.t2i.model != cfg.pretrain.out:
+        from galot_core.io import atomic_write_json
+
+        atomic_write_json(out / "galot_pretrain.json", {"skipped": f"t2i.model is {cfg.t2i.model!r}, not the "
+                                                                   f"embedded model at {cfg.pretrain.out!r}"})
+        print(f"galot: t2i.model is {cfg.t2i.model}; nothing to pretrain (the embedded model is only for offline use)")
+        return 0
+    if pretrained_with(out, cfg.pretrain):
+        print(f"galot: {out} is already pretrained with these pretrain.* parameters; nothing to do")
+        return 0
     dataset = load_dataset(cfg.data)
     if dataset.t2i_train is None:
         raise GalotError(f"data.dataset: '{cfg.data.dataset}' has no split reserved for pretraining the embedded "
                          "model; pretrain-t2i works with mnist5k, other datasets use Stable Diffusion (t2i.model)")
-    out = args.out or cfg.t2i.model
-    pcfg = PretrainConfig(unet_steps=args.unet_steps) if args.unet_steps else PretrainConfig()
     print(f"galot: pretraining galot-mini on {len(dataset.t2i_train)} {cfg.data.dataset} images "
           f"(disjoint from pool and test) -> {out}", flush=True)
-    info = pretrain(dataset.t2i_train.images, dataset.t2i_train.labels, dataset.class_names, out, pcfg)
+    info = pretrain(dataset.t2i_train.images, dataset.t2i_train.labels, dataset.class_names, out, cfg.pretrain)
     print(f"galot: saved {out} after {info['total_seconds'] / 60:.1f} min "
           f"(vae {info['vae_seconds'] / 60:.1f}, unet {info['unet_seconds'] / 60:.1f})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve
+
+    serve(args.params, list(args.overrides))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from galot_core.report import write_report
+
+    path, table = write_report(_config(args))
+    print(table)
+    print(f"galot: report written to {path}")
     return 0
 
 
@@ -88,23 +182,58 @@ def build_parser() -> argparse.ArgumentParser:
     commands: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
         ("run", "run all cycles of the experiment in params.yaml (resumes where it stopped)", cmd_run),
         ("cycle", "advance the experiment by one cycle", cmd_cycle),
+        ("transfer", "train other architectures on the experiment's cached real + synthetic data (no generation)",
+         cmd_transfer),
+        ("prepare", "check the dataset and train the judge classifier that scores pseudo-labels", cmd_prepare),
+        ("pretrain-t2i", "train the embedded text-to-image model galot-mini (about 15 min on 2 CPU cores)",
+         cmd_pretrain_t2i),
+        ("serve", "serve the galot/cycle, galot-run/run and galot-transfer/transfer Prefect deployments", cmd_serve),
+        ("report", "write runs/<name>/report/report.md with the accuracy plot, baselines and sample grids",
+         cmd_report),
     ]
-    commands.append(("pretrain-t2i", "train the embedded text-to-image model galot-mini (about 20 min on 2 CPU cores)",
-                     cmd_pretrain_t2i))
     parsers = {}
     for name, help_text, fn in commands:
         p = parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
         p.set_defaults(fn=fn)
-    parsers["pretrain-t2i"].add_argument("--out", help="output folder (default: t2i.model)")
-    parsers["pretrain-t2i"].add_argument("--unet-steps", type=int, help="UNet training steps (default 1500)")
+    for name in ("run", "cycle"):
+        parsers[name].add_argument("--baseline", metavar="STRATEGY",
+                                   help="run the AL-only baseline with the same budgets instead "
+                                        "(in <runs_dir>/<name>-baselines/STRATEGY)")
+        parsers[name].add_argument("--restart-if-changed", action="store_true",
+                                   help="if the run folder was started with other parameters, move it to "
+                                        "runs/.replaced/ and start afresh (what dvc repro does) instead of failing")
+    parsers["transfer"].add_argument("--arch", action="append", default=[], metavar="ARCH",
+                                     help="architecture to train (repeatable; default: transfer.archs)")
+    parsers["prepare"].add_argument("--out", default="runs/prepared.json", help="summary file to write")
+    parsers["pretrain-t2i"].add_argument("--out", help="output folder (default: pretrain.out)")
     return parser
+
+
+def _install_log_filter() -> None:
+    """Prefect logs a failed task's exception with its traceback. For a GalotError — a mistake
+    in the inputs, already explained in one line — keep the message and drop the traceback.
+    Done in the record factory because Prefect (re)configures its handlers at run time."""
+    make = logging.getLogRecordFactory()
+
+    def factory(name, level, fn, lno, msg, args, exc_info, func=None, sinfo=None, **kwargs):
+        if exc_info and isinstance(exc_info, tuple) and isinstance(exc_info[1], GalotError):
+            exc_info = None
+        return make(name, level, fn, lno, msg, args, exc_info, func, sinfo, **kwargs)
+
+    logging.setLogRecordFactory(factory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Prefect's ephemeral server migrates a fresh database on first start (seen > 20 s on 2 cores).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # No telemetry from an offline tool (and its first write races with migrations on a new database).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("run", "cycle", "transfer", "serve"):
+            _install_log_filter()
         return args.fn(args)
     except GalotError as e:
         print(f"galot: error: {e}", file=sys.stderr)

@@ -57,6 +57,8 @@ class ExperimentConfig:
     seed: int = _field(0, min=0)
     mode: str = _field("al+gal", choices=MODES, help="al: real labels only; gal: generated only; al+gal: GALOT")
     cycles: int = _field(10, min=1, help="N, active-learning cycles")
+    judge: str | None = _field(None, help="fully-supervised classifier (safetensors) that judges pseudo-labels; "
+                                          "written by `galot prepare`, skipped when the file is absent")
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,51 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining of the embedded galot-mini model (``galot pretrain-t2i``, DVC stage ``pretrain_t2i``)."""
+
+    out: str = _field("models/galot-mini", help="where the diffusers folder is written")
+    vae_steps: int = _field(450, min=1)
+    vae_batch: int = _field(64, min=1)
+    vae_lr: float = _field(2e-3, min=0.0, min_exclusive=True)
+    kl_weight: float = _field(1e-6, min=0.0)
+    unet_steps: int = _field(1500, min=1)
+    unet_batch: int = _field(128, min=1)
+    unet_lr: float = _field(1e-3, min=0.0, min_exclusive=True)
+    warmup: int = _field(100, min=1)
+    ema: float = _field(0.998, min=0.0, max=1.0)
+    uncond_prob: float = _field(0.1, min=0.0, max=1.0, help="caption dropout for classifier-free guidance")
+    seed: int = _field(0, min=0)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Other architectures trained on a finished experiment's data (paper Table 2), no generation."""
+
+    archs: tuple[str, ...] = _field(("vgg16", "densenet121", "mobilenet_v2"), choices=ARCHITECTURES)
+    epochs: int = _field(40, min=1)
+    min_steps: int = _field(300, min=0)
+    lr: float = _field(0.01, min=0.0, min_exclusive=True)
+    seed: int = _field(0, min=0)
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """AL-only runs with the same budgets, for comparison (DVC stage ``baselines``, ``galot report``)."""
+
+    strategies: tuple[str, ...] = _field(("RandomSampling", "EntropySampling", "MarginSampling"),
+                                         choices=AL_STRATEGIES)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow; the tracking URI comes from ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``)."""
+
+    mlflow: bool = _field(True, help="log params, per-cycle metrics, models and grids to MLflow")
+    experiment: str = _field("galot", help="MLflow experiment name")
+
+
+@dataclass(frozen=True)
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -137,9 +184,18 @@ class Config:
     t2i: T2IConfig = field(default_factory=T2IConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for section in d.values():  # tuples → lists, so the dict is plain JSON / YAML
+            for k, v in section.items():
+                if isinstance(v, tuple):
+                    section[k] = list(v)
+        return d
 
     @property
     def run_dir(self) -> Path:
@@ -152,6 +208,11 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:  # tuple[str, ...]: a YAML list (or one bare value)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            raise GalotError(f"{source}: {key} must list at least one value")
+        return tuple(_coerce(v, args[0], key, source) for v in items)
     if args and type(None) in args:  # Optional[...]
         if value is None:
             return None
@@ -173,6 +234,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def _check_range(value: Any, f: dataclasses.Field, key: str, source: str) -> None:
     m = f.metadata
+    if isinstance(value, tuple):
+        for v in value:
+            _check_range(v, f, key, source)
+        return
     if m.get("choices") is not None and value not in m["choices"]:
         allowed = ", ".join("null" if c is None else str(c) for c in m["choices"])
         raise GalotError(f"{source}: {key} must be one of [{allowed}], got {value!r}")

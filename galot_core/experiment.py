@@ -37,14 +37,17 @@ from typing import Any
 
 import torch
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save
+from tqdm.auto import tqdm
 
-from galot_core import acquisition, synthetic, textopt
+from galot_core import acquisition, export, synthetic, textopt
 from galot_core.checkpoint import load_classifier, save_classifier
 from galot_core.config import Config, config_from_dict
 from galot_core.data import Dataset, PoolState, load_dataset
 from galot_core.errors import GalotError
-from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
+from galot_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from galot_core.judge import judged_accuracy
 from galot_core.models import Classifier, LossPredictionHead, build_model
 from galot_core.train import accuracy, fit, resolve_device
 from galot_core.transforms import Preprocess, to_uint8
@@ -56,7 +59,11 @@ DEFAULT_T2I = "models/galot-mini"
 _MUTABLE_KEYS = {
     ("experiment", "cycles"), ("experiment", "runs_dir"), ("data", "root"), ("data", "download"),
     ("train", "device"), ("train", "eval_batch_size"), ("t2i", "device"), ("t2i", "batch_size"),
+    ("experiment", "judge"),
 }
+# Sections that describe other stages (pretraining, transfer, baselines) or where results
+# are mirrored (tracking); they never change what an experiment computes.
+_UNRELATED_SECTIONS = {"pretrain", "transfer", "baselines", "tracking"}
 
 
 def cycle_seed(seed: int, cycle: int, *parts: int) -> int:
@@ -73,10 +80,18 @@ class CycleMetrics:
     epsilon: float
     test_accuracy: float
     seconds: dict[str, float]
+    judged_accuracy: float | None = None   # pseudo-labels the judge agrees with (None: no judge/images)
+    unet_calls: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"cycle": self.cycle, "labelled": self.labelled, "generated": self.generated,
-                "epsilon": self.epsilon, "test_accuracy": self.test_accuracy, "seconds": self.seconds}
+                "epsilon": self.epsilon, "test_accuracy": self.test_accuracy, "seconds": self.seconds,
+                "judged_accuracy": self.judged_accuracy, "unet_calls": self.unet_calls or {}}
+
+
+# accuracy.csv: "budget" is the real-label budget the cycle stands for (cycle × B_AL), the x
+# axis of the paper's curves — equal to "labelled" except in GAL-only runs, which have none.
+CSV_COLUMNS = ("cycle", "budget", "labelled", "generated", "epsilon", "test_accuracy", "judged_accuracy")
 
 
 class Experiment:
@@ -135,6 +150,12 @@ class Experiment:
 
     def start(self) -> None:
         """Create the run folder, or check that it was started with compatible parameters."""
+        if self.cfg.experiment.mode != "gal":
+            need = self.cfg.al.budget_per_cycle * self.cfg.experiment.cycles
+            if need > len(self.dataset.pool):
+                raise GalotError(f"al.budget_per_cycle: {self.cfg.experiment.cycles} cycles × "
+                                 f"{self.cfg.al.budget_per_cycle} = {need} labels, but the pool has only "
+                                 f"{len(self.dataset.pool)} images; lower al.budget_per_cycle or experiment.cycles")
         path = self.dir / "config.json"
         if path.exists():
             _check_same_experiment(config_from_dict(read_json(path), source=str(path)), self.cfg, self.dir)
@@ -222,8 +243,9 @@ class Experiment:
                                  momentum=g.momentum)
         tensors = {"s_star": s_star.float().cpu().contiguous(), "s": s.float().cpu().contiguous(),
                    "epsilon": eps_t.cpu().contiguous()}
-        atomic_write_bytes(path, save(tensors, metadata={"prompts": "\n".join(self.prompts())}))
-        return {"epsilon": float(eps_t.max()), "unet_calls": t2i.num_unet_calls - calls_before}
+        calls = t2i.num_unet_calls - calls_before
+        atomic_write_bytes(path, save(tensors, metadata={"prompts": "\n".join(self.prompts()), "unet_calls": str(calls)}))
+        return {"epsilon": float(eps_t.max()), "unet_calls": calls}
 
     def generate(self, cycle: int) -> int:
         """Line 9: B_GAL images from the optimised embeddings, pseudo-labelled by their class, to disk."""
@@ -243,8 +265,12 @@ class Experiment:
         sched = f"{type(t2i.scheduler).__name__}({t2i.scheduler.config.get('timestep_spacing', '')})"
         emb_hash = [synthetic.tensor_sha256(s[c]) for c in range(len(classes))]
         prompts = self.prompts()
-        for start in range(0, len(todo), tc.batch_size):
+        calls_path = self.cycle_dir(cycle) / "generate_unet_calls.json"
+        calls = read_json(calls_path)["unet_calls"] if calls_path.exists() else 0
+        for start in tqdm(range(0, len(todo), tc.batch_size), desc=f"generate cycle {cycle}", unit="batch",
+                          disable=len(todo) <= tc.batch_size):
             batch = todo[start:start + tc.batch_size]
+            calls_before = t2i.num_unet_calls
             seeds = [cycle_seed(self.cfg.experiment.seed, cycle, 5, c, i) for c, i in batch]
             noise = torch.cat([t2i.initial_noise(1, torch.Generator(t2i.device).manual_seed(sd)) for sd in seeds])
             with torch.no_grad():
@@ -262,7 +288,64 @@ class Experiment:
                         for e, d in zip(new, pngs)]
             entries.sort(key=lambda e: e.file)
             synthetic.write_manifest(folder, entries)
+            calls += t2i.num_unet_calls - calls_before
+            atomic_write_json(calls_path, {"unet_calls": calls})
         return len(entries)
+
+    def unet_calls(self, cycle: int) -> dict[str, int]:
+        """UNet forward passes the cycle spent, by step (a CFG pair counts once), across resumes."""
+        out = {}
+        emb = self.cycle_dir(cycle) / "embeddings.safetensors"
+        if emb.exists():
+            with safe_open(str(emb), "pt") as f:
+                out["textopt"] = int((f.metadata() or {}).get("unet_calls", 0))
+        gen = self.cycle_dir(cycle) / "generate_unet_calls.json"
+        if gen.exists():
+            out["generate"] = int(read_json(gen)["unet_calls"])
+        return out
+
+    @cached_property
+    def judge(self) -> Classifier | None:
+        path = self.cfg.experiment.judge
+        return load_classifier(path)[0] if path and Path(path).exists() else None
+
+    def judged_accuracy(self, cycle: int) -> float | None:
+        """Share of the cycle's generated images the judge puts in their prompted class (paper §4.4)."""
+        folder = synthetic.cycle_folder(self.dir, cycle)
+        if self.judge is None or not self.uses_generation or not synthetic.read_manifest(folder):
+            return None
+        d = self.dataset
+        images, labels = synthetic.load_synthetic([folder], d.image_size, d.channels)
+        return judged_accuracy(self.judge, images, labels, d)
+
+    def sample_grid(self, cycle: int, per_class: int = 8) -> Path | None:
+        """A PNG of what the cycle added: generated images (a row per class), else the real batch bought."""
+        path = self.cycle_dir(cycle) / "grid.png"
+        if path.exists():
+            return path
+        d = self.dataset
+        entries = synthetic.read_manifest(synthetic.cycle_folder(self.dir, cycle)) if self.uses_generation else []
+        if entries:
+            rows = [[e for e in entries if e.label == c][:per_class] for c in range(d.num_classes)]
+            picked = [e for row in rows for e in row]
+            folder = synthetic.cycle_folder(self.dir, cycle)
+            images, _ = synthetic.load_synthetic_entries(folder, picked, d.image_size, d.channels)
+            nrow = max(len(r) for r in rows)
+            if any(len(r) != nrow for r in rows):
+                nrow = min(len(picked), 16)
+        else:
+            state = self.pool_state()
+            idx = [i for i, c in zip(state.labelled, state.cycles) if c == cycle]
+            if not idx:
+                return None
+            images, nrow = d.pool.images[torch.tensor(idx)], min(len(idx), 16)
+        synthetic.save_grid(images, nrow, path)
+        return path
+
+    def export(self, cycle: int) -> Path:
+        """Pack the data the cycle's classifier trained on for DVC and other architectures (galot_core.export)."""
+        return export.export_dataset(self.dir, self.dataset, list(range(1, cycle + 1)), self.cfg.gal.accumulate,
+                                     self.cfg.to_dict()["data"])
 
     def effective_epsilon(self, cycle: int) -> float:
         """The ε TextOpt actually used (0 when there was no classifier yet to optimise against)."""
@@ -311,11 +394,30 @@ class Experiment:
                        batch_size=self.cfg.train.eval_batch_size)
         generated = sum(len(synthetic.read_manifest(f)) for f in self.synthetic_folders(cycle))
         metrics = CycleMetrics(cycle=cycle, labelled=len(self.pool_state().labelled), generated=generated,
-                               epsilon=self.effective_epsilon(cycle),
-                               test_accuracy=acc, seconds=seconds)
+                               epsilon=self.effective_epsilon(cycle), test_accuracy=acc, seconds=seconds,
+                               judged_accuracy=self.judged_accuracy(cycle), unet_calls=self.unet_calls(cycle))
         atomic_write_json(self.cycle_dir(cycle) / "metrics.json", metrics.to_dict())
-        atomic_write_json(self.dir / "metrics.json", self.all_metrics())
+        self.write_summary()
         return metrics
+
+    def write_summary(self) -> None:
+        """Run-level files: all metrics (JSON), accuracy by cycle (CSV, a DVC plot), a summary
+        (DVC metrics) and a copy of the newest classifier — the experiment's deliverables."""
+        rows = self.all_metrics()
+        atomic_write_json(self.dir / "metrics.json", rows)
+        b = self.cfg.al.budget_per_cycle
+        lines = [",".join(CSV_COLUMNS)] + [",".join("" if v is None else str(v) for v in
+                                                    ({**r, "budget": r["cycle"] * b}.get(k) for k in CSV_COLUMNS))
+                                           for r in rows]
+        atomic_write_text(self.dir / "accuracy.csv", "\n".join(lines) + "\n")
+        if not rows:
+            return
+        accs = [r["test_accuracy"] for r in rows]
+        atomic_write_json(self.dir / "summary.json", {
+            "cycles": len(rows), "labelled": rows[-1]["labelled"], "generated": rows[-1]["generated"],
+            "final_test_accuracy": accs[-1], "mean_test_accuracy": sum(accs) / len(accs)})
+        atomic_write_bytes(self.dir / "classifier.safetensors",
+                           (self.cycle_dir(len(rows)) / "model.safetensors").read_bytes())
 
     def all_metrics(self) -> list[dict[str, Any]]:
         return [read_json(self.cycle_dir(c) / "metrics.json") for c in range(1, self.completed_cycles() + 1)]
@@ -332,7 +434,7 @@ class Experiment:
         steps = [("select", self.select)]
         if self.uses_generation:
             steps += [("textopt", self.optimize_embeddings), ("generate", self.generate)]
-        steps.append(("train", self.train))
+        steps += [("train", self.train), ("export", self.export)]
         for name, step in steps:
             t = time.perf_counter()
             step(cycle)
@@ -346,10 +448,46 @@ class Experiment:
         return self.all_metrics()
 
 
+def replace_if_changed(cfg: Config) -> Path | None:
+    """Move aside a run folder started with incompatible parameters, so ``cfg`` starts afresh.
+
+    For pipelines (``dvc repro``, ``dvc exp run -S``) where a changed parameter means a new
+    result, not a mistake. Nothing is deleted: the old folder goes to
+    ``<runs_dir>/.replaced/<name>-<UTC time>``; its labels may have cost money.
+    """
+    path = cfg.run_dir / "config.json"
+    if not path.exists():
+        return None
+    try:
+        _check_same_experiment(config_from_dict(read_json(path), source=str(path)), cfg, cfg.run_dir)
+        return None
+    except GalotError:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = Path(cfg.experiment.runs_dir) / ".replaced" / f"{cfg.experiment.name}-{stamp}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        cfg.run_dir.rename(dest)
+        return dest
+
+
+def baselines_dir(cfg: Config) -> Path:
+    """Where an experiment's AL baselines live: ``<runs_dir>/<name>-baselines/<strategy>/``."""
+    return Path(cfg.experiment.runs_dir) / f"{cfg.experiment.name}-baselines"
+
+
+def baseline_config(cfg: Config, strategy: str) -> Config:
+    """The AL-only run that GALOT is compared with: same data, budgets, model and training."""
+    d = cfg.to_dict()
+    d["experiment"].update(runs_dir=str(baselines_dir(cfg)), name=strategy, mode="al")
+    d["al"]["strategy"] = strategy
+    return config_from_dict(d)
+
+
 def _check_same_experiment(old: Config, new: Config, run_dir: Path) -> None:
     a, b = old.to_dict(), new.to_dict()
     # Generation parameters cannot have influenced an experiment that never generates.
-    ignored = {"gal", "t2i"} if old.experiment.mode == new.experiment.mode == "al" else set()
+    ignored = set(_UNRELATED_SECTIONS)
+    if old.experiment.mode == new.experiment.mode == "al":
+        ignored |= {"gal", "t2i"}
     for section in a.keys() - ignored:
         for key in a[section]:
             if (section, key) not in _MUTABLE_KEYS and a[section][key] != b[section][key]:

@@ -90,27 +90,40 @@ def write_manifest(folder: str | Path, entries: list[ManifestEntry]) -> None:
     atomic_write_text(Path(folder) / "manifest.jsonl", "".join(json.dumps(asdict(e)) + "\n" for e in entries))
 
 
-def decode_png(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
+def decode_png(source: Path | bytes) -> torch.Tensor:
+    """A PNG file or its bytes → uint8 (C, H, W)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
         im.load()
         arr = torch.from_numpy(np.asarray(im).copy())
     return arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
 
 
-def load_synthetic(folders: list[Path], size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All manifest-listed images of ``folders`` as uint8 (N, channels, size, size) and their pseudo-labels."""
+def decode_entries(items: list[tuple[ManifestEntry, bytes]], size: int,
+                   channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entry, PNG bytes) pairs → uint8 (N, channels, size, size) and pseudo-labels.
+
+    Resized once here, with the same antialiased resize the classifier's preprocessing
+    uses, so training never decodes or resizes a PNG again.
+    """
     from galot_core.transforms import Preprocess
 
     to_size = Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels)
-    images, labels = [], []
-    for folder in folders:
-        for e in read_manifest(folder):
-            x = to_size(decode_png(folder / e.file).unsqueeze(0))
-            images.append((x.clamp(0, 1) * 255).round().to(torch.uint8))
-            labels.append(e.label)
+    images = [(to_size(decode_png(data).unsqueeze(0)).clamp(0, 1) * 255).round().to(torch.uint8)
+              for _, data in items]
     if not images:
         return torch.zeros((0, channels, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    return torch.cat(images), torch.tensor(labels, dtype=torch.int64)
+    return torch.cat(images), torch.tensor([e.label for e, _ in items], dtype=torch.int64)
+
+
+def load_synthetic_entries(folder: Path, entries: list[ManifestEntry], size: int,
+                           channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return decode_entries([(e, (folder / e.file).read_bytes()) for e in entries], size, channels)
+
+
+def load_synthetic(folders: list[Path], size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All manifest-listed images of ``folders`` as uint8 (N, channels, size, size) and their pseudo-labels."""
+    return decode_entries([(e, (folder / e.file).read_bytes()) for folder in folders for e in read_manifest(folder)],
+                          size, channels)
 
 
 def save_grid(images: torch.Tensor, nrow: int, path: str | Path, scale: int = 2) -> None:

@@ -41,3 +41,28 @@ def tiny_sd_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-sd") / "pipe"
     tiny_sd_pipeline(scheduler="ddim").save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_services(tmp_path_factory):
+    """MLflow and Prefect state of the test session live in a temp folder, never in the repo or ~.
+
+    One SQLite MLflow database for the whole session (each new database pays MLflow's
+    migrations); Prefect gets a temporary PREFECT_HOME. Subprocesses inherit both.
+    """
+    root = tmp_path_factory.mktemp("services")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["PREFECT_HOME"] = str(root / "prefect-home")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    yield root
+
+
+@pytest.fixture(scope="session")
+def prefect_api(isolated_services):
+    """A temporary Prefect API (SQLite) for in-process flow runs; its URL, for subprocesses."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()

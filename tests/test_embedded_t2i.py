@@ -3,7 +3,8 @@
 import torch
 
 from galot_core.t2i import DiffusersT2I
-from galot_core.t2i.embedded import MAX_TOKENS, TEMPLATES, PretrainConfig, captions_for, pretrain
+from galot_core.config import PretrainConfig
+from galot_core.t2i.embedded import MAX_TOKENS, TEMPLATES, captions_for, pretrain
 
 
 def test_paper_template_is_not_a_pretraining_caption():

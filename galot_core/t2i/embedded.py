@@ -27,13 +27,14 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from galot_core.config import PretrainConfig
 from galot_core.errors import GalotError
 
 IMAGE_SIZE = 32
@@ -117,21 +118,6 @@ def build_scheduler():
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                          clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing",
                          prediction_type="epsilon")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    vae_steps: int = 450
-    vae_batch: int = 64
-    vae_lr: float = 2e-3
-    kl_weight: float = 1e-6
-    unet_steps: int = 1500
-    unet_batch: int = 128
-    unet_lr: float = 1e-3
-    warmup: int = 100
-    ema: float = 0.998
-    uncond_prob: float = 0.1
-    seed: int = 0
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -239,3 +225,13 @@ def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return info
+
+
+def pretrained_with(folder: str | Path, cfg: PretrainConfig) -> bool:
+    """Whether ``folder`` holds galot-mini pretrained with these settings (where it is written excluded)."""
+    info_path = Path(folder) / "galot_pretrain.json"
+    if not (Path(folder) / "model_index.json").exists() or not info_path.exists():
+        return False
+    saved = {k: v for k, v in json.loads(info_path.read_text()).get("config", {}).items() if k != "out"}
+    wanted = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    return saved == wanted

@@ -1,0 +1,132 @@
+"""The ``galot`` flows: one cycle of an experiment, N cycles, and a transfer to other architectures.
+
+``galot`` (deployment ``galot/cycle``) advances a named experiment by one cycle — Algorithm
+1, lines 5–10 — from whatever its run folder holds: the labelled pool, the cycle index and
+the synthetic sets so far. Modes: ``al`` (real labels only, the AL baselines), ``gal``
+(generated only, zero labels) and ``al+gal`` (GALOT). Run it as often as you like; each
+run does one more cycle, and a run killed half-way is finished by the next.
+
+``galot-run`` runs cycles until ``experiment.cycles`` are complete, each as a ``galot``
+subflow. ``galot-transfer`` trains other architectures on a finished experiment's real
+selections and cached synthetic images, without loading the diffusion model.
+
+All three take the path of a ``params.yaml`` plus ``section.key=value`` overrides, the
+same inputs as the CLI and ``dvc exp run -S``. Without a Prefect server they run in
+Prefect's ephemeral mode (that is how the CLI, ``dvc repro`` and the tests call them).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from galot_core.config import ARCHITECTURES, load_config
+from galot_core.errors import GalotError
+from galot_core.experiment import Experiment
+from tasks import cycle as steps
+from tasks.tracking import track_experiment, track_transfer
+from tasks.transfer import train_transfer
+
+TABLE_COLUMNS = ("cycle", "labelled", "generated", "epsilon", "test_accuracy", "judged_accuracy")
+
+
+def _artifact_key(name: str, what: str) -> str:
+    # Prefect artifact keys: lowercase letters, numbers and dashes only.
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "experiment"
+    return f"galot-{slug}-{what}"[:100]
+
+
+def _summary_markdown(cfg_dict: dict[str, Any], rows: list[dict[str, Any]], last: dict[str, Any]) -> str:
+    e = cfg_dict["experiment"]
+    lines = [f"# {e['name']}: cycle {last['cycle']} of {e['cycles']} ({e['mode']}, {cfg_dict['data']['dataset']})",
+             "", f"- test accuracy **{last['test_accuracy']:.4f}** with |L| = {last['labelled']} real labels"
+             f" and |G| = {last['generated']} generated images (ε = {last['epsilon']:.3f})"]
+    if last.get("judged_accuracy") is not None:
+        lines.append(f"- judged pseudo-label accuracy of this cycle's images: {last['judged_accuracy']:.3f}")
+    lines.append("- seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in last["seconds"].items()))
+    if last.get("unet_calls"):
+        lines.append("- UNet calls: " + ", ".join(f"{k} {v}" for k, v in last["unet_calls"].items()))
+    lines += ["", "| cycle | labelled | generated | ε | test accuracy |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['cycle']} | {r['labelled']} | {r['generated']} | {r['epsilon']:.3f} | {r['test_accuracy']:.4f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def run_one_cycle(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Select → (TextOpt → generate) → train → export → evaluate, timing each step."""
+    exp = steps.experiment(cfg)
+    exp.start()
+    cycle = exp.completed_cycles() + 1
+    if cycle > exp.cfg.experiment.cycles:
+        raise GalotError(f"experiment.cycles: all {exp.cfg.experiment.cycles} cycles of '{exp.cfg.experiment.name}' "
+                         "are complete; raise experiment.cycles to go on")
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, task_, *args):
+        t = time.perf_counter()
+        out = task_(*args)
+        seconds[name] = round(time.perf_counter() - t, 3)
+        return out
+
+    timed("select", steps.select_real_batch, cfg, cycle)
+    if exp.uses_generation:
+        timed("textopt", steps.optimize_embeddings, cfg, cycle)
+        timed("generate", steps.generate_images, cfg, cycle)
+    timed("train", steps.train, cfg, cycle)
+    timed("export", steps.export_dataset, cfg, cycle)
+    metrics = steps.evaluate(cfg, cycle, seconds)
+    rows = exp.all_metrics()
+    create_table_artifact([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows],
+                          key=_artifact_key(exp.cfg.experiment.name, "accuracy"),
+                          description=f"Accuracy by cycle of experiment '{exp.cfg.experiment.name}'")
+    create_markdown_artifact(_summary_markdown(cfg, rows, metrics), key=_artifact_key(exp.cfg.experiment.name, "summary"),
+                             description="Latest cycle")
+    track_experiment(cfg)
+    return metrics
+
+
+@flow(name="galot", log_prints=True)
+def galot_cycle(params: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Advance the experiment named in ``params`` by one active-learning cycle."""
+    cfg = load_config(params, overrides or [])
+    return run_one_cycle(cfg.to_dict())
+
+
+@flow(name="galot-run", log_prints=True)
+def galot_run(params: str = "params.yaml", overrides: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
+    cfg = load_config(params, overrides or [])
+    exp = Experiment(cfg)
+    exp.start()
+    for _ in range(exp.completed_cycles(), cfg.experiment.cycles):
+        galot_cycle(params, overrides)
+    if exp.completed_cycles():
+        # The deliverables (exported dataset, summary, classifier copy) exist even when every
+        # cycle was already done, e.g. after `dvc repro` removed them to rerun the stage.
+        steps.export_dataset(cfg.to_dict(), exp.completed_cycles())
+        exp.write_summary()
+    track_experiment(cfg.to_dict())  # catch up cycles completed by an earlier, interrupted run
+    return exp.all_metrics()
+
+
+@flow(name="galot-transfer", log_prints=True)
+def galot_transfer(params: str = "params.yaml", overrides: list[str] | None = None,
+                   archs: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train ``archs`` (default ``transfer.archs``) on the experiment's cached real + synthetic data."""
+    cfg = load_config(params, overrides or [])
+    d = cfg.to_dict()
+    results = []
+    for arch in archs or list(cfg.transfer.archs):
+        if arch not in ARCHITECTURES:
+            raise GalotError(f"--arch: unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)}")
+        metrics = train_transfer(d, arch)
+        track_transfer(d, metrics)
+        results.append(metrics)
+    create_table_artifact([{k: r[k] for k in ("arch", "test_accuracy", "real", "generated", "unet_calls")}
+                           for r in results], key=_artifact_key(cfg.experiment.name, "transfer"),
+                          description="Architectures trained on the cached dataset")
+    return results

@@ -1,0 +1,44 @@
+"""Serve the ``galot`` deployments so a Prefect server can run them: ``galot serve``.
+
+With ``prefect server start`` running and ``PREFECT_API_URL`` pointing at it, this
+process registers three deployments and runs whatever is triggered on them:
+
+- ``galot/cycle`` — one more cycle of the experiment (``prefect deployment run galot/cycle``)
+- ``galot-run/run`` — all remaining cycles
+- ``galot-transfer/transfer`` — the transfer architectures on the cached dataset
+
+Their default parameters are the ``params.yaml`` path (made absolute) and the ``--set``
+overrides given here; ``prefect deployment run galot/cycle -p overrides='["gal.epsilon=0.1"]'``
+changes them per run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from galot_core.errors import GalotError
+
+
+def serve(params: str = "params.yaml", overrides: list[str] | None = None) -> None:
+    from prefect import serve as prefect_serve
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.galot import galot_cycle, galot_run, galot_transfer
+
+    if not PREFECT_API_URL.value():
+        raise GalotError("PREFECT_API_URL is not set: start a server with `prefect server start` (it listens on "
+                         "127.0.0.1:4200) and `export PREFECT_API_URL=http://127.0.0.1:4200/api`, then rerun")
+    parameters = {"params": str(Path(params).resolve()), "overrides": list(overrides or [])}
+    os.chdir(Path(params).resolve().parent)  # relative paths in params.yaml resolve next to it
+    prefect_serve(
+        galot_cycle.to_deployment(name="cycle", parameters=parameters,
+                                  description="Advance the experiment by one active-learning cycle"),
+        galot_run.to_deployment(name="run", parameters=parameters, description="Run all remaining cycles"),
+        galot_transfer.to_deployment(name="transfer", parameters=parameters,
+                                     description="Train other architectures on the cached dataset"),
+    )
+
+
+if __name__ == "__main__":
+    serve()

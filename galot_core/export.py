@@ -1,0 +1,165 @@
+"""The portable dataset of an experiment: what DVC versions and other architectures train on.
+
+A finished (or running) experiment's training data is the real images it bought labels
+for plus the images it generated. Exported, that is::
+
+    runs/<name>/dataset/
+      index.json                  dataset config, class names, cycles, one line per shard
+      real.json                   the labelled pool: indices into the dataset's pool split,
+                                  their labels and the cycle each was bought in
+      synthetic/cycle_003.tar     one cycle's PNGs + manifest.jsonl, uncompressed
+
+Why shards and not the PNG folders: DVC hashes, caches and links every file of a
+tracked folder, and its maintainers advise archives over thousands of small files; one
+tar per cycle keeps ``dvc status`` and ``dvc push`` at a handful of files whatever the
+image count. The PNGs stay viewable in ``runs/<name>/synthetic/cycle_NNN/`` (the
+working copy that generation writes), and anything that only has the export — a
+``dvc pull`` on another machine, the ``transfer`` stage — reads the tars directly,
+checking every image against the SHA-256 in its manifest.
+
+Shards are deterministic (sorted members, zero timestamps and owners), so a resumed run
+exports byte-identical files and DVC sees no change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from galot_core import synthetic
+from galot_core.data import Dataset, PoolState
+from galot_core.errors import GalotError
+from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
+
+FORMAT = "galot-dataset/1"
+
+
+def shard_bytes(folder: Path) -> bytes:
+    """The cycle folder's manifest and every image it lists, as a deterministic tar."""
+    entries = synthetic.read_manifest(folder)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        members = [("manifest.jsonl", (folder / "manifest.jsonl").read_bytes())]
+        for e in entries:
+            data = (folder / e.file).read_bytes()
+            if hashlib.sha256(data).hexdigest() != e.sha256:
+                raise GalotError(f"{folder / e.file}: image does not match its manifest hash; run `galot verify` "
+                                 "and delete the cycle's synthetic folder to regenerate it")
+            members.append((e.file, data))
+        for name, data in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def export_dataset(run_dir: str | Path, dataset: Dataset, cycles: list[int], accumulate: bool,
+                   data_config: dict[str, Any]) -> Path:
+    """Write (or bring up to date) ``run_dir/dataset`` for the given completed cycles.
+
+    ``accumulate`` is the experiment's ``gal.accumulate``: whether a cycle's classifier
+    trained on every synthetic set so far or on that cycle's alone; consumers do the same.
+    """
+    run_dir = Path(run_dir)
+    out = run_dir / "dataset"
+    state = PoolState.load_or_new(run_dir / "pool.json", len(dataset.pool))
+    atomic_write_json(out / "real.json", {"pool_size": state.pool_size, "labelled": state.labelled,
+                                          "labels": state.labels, "cycles": state.cycles})
+    shards = []
+    for c in cycles:
+        folder = synthetic.cycle_folder(run_dir, c)
+        if not (folder / "manifest.jsonl").exists():
+            continue
+        path = out / "synthetic" / f"cycle_{c:03d}.tar"
+        data = shard_bytes(folder)
+        digest = hashlib.sha256(data).hexdigest()
+        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            atomic_write_bytes(path, data)
+        shards.append({"cycle": c, "file": str(path.relative_to(out)), "sha256": digest,
+                       "images": len(synthetic.read_manifest(folder))})
+    atomic_write_json(out / "index.json", {
+        "format": FORMAT, "data": data_config, "class_names": dataset.class_names,
+        "image_size": dataset.image_size, "channels": dataset.channels, "cycles": cycles,
+        "accumulate": accumulate, "shards": shards,
+    })
+    return out
+
+
+def read_index(dataset_dir: str | Path) -> dict[str, Any]:
+    path = Path(dataset_dir) / "index.json"
+    if not path.exists():
+        raise GalotError(f"{dataset_dir}: no exported dataset here (index.json missing); finish at least one "
+                         "cycle of the experiment with `galot run`, or `dvc pull` its dataset")
+    index = read_json(path)
+    if index.get("format") != FORMAT:
+        raise GalotError(f"{path}: unknown dataset format {index.get('format')!r} (expected {FORMAT})")
+    return index
+
+
+def read_shard(path: str | Path) -> list[tuple[synthetic.ManifestEntry, bytes]]:
+    """The (manifest entry, PNG bytes) pairs of a shard, each checked against its hash."""
+    path = Path(path)
+    if not path.exists():
+        raise GalotError(f"{path}: shard missing; `dvc pull` the dataset or rerun the experiment to export it")
+    try:
+        with tarfile.open(path, mode="r") as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError) as e:
+        raise GalotError(f"{path}: shard is unreadable ({e.__class__.__name__}); `dvc pull` it again") from None
+    if "manifest.jsonl" not in files:
+        raise GalotError(f"{path}: shard has no manifest.jsonl")
+    out = []
+    for line in files["manifest.jsonl"].decode("utf-8").splitlines():
+        if not line:
+            continue
+        e = synthetic.ManifestEntry(**json.loads(line))
+        data = files.get(e.file)
+        if data is None or hashlib.sha256(data).hexdigest() != e.sha256:
+            raise GalotError(f"{path}: {e.file} is missing or altered; `dvc pull` the dataset again")
+        out.append((e, data))
+    return out
+
+
+def load_training_set(dataset_dir: str | Path, dataset: Dataset,
+                      up_to_cycle: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """Real labelled images (by pool index) ∪ the exported synthetic images, as uint8 + labels.
+
+    ``up_to_cycle`` restricts both to what the experiment had after that cycle (default:
+    everything exported). Returns the images, labels and counts {"real", "generated"}.
+    """
+    dataset_dir = Path(dataset_dir)
+    index = read_index(dataset_dir)
+    if index["class_names"] != dataset.class_names or index["image_size"] != dataset.image_size:
+        raise GalotError(f"{dataset_dir}: exported for classes {index['class_names'][:3]}… at "
+                         f"{index['image_size']} px, but data.* now loads a different dataset; use the same data "
+                         "section as the experiment")
+    real = read_json(dataset_dir / "real.json")
+    if real["pool_size"] != len(dataset.pool):
+        raise GalotError(f"{dataset_dir}: real selections index a pool of {real['pool_size']} images but the "
+                         f"dataset's pool has {len(dataset.pool)}; use the same data section as the experiment")
+    last = up_to_cycle if up_to_cycle is not None else max(index["cycles"], default=0)
+    keep = [(i, y) for i, y, c in zip(real["labelled"], real["labels"], real["cycles"]) if c <= last]
+    idx = torch.tensor([i for i, _ in keep], dtype=torch.int64)
+    real_x = dataset.pool.images[idx]
+    real_y = torch.tensor([y for _, y in keep], dtype=torch.int64)
+    train_cycles = range(1, last + 1) if index["accumulate"] else [last]
+    shards = {s["cycle"]: s for s in index["shards"]}
+    gen_x, gen_y = [], []
+    for c in train_cycles:
+        if c not in shards:
+            continue
+        x, y = synthetic.decode_entries(read_shard(dataset_dir / shards[c]["file"]), dataset.image_size,
+                                        dataset.channels)
+        gen_x.append(x)
+        gen_y.append(y)
+    gx = torch.cat(gen_x) if gen_x else torch.zeros((0, dataset.channels, dataset.image_size, dataset.image_size),
+                                                    dtype=torch.uint8)
+    gy = torch.cat(gen_y) if gen_y else torch.zeros(0, dtype=torch.int64)
+    return torch.cat([real_x, gx]), torch.cat([real_y, gy]), {"real": len(real_y), "generated": len(gy)}

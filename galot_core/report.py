@@ -1,0 +1,170 @@
+"""The experiment report: GALOT against its AL baselines, transfers, and what was generated.
+
+``galot report`` (and the DVC stage ``report``) reads only finished results from the run
+folders — the experiment's ``metrics.json``, each AL baseline's
+and each transfer's — and writes ``runs/<name>/report/``: ``report.md``, the
+accuracy-vs-budget plot ``accuracy.png`` and sample grids. Nothing is typed by hand, so
+rerunning it after more cycles or baselines brings the report up to date.
+
+Baselines live in ``<runs_dir>/<name>-baselines/<strategy>/``.
+Budgets are compared at equal *real-label* budget, cycle × B_AL, the x axis of the
+paper's figures; a GAL-only run (zero labels) is plotted at the budget its cycle stands
+for, as in the paper's Figure 3.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from galot_core.config import Config
+from galot_core.experiment import baseline_config
+from galot_core.io import atomic_write_text, read_json
+
+
+@dataclass
+class Curve:
+    name: str
+    rows: list[dict[str, Any]]
+
+    def at(self, cycle: int) -> float | None:
+        return next((r["test_accuracy"] for r in self.rows if r["cycle"] == cycle), None)
+
+
+def _read_curve(name: str, run_dir: Path) -> Curve | None:
+    path = run_dir / "metrics.json"
+    return Curve(name, read_json(path)) if path.exists() else None
+
+
+def collect(cfg: Config) -> tuple[Curve | None, list[Curve], list[dict[str, Any]]]:
+    """The experiment's curve, its baselines' curves (those that exist) and transfer results."""
+    main = _read_curve(f"GALOT ({cfg.experiment.mode})" if cfg.experiment.mode != "al" else cfg.experiment.name,
+                       cfg.run_dir)
+    baselines = [c for s in cfg.baselines.strategies
+                 if (c := _read_curve(f"AL {s}", baseline_config(cfg, s).run_dir)) is not None]
+    transfers = [read_json(p) for a in cfg.transfer.archs
+                 if (p := cfg.run_dir / "transfer" / a / "metrics.json").exists()]
+    return main, baselines, transfers
+
+
+def comparison_rows(cfg: Config, main: Curve, baselines: list[Curve]) -> list[dict[str, Any]]:
+    """Per cycle: budget, GALOT, each baseline, best baseline and GALOT − best."""
+    rows = []
+    for r in main.rows:
+        c = r["cycle"]
+        row: dict[str, Any] = {"cycle": c, "budget": c * cfg.al.budget_per_cycle, "galot": r["test_accuracy"]}
+        accs = {b.name: b.at(c) for b in baselines}
+        row.update(accs)
+        known = [v for v in accs.values() if v is not None]
+        row["best_baseline"] = max(known) if known else None
+        row["improvement"] = r["test_accuracy"] - row["best_baseline"] if known else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: float | None, digits: int = 4, signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def plot_accuracy(cfg: Config, curves: list[Curve], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for i, c in enumerate(curves):
+        xs = [r["cycle"] * cfg.al.budget_per_cycle for r in c.rows]
+        ax.plot(xs, [r["test_accuracy"] for r in c.rows], marker="o", ms=3, lw=2.2 if i == 0 else 1.2, label=c.name)
+    ax.set_xlabel(f"real-label budget (cycle × B_AL = {cfg.al.budget_per_cycle})")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{cfg.experiment.name} on {cfg.data.dataset}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(cfg: Config) -> tuple[Path, str]:
+    """Write ``runs/<name>/report/``; returns the markdown path and a plain-text table for the terminal."""
+    from galot_core.errors import GalotError
+
+    main, baselines, transfers = collect(cfg)
+    if main is None or not main.rows:
+        raise GalotError(f"experiment.name: '{cfg.experiment.name}' has no completed cycle in {cfg.run_dir}; "
+                         "run `galot run` (or `galot cycle`) first")
+    out = cfg.run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plot_accuracy(cfg, [main, *baselines], out / "accuracy.png")
+    rows = comparison_rows(cfg, main, baselines)
+    names = [b.name for b in baselines]
+
+    md = [f"# galot report: {cfg.experiment.name}", "",
+          f"Dataset `{cfg.data.dataset}`, mode `{cfg.experiment.mode}`, {len(main.rows)} of {cfg.experiment.cycles} "
+          f"cycles, B_AL = {cfg.al.budget_per_cycle} per cycle, σ_AL = {cfg.al.strategy}, σ_GAL = {cfg.gal.strategy}, "
+          f"ε = {cfg.gal.epsilon}{' ·‖s*‖' if cfg.gal.epsilon_relative else ''}, classifier `{cfg.model.arch}`, "
+          f"T2I `{cfg.t2i.model}`. Generated by `galot report` from the run folders; seed {cfg.experiment.seed}, "
+          "one run per curve.", "", "![accuracy vs budget](accuracy.png)", "",
+          "## Test accuracy by budget", "",
+          "| cycle | budget | GALOT | " + " | ".join(names) + " | best baseline | GALOT − best |",
+          "|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['cycle']} | {r['budget']} | {_fmt(r['galot'])} | "
+                  + " | ".join(_fmt(r.get(n)) for n in names)
+                  + f" | {_fmt(r['best_baseline'])} | {_fmt(r['improvement'], signed=True)} |")
+    galot_mean = sum(r["galot"] for r in rows) / len(rows)
+    means = [sum(b.at(r["cycle"]) or 0 for r in rows) / len(rows) if all(b.at(r["cycle"]) is not None for r in rows)
+             else None for b in baselines]
+    md.append(f"| mean | | {_fmt(galot_mean)} | " + " | ".join(_fmt(m) for m in means) + " | | |")
+    judged = [(r["cycle"], r["judged_accuracy"]) for r in main.rows if r.get("judged_accuracy") is not None]
+    if judged:
+        md += ["", "## Pseudo-label accuracy", "",
+               "Share of each cycle's generated images that the fully-supervised judge classifier puts in the class "
+               "they were prompted with (the offline stand-in for the paper's human check, §4.4).", "",
+               "| cycle | ε | judged accuracy |", "|---:|---:|---:|"]
+        eps = {r["cycle"]: r["epsilon"] for r in main.rows}
+        md += [f"| {c} | {eps[c]:.3f} | {a:.3f} |" for c, a in judged]
+    if transfers:
+        md += ["", "## Other architectures on the cached dataset", "",
+               "Trained on the experiment's final real selections and synthetic set, without generating again "
+               "(0 UNet calls).", "", "| architecture | real | generated | test accuracy | seconds |",
+               "|---|---:|---:|---:|---:|"]
+        md += [f"| {t['arch']} | {t['real']} | {t['generated']} | {t['test_accuracy']:.4f} | {t['seconds']:.0f} |"
+               for t in transfers]
+    seconds = [r.get("seconds", {}) for r in main.rows]
+    stages = sorted({k for s in seconds for k in s})
+    if stages:
+        md += ["", "## Cost per cycle (seconds)", "", "| cycle | " + " | ".join(stages) + " | UNet calls |",
+               "|---:|" + "---:|" * (len(stages) + 1)]
+        md += [f"| {r['cycle']} | " + " | ".join(f"{r['seconds'].get(k, 0):.1f}" for k in stages)
+               + f" | {sum((r.get('unet_calls') or {}).values())} |" for r in main.rows]
+    grids = []
+    for r in main.rows:
+        src = cfg.run_dir / "cycles" / f"cycle_{r['cycle']:03d}" / "grid.png"
+        if src.exists() and r["cycle"] in {main.rows[0]["cycle"], main.rows[len(main.rows) // 2]["cycle"],
+                                           main.rows[-1]["cycle"]}:
+            shutil.copyfile(src, out / f"grid_cycle_{r['cycle']:03d}.png")
+            grids.append(r["cycle"])
+    if grids:
+        md += ["", "## Samples", ""]
+        for c in grids:
+            what = "generated images, a row per class" if cfg.experiment.mode != "al" else "real images selected"
+            md += [f"Cycle {c} ({what}):", "", f"![cycle {c}](grid_cycle_{c:03d}.png)", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(md).rstrip() + "\n")
+
+    head = f"{'cycle':>5}  {'budget':>6}  {'GALOT':>7}  {'best AL':>7}  {'diff':>7}  best baseline"
+    text = [head, "-" * len(head)]
+    for r in rows:
+        best_name = max(names, key=lambda n: r.get(n) or -1) if names else "–"
+        text.append(f"{r['cycle']:>5}  {r['budget']:>6}  {r['galot']:>7.4f}  {_fmt(r['best_baseline']):>7}  "
+                    f"{_fmt(r['improvement'], signed=True):>7}  {best_name if r['best_baseline'] is not None else '–'}")
+    return path, "\n".join(text)

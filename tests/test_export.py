@@ -1,0 +1,81 @@
+"""The exported dataset (real selections + deterministic tar shards) that DVC versions."""
+
+import hashlib
+import tarfile
+
+import pytest
+import torch
+
+from galot_core import export
+from galot_core.errors import GalotError
+from galot_core.experiment import Experiment
+from tests.test_experiment_gal import gal_cfg
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_digits, tiny_sd_folder):
+    cfg = gal_cfg(tmp_path_factory.mktemp("exp"), tiny_sd_folder)
+    exp = Experiment(cfg, dataset=tiny_digits)
+    exp.run()
+    return cfg, exp
+
+
+def test_run_exports_real_selections_and_one_shard_per_cycle(finished, tiny_digits):
+    cfg, exp = finished
+    out = cfg.run_dir / "dataset"
+    index = export.read_index(out)
+    assert index["cycles"] == [1, 2] and [s["images"] for s in index["shards"]] == [10, 20]
+    images, labels, counts = export.load_training_set(out, tiny_digits)
+    assert counts == {"real": 20, "generated": 20}  # the last cycle's set: gal.accumulate is false
+    ref_x, ref_y = exp.training_set(2)
+    assert torch.equal(images, ref_x) and torch.equal(labels, ref_y)  # same data the experiment trained on
+    x1, _, c1 = export.load_training_set(out, tiny_digits, up_to_cycle=1)
+    assert c1 == {"real": 10, "generated": 10} and len(x1) == 20
+
+
+def test_shards_are_deterministic_and_hold_manifest_and_pngs(finished, tiny_digits):
+    cfg, exp = finished
+    shard = cfg.run_dir / "dataset/synthetic/cycle_002.tar"
+    before = hashlib.sha256(shard.read_bytes()).hexdigest()
+    exp.export(2)  # re-export: byte-identical, so DVC sees no change
+    assert hashlib.sha256(shard.read_bytes()).hexdigest() == before
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    assert members[-1].name == "manifest.jsonl" or "manifest.jsonl" in [m.name for m in members]
+    assert all(m.mtime == 0 and m.uid == 0 for m in members)
+    assert sum(m.name.endswith(".png") for m in members) == 20
+
+
+def test_altered_shard_is_refused(finished, tiny_digits, tmp_path):
+    cfg, _ = finished
+    import shutil
+
+    copy = tmp_path / "dataset"
+    shutil.copytree(cfg.run_dir / "dataset", copy)
+    shard = copy / "synthetic/cycle_002.tar"
+    with tarfile.open(shard) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    png = next(n for n in files if n.endswith(".png"))
+    files[png] = files[png][:-8] + b"\0" * 8
+    with tarfile.open(shard, "w") as tar:
+        import io
+
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(GalotError, match="missing or altered"):
+        export.load_training_set(copy, tiny_digits)
+
+
+def test_missing_export_is_one_clear_error(tmp_path, tiny_digits):
+    with pytest.raises(GalotError, match="no exported dataset"):
+        export.load_training_set(tmp_path, tiny_digits)

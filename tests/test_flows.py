@@ -1,0 +1,126 @@
+"""The Prefect flows on a tiny config: 2 cycles in each mode, artifacts, MLflow, transfer.
+
+Flows run in-process against a temporary Prefect API (tests/conftest.py::prefect_api);
+the real mnist5k digits and a tiny random Stable Diffusion pipeline keep them fast.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from galot_core import export, synthetic
+from galot_core.checkpoint import load_classifier
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_params(tmp_path, model, name="f", mode="al+gal", **sections):
+    raw = {
+        "experiment": {"name": name, "runs_dir": str(tmp_path / "runs"), "mode": mode, "cycles": 2, "seed": 1,
+                       "judge": None},
+        "al": {"budget_per_cycle": 10},
+        "gal": {"epsilon": 0.5, "steps": 1, "samples": 2},
+        "t2i": {"model": str(model), "steps": 2, "guidance_scale": 2.0, "batch_size": 16, "device": "cpu"},
+        "train": {"epochs": 1, "min_steps": 4, "device": "cpu"},
+        "transfer": {"archs": ["small_cnn"], "epochs": 1, "min_steps": 3},
+        "baselines": {"strategies": ["RandomSampling"]},
+    }
+    for k, v in sections.items():
+        raw.setdefault(k, {}).update(v)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def mlflow_run(name):
+    from mlflow import MlflowClient
+
+    from tasks.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    exp = client.get_experiment_by_name("galot")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.parametrize("mode, labelled, generated", [
+    ("al", [10, 20], [0, 0]),
+    ("gal", [0, 0], [10, 20]),
+    ("al+gal", [10, 20], [10, 20]),
+])
+def test_run_flow_two_cycles_each_mode(prefect_api, tmp_path, tiny_sd_folder, mode, labelled, generated):
+    from flows.galot import galot_run
+
+    name = f"flow-{mode.replace('+', '-')}"
+    params = write_params(tmp_path, tiny_sd_folder, name=name, mode=mode)
+    rows = galot_run(str(params))
+    assert [r["cycle"] for r in rows] == [1, 2]
+    assert [r["labelled"] for r in rows] == labelled and [r["generated"] for r in rows] == generated
+    run_dir = tmp_path / "runs" / name
+    index = export.read_index(run_dir / "dataset")
+    assert len(index["shards"]) == (2 if mode != "al" else 0)
+    assert (run_dir / "summary.json").exists() and (run_dir / "accuracy.csv").read_text().count("\n") == 3
+    load_classifier(run_dir / "classifier.safetensors")  # safetensors, nothing unpickled
+
+    client, run = mlflow_run(name)
+    history = client.get_metric_history(run.info.run_id, "test_accuracy")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert run.data.params["experiment.mode"] == mode and run.data.params["al.budget_per_cycle"] == "10"
+    assert "seconds_train" in run.data.metrics and "labelled" in run.data.metrics
+    paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "grids", "metrics.json"} <= paths
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/classifier.safetensors"]
+    grids = {a.path for a in client.list_artifacts(run.info.run_id, "grids")}
+    assert grids == {"grids/cycle_001", "grids/cycle_002"}
+
+
+def test_cycle_flow_advances_by_one_and_makes_artifacts(prefect_api, tmp_path, tiny_sd_folder):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.galot import galot_cycle
+
+    params = write_params(tmp_path, tiny_sd_folder, name="one-by-one")
+    first = galot_cycle(str(params))
+    second = galot_cycle(str(params))
+    assert (first["cycle"], second["cycle"]) == (1, 2)
+    assert second["unet_calls"]["textopt"] > 0 and second["unet_calls"]["generate"] > 0
+    with get_client(sync_client=True) as client:
+        table = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["galot-one-by-one-accuracy"])))
+        summary = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["galot-one-by-one-summary"])))
+    assert len(table) == 2 and len(summary) == 2  # one of each per cycle
+    assert any("cycle 2 of 2" in a.data for a in summary)
+    # Rerunning a finished experiment is a clear error, not a silent third cycle.
+    from galot_core.errors import GalotError
+
+    with pytest.raises(GalotError, match="experiment.cycles"):
+        galot_cycle(str(params))
+
+
+def test_transfer_flow_reuses_cached_data_without_the_t2i_model(prefect_api, tmp_path, tiny_sd_folder):
+    from flows.galot import galot_run, galot_transfer
+
+    params = write_params(tmp_path, tiny_sd_folder, name="tr")
+    galot_run(str(params))
+    run_dir = tmp_path / "runs" / "tr"
+    manifests = {c: synthetic.read_manifest(synthetic.cycle_folder(run_dir, c)) for c in (1, 2)}
+    # The T2I model is made unreachable: transfer must never need it.
+    results = galot_transfer(str(params), ["t2i.model=/nonexistent/model"], ["small_cnn", "mobilenet_v2"])
+    assert [r["arch"] for r in results] == ["small_cnn", "mobilenet_v2"]
+    assert all(r["real"] == 20 and r["generated"] == 20 and r["unet_calls"] == 0 for r in results)
+    assert {c: synthetic.read_manifest(synthetic.cycle_folder(run_dir, c)) for c in (1, 2)} == manifests
+    model, _, _ = load_classifier(run_dir / "transfer/mobilenet_v2/model.safetensors")
+    assert type(model).__name__ == "Classifier"
+    client, run = mlflow_run("tr-transfer-mobilenet_v2")
+    assert run.data.metrics["unet_calls"] == 0 and run.data.params["arch"] == "mobilenet_v2"
