@@ -59,9 +59,10 @@ def test_changed_parameters_are_refused(tmp_path, tiny_digits):
 
 
 def test_budget_larger_than_pool(tmp_path, tiny_digits):
-    cfg = tiny_cfg(tmp_path, al={"budget_per_cycle": 301})
-    with pytest.raises(GalotError, match="al.budget_per_cycle: 301 images asked in cycle 1 but only 300"):
+    cfg = tiny_cfg(tmp_path, al={"budget_per_cycle": 101})  # 3 cycles × 101 > 300 pool images
+    with pytest.raises(GalotError, match="al.budget_per_cycle: 3 cycles × 101 = 303 labels, but the pool has only 300"):
         Experiment(cfg, dataset=tiny_digits).run()
+    assert not cfg.run_dir.exists()  # refused before anything was written
 
 
 def test_cli_bad_param_is_one_line_exit_2(tmp_path):

@@ -22,7 +22,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def write_params(tmp_path, model, name="f", mode="al+gal", **sections):
+def write_params(tmp_path, model, name="f", mode="al+gal", experiment=None, **sections):
     raw = {
         "experiment": {"name": name, "runs_dir": str(tmp_path / "runs"), "mode": mode, "cycles": 2, "seed": 1,
                        "judge": None},
@@ -33,6 +33,7 @@ def write_params(tmp_path, model, name="f", mode="al+gal", **sections):
         "transfer": {"archs": ["small_cnn"], "epochs": 1, "min_steps": 3},
         "baselines": {"strategies": ["RandomSampling"]},
     }
+    raw["experiment"].update(experiment or {})
     for k, v in sections.items():
         raw.setdefault(k, {}).update(v)
     path = tmp_path / "params.yaml"
@@ -124,3 +125,26 @@ def test_transfer_flow_reuses_cached_data_without_the_t2i_model(prefect_api, tmp
     assert type(model).__name__ == "Classifier"
     client, run = mlflow_run("tr-transfer-mobilenet_v2")
     assert run.data.metrics["unet_calls"] == 0 and run.data.params["arch"] == "mobilenet_v2"
+
+
+def test_judge_scores_pseudo_labels_when_it_exists(prefect_api, tmp_path, tiny_sd_folder, mnist5k):
+    from flows.galot import galot_cycle
+    from galot_core.checkpoint import save_classifier
+    from galot_core.models import build_model
+
+    judge = tmp_path / "judge.safetensors"
+    save_classifier(build_model("small_cnn", 1, 10, 0.2), judge, arch="small_cnn", in_channels=1)
+    params = write_params(tmp_path, tiny_sd_folder, name="judged", experiment={"judge": str(judge)})
+    m = galot_cycle(str(params))
+    assert m["judged_accuracy"] is not None and 0.0 <= m["judged_accuracy"] <= 1.0
+    client, run = mlflow_run("judged")
+    assert "judged_accuracy" in run.data.metrics
+
+
+@pytest.mark.parametrize("command", ["run", "cycle", "transfer", "prepare", "pretrain-t2i", "serve", "report"])
+def test_every_command_has_help(command):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "flows.cli", command, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--params" in r.stdout and "--set" in r.stdout
