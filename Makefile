@@ -1,7 +1,8 @@
 # Two commands on a fresh machine:  `make run` (main job)  and  `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Offline by default: nothing is fetched from a model hub; DVC sends no analytics.
+# The embedded default never needs a model hub: HF_HUB_OFFLINE guarantees nothing is fetched
+# (a Stable Diffusion download needs t2i.allow_download and galot run without make). No DVC analytics.
 export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)

@@ -62,18 +62,24 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 def _prepare_run(args: argparse.Namespace, overrides: list[str]):
     """Validate everything cheap to check before Prefect starts, so mistakes are one line."""
     from galot_core.config import load_config
-    from galot_core.experiment import Experiment, replace_if_changed
+    from galot_core.experiment import replace_if_changed
 
     cfg = load_config(args.params, overrides)
     if args.restart_if_changed:
         moved = replace_if_changed(cfg)
         if moved:
             print(f"galot: parameters changed; moved the old run folder to {moved} and starting afresh", flush=True)
-    exp = Experiment(cfg)
-    exp.start()
-    exp.dataset  # noqa: B018  (load now: a bad dataset path fails here, with one line)
+    from tasks.cycle import experiment
+
+    # The flow's tasks reuse this Experiment (same parameters, same process), so the dataset
+    # and the diffusion model loaded for these checks are loaded once.
+    exp = experiment(cfg.to_dict())
+    # Everything that can be wrong is checked before the first byte is written.
+    exp.dataset  # noqa: B018  (a bad dataset path fails here, with one line)
+    exp.check()
     if exp.uses_generation and exp.completed_cycles() < cfg.experiment.cycles:
-        exp.t2i  # noqa: B018
+        exp.t2i  # noqa: B018  (an unknown or incomplete model fails here)
+    exp.start()
     return cfg, exp
 
 
@@ -164,6 +170,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from galot_core.verify import format_report, verify_run
+
+    run_dir = Path(args.run) if args.run else _config(args).run_dir
+    problems, checked = verify_run(run_dir)
+    print(format_report(problems, checked, run_dir))
+    return 1 if problems else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from galot_core.report import write_report
 
@@ -190,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve", "serve the galot/cycle, galot-run/run and galot-transfer/transfer Prefect deployments", cmd_serve),
         ("report", "write runs/<name>/report/report.md with the accuracy plot, baselines and sample grids",
          cmd_report),
+        ("verify", "check a run folder's synthetic images, pool state and model files against their recorded "
+                   "hashes; exit 1 on any missing, truncated or altered file", cmd_verify),
     ]
     parsers = {}
     for name, help_text, fn in commands:
@@ -205,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "runs/.replaced/ and start afresh (what dvc repro does) instead of failing")
     parsers["transfer"].add_argument("--arch", action="append", default=[], metavar="ARCH",
                                      help="architecture to train (repeatable; default: transfer.archs)")
+    parsers["verify"].add_argument("run", nargs="?", help="run folder (default: the experiment in params.yaml)")
     parsers["prepare"].add_argument("--out", default="runs/prepared.json", help="summary file to write")
     parsers["pretrain-t2i"].add_argument("--out", help="output folder (default: pretrain.out)")
     return parser
@@ -225,7 +243,9 @@ def _install_log_filter() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Downloads happen only where a parameter allows them (t2i.allow_download, data.download);
+    # the hub client's telemetry never.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     # Prefect's ephemeral server migrates a fresh database on first start (seen > 20 s on 2 cores).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # No telemetry from an offline tool (and its first write races with migrations on a new database).

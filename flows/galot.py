@@ -26,7 +26,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from galot_core.config import ARCHITECTURES, load_config
 from galot_core.errors import GalotError
-from galot_core.experiment import Experiment
 from tasks import cycle as steps
 from tasks.tracking import track_experiment, track_transfer
 from tasks.transfer import train_transfer
@@ -100,7 +99,7 @@ def galot_cycle(params: str = "params.yaml", overrides: list[str] | None = None)
 def galot_run(params: str = "params.yaml", overrides: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
     cfg = load_config(params, overrides or [])
-    exp = Experiment(cfg)
+    exp = steps.experiment(cfg.to_dict())
     exp.start()
     for _ in range(exp.completed_cycles(), cfg.experiment.cycles):
         galot_cycle(params, overrides)

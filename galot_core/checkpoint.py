@@ -10,11 +10,11 @@ import json
 import os
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from galot_core.errors import GalotError
-from galot_core.io import atomic_write_bytes
+from galot_core.io import atomic_write_bytes, safetensors_bytes, safetensors_metadata
 from galot_core.models import Classifier, LossPredictionHead, build_model
 
 
@@ -30,15 +30,14 @@ def save_classifier(model: Classifier, path: str | os.PathLike, *, arch: str, in
         "dropout": str(model.dropout.p),
         "extra": json.dumps(extra or {}),
     }
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(tensors, meta))
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[Classifier, LossPredictionHead | None, dict]:
     """Rebuild a classifier (and its loss-prediction head, if saved) from a safetensors file."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = safetensors_metadata(path)
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as e:
         raise GalotError(f"{path}: classifier weights are missing or corrupt ({e}); retrain this cycle") from None

@@ -107,7 +107,8 @@ class T2IConfig:
     timestep_spacing: str | None = _field("trailing", choices=(None, "leading", "trailing", "linspace"))
     dtype: str = _field("auto", choices=("auto", "fp32", "fp16", "bf16"))
     device: str = _field("auto")
-    batch_size: int = _field(100, min=1, help="images per generation batch")
+    batch_size: int = _field(100, min=1, help="images per generation batch (halved on out-of-memory)")
+    allow_download: bool = _field(False, help="fetch t2i.model from the Hugging Face hub if it is not local")
 
 
 @dataclass(frozen=True)

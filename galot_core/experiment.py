@@ -29,6 +29,8 @@ set is also used.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,8 +39,7 @@ from typing import Any
 
 import torch
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from galot_core import acquisition, export, synthetic, textopt
@@ -46,20 +47,23 @@ from galot_core.checkpoint import load_classifier, save_classifier
 from galot_core.config import Config, config_from_dict
 from galot_core.data import Dataset, PoolState, load_dataset
 from galot_core.errors import GalotError
-from galot_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from galot_core.faults import failpoint, simulated_oom
+from galot_core.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, safetensors_bytes,
+                           safetensors_metadata)
 from galot_core.judge import judged_accuracy
 from galot_core.models import Classifier, LossPredictionHead, build_model
 from galot_core.train import accuracy, fit, resolve_device
 from galot_core.transforms import Preprocess, to_uint8
 
 DEFAULT_T2I = "models/galot-mini"
+log = logging.getLogger("galot")
 
 # Keys that may change between invocations of the same experiment without invalidating
 # what was already computed (where it runs, how fast, how long it goes on).
 _MUTABLE_KEYS = {
     ("experiment", "cycles"), ("experiment", "runs_dir"), ("data", "root"), ("data", "download"),
     ("train", "device"), ("train", "eval_batch_size"), ("t2i", "device"), ("t2i", "batch_size"),
-    ("experiment", "judge"),
+    ("experiment", "judge"), ("t2i", "allow_download"),
 }
 # Sections that describe other stages (pretraining, transfer, baselines) or where results
 # are mirrored (tracking); they never change what an experiment computes.
@@ -82,11 +86,13 @@ class CycleMetrics:
     seconds: dict[str, float]
     judged_accuracy: float | None = None   # pseudo-labels the judge agrees with (None: no judge/images)
     unet_calls: dict[str, int] | None = None
+    files: dict[str, str] | None = None   # SHA-256 of the cycle's weights, checked by `galot verify`
 
     def to_dict(self) -> dict[str, Any]:
         return {"cycle": self.cycle, "labelled": self.labelled, "generated": self.generated,
                 "epsilon": self.epsilon, "test_accuracy": self.test_accuracy, "seconds": self.seconds,
-                "judged_accuracy": self.judged_accuracy, "unet_calls": self.unet_calls or {}}
+                "judged_accuracy": self.judged_accuracy, "unet_calls": self.unet_calls or {},
+                "files": self.files or {}}
 
 
 # accuracy.csv: "budget" is the real-label budget the cycle stands for (cycle × B_AL), the x
@@ -101,6 +107,9 @@ class Experiment:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self._dataset = dataset
+        # Batch sizes that fit the accelerator, learnt from out-of-memory errors (None: t2i.batch_size).
+        self._generate_batch: int | None = None
+        self._textopt_batch: int | None = None
 
     # ----- persistent state -------------------------------------------------------------
     @cached_property
@@ -118,11 +127,15 @@ class Experiment:
         from galot_core.t2i import DiffusersT2I
 
         model = self.cfg.t2i.model
+        if self.cfg.t2i.allow_download and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            raise GalotError("t2i.allow_download: true, but HF_HUB_OFFLINE is set in the environment (the Makefile "
+                             "sets it for the offline default); unset HF_HUB_OFFLINE and run galot directly")
         if model == DEFAULT_T2I and not Path(model).exists():
             raise GalotError(f"t2i.model: {model} does not exist yet; run `galot pretrain-t2i` once (about 15 min "
                              "on 2 CPU cores) or point t2i.model at a diffusers folder or hub id")
         return DiffusersT2I.from_pretrained(model, device=self.cfg.t2i.device, dtype=self.cfg.t2i.dtype,
-                                            timestep_spacing=self.cfg.t2i.timestep_spacing)
+                                            timestep_spacing=self.cfg.t2i.timestep_spacing,
+                                            local_files_only=not self.cfg.t2i.allow_download)
 
     @property
     def uses_generation(self) -> bool:
@@ -150,6 +163,13 @@ class Experiment:
 
     def start(self) -> None:
         """Create the run folder, or check that it was started with compatible parameters."""
+        self.check()
+        path = self.dir / "config.json"
+        if not path.exists():
+            atomic_write_json(path, self.cfg.to_dict())
+
+    def check(self) -> None:
+        """Refuse parameters that cannot work with this dataset or this run folder; writes nothing."""
         if self.cfg.experiment.mode != "gal":
             need = self.cfg.al.budget_per_cycle * self.cfg.experiment.cycles
             if need > len(self.dataset.pool):
@@ -159,8 +179,6 @@ class Experiment:
         path = self.dir / "config.json"
         if path.exists():
             _check_same_experiment(config_from_dict(read_json(path), source=str(path)), self.cfg, self.dir)
-        else:
-            atomic_write_json(path, self.cfg.to_dict())
 
     def pool_state(self) -> PoolState:
         return PoolState.load_or_new(self.dir / "pool.json", len(self.dataset.pool))
@@ -202,6 +220,7 @@ class Experiment:
         # The oracle: labels are read from the dataset (simulated annotation).
         state.add(picked, self.dataset.pool.labels[picked], cycle)
         state.save(self.dir / "pool.json")
+        failpoint("select.after_save")
         return [int(i) for i in picked]
 
     def optimize_embeddings(self, cycle: int) -> dict[str, float]:
@@ -231,10 +250,18 @@ class Experiment:
                 # a fixed sample average, which has less variance between steps.
                 step = 0 if g.common_noise else next(step_seeds)
                 gen = torch.Generator(t2i.device).manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 3, step))
-                return t2i.acquisition_grad(s, objective, k=g.samples, generator=gen,
-                                            num_inference_steps=self.cfg.t2i.steps,
-                                            guidance_scale=self.cfg.t2i.guidance_scale, estimator=g.estimator,
-                                            batch_size=self.cfg.t2i.batch_size)[0]
+                while True:
+                    batch = min(self.cfg.t2i.batch_size, self._textopt_batch or self.cfg.t2i.batch_size)
+                    try:
+                        simulated_oom(min(batch, g.samples * len(s)))
+                        return t2i.acquisition_grad(s, objective, k=g.samples, generator=gen,
+                                                    num_inference_steps=self.cfg.t2i.steps,
+                                                    guidance_scale=self.cfg.t2i.guidance_scale,
+                                                    estimator=g.estimator, batch_size=batch)[0]
+                    except torch.cuda.OutOfMemoryError:
+                        self._halve_batch("TextOpt", min(batch, g.samples * len(s)))
+                        gen = torch.Generator(t2i.device).manual_seed(
+                            cycle_seed(self.cfg.experiment.seed, cycle, 3, step))
 
             if g.strategy == "RandomSampling":
                 grad_fn = textopt.random_direction_grad(torch.Generator().manual_seed(
@@ -244,12 +271,15 @@ class Experiment:
         tensors = {"s_star": s_star.float().cpu().contiguous(), "s": s.float().cpu().contiguous(),
                    "epsilon": eps_t.cpu().contiguous()}
         calls = t2i.num_unet_calls - calls_before
-        atomic_write_bytes(path, save(tensors, metadata={"prompts": "\n".join(self.prompts()), "unet_calls": str(calls)}))
+        atomic_write_bytes(path, safetensors_bytes(tensors, {"prompts": "\n".join(self.prompts()),
+                                                             "unet_calls": str(calls)}))
         return {"epsilon": float(eps_t.max()), "unet_calls": calls}
 
     def generate(self, cycle: int) -> int:
         """Line 9: B_GAL images from the optimised embeddings, pseudo-labelled by their class, to disk."""
         folder = synthetic.cycle_folder(self.dir, cycle)
+        for tmp in folder.rglob(".*.tmp") if folder.exists() else []:
+            tmp.unlink()  # a write that a crash cut short; never listed, so never used
         entries = synthetic.read_manifest(folder)
         n_total = self.gal_budget(cycle)
         if len(entries) >= n_total:
@@ -267,29 +297,44 @@ class Experiment:
         prompts = self.prompts()
         calls_path = self.cycle_dir(cycle) / "generate_unet_calls.json"
         calls = read_json(calls_path)["unet_calls"] if calls_path.exists() else 0
-        for start in tqdm(range(0, len(todo), tc.batch_size), desc=f"generate cycle {cycle}", unit="batch",
-                          disable=len(todo) <= tc.batch_size):
-            batch = todo[start:start + tc.batch_size]
+        size = min(tc.batch_size, self._generate_batch or tc.batch_size)
+        queue = [todo[i:i + size] for i in range(0, len(todo), size)]
+        bar = tqdm(total=len(todo), desc=f"generate cycle {cycle}", unit="img", leave=False)
+        while queue:
+            batch = queue.pop(0)
             calls_before = t2i.num_unet_calls
             seeds = [cycle_seed(self.cfg.experiment.seed, cycle, 5, c, i) for c, i in batch]
             noise = torch.cat([t2i.initial_noise(1, torch.Generator(t2i.device).manual_seed(sd)) for sd in seeds])
-            with torch.no_grad():
-                images = t2i.generate(s[[c for c, _ in batch]], num_inference_steps=tc.steps,
-                                      guidance_scale=tc.guidance_scale, latents=noise)
+            try:
+                simulated_oom(len(batch))
+                with torch.no_grad():
+                    images = t2i.generate(s[[c for c, _ in batch]], num_inference_steps=tc.steps,
+                                          guidance_scale=tc.guidance_scale, latents=noise)
+            except torch.cuda.OutOfMemoryError:
+                # Per-image seeds make the images independent of the batch they are made in.
+                size = self._halve_batch("generation", len(batch))
+                rest = batch + [item for b in queue for item in b]
+                queue = [rest[i:i + size] for i in range(0, len(rest), size)]
+                continue
             new = [synthetic.ManifestEntry(
                 file=f"{synthetic.safe_dirname(c, classes[c])}/{i:06d}.png", sha256="", label=c,
                 class_name=classes[c], prompt=prompts[c], cycle=cycle, epsilon=float(eps[c]),
                 embedding_sha256=emb_hash[c], seed=sd, model_id=t2i.model_id, revision=t2i.revision,
                 scheduler=sched, steps=tc.steps, guidance_scale=tc.guidance_scale) for (c, i), sd in zip(batch, seeds)]
             pngs = [synthetic.png_bytes(img) for img in to_uint8(images.cpu())]
-            for entry, data in zip(new, pngs):
+            for k, (entry, data) in enumerate(zip(new, pngs)):
                 atomic_write_bytes(folder / entry.file, data)
+                if k == len(new) // 2:
+                    failpoint("generate.mid_batch")  # some PNGs on disk, the manifest not yet updated
             entries += [synthetic.ManifestEntry(**{**e.__dict__, "sha256": hashlib.sha256(d).hexdigest()})
                         for e, d in zip(new, pngs)]
             entries.sort(key=lambda e: e.file)
             synthetic.write_manifest(folder, entries)
             calls += t2i.num_unet_calls - calls_before
             atomic_write_json(calls_path, {"unet_calls": calls})
+            bar.update(len(batch))
+            failpoint("generate.after_batch")
+        bar.close()
         return len(entries)
 
     def unet_calls(self, cycle: int) -> dict[str, int]:
@@ -297,8 +342,7 @@ class Experiment:
         out = {}
         emb = self.cycle_dir(cycle) / "embeddings.safetensors"
         if emb.exists():
-            with safe_open(str(emb), "pt") as f:
-                out["textopt"] = int((f.metadata() or {}).get("unet_calls", 0))
+            out["textopt"] = int(safetensors_metadata(emb).get("unet_calls", 0))
         gen = self.cycle_dir(cycle) / "generate_unet_calls.json"
         if gen.exists():
             out["generate"] = int(read_json(gen)["unet_calls"])
@@ -347,6 +391,21 @@ class Experiment:
         return export.export_dataset(self.dir, self.dataset, list(range(1, cycle + 1)), self.cfg.gal.accumulate,
                                      self.cfg.to_dict()["data"])
 
+    def _halve_batch(self, what: str, current: int) -> int:
+        """Out of accelerator memory: continue with half the batch (and remember it), down to one image."""
+        if current <= 1:
+            raise GalotError(f"t2i.batch_size: out of GPU memory during {what} even with one image; use "
+                             "t2i.dtype: fp16, fewer gal.samples, or a larger GPU")
+        half = current // 2
+        log.warning("out of GPU memory during %s with a batch of %d; continuing with %d", what, current, half)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if what == "generation":
+            self._generate_batch = half
+        else:
+            self._textopt_batch = half
+        return half
+
     def effective_epsilon(self, cycle: int) -> float:
         """The ε TextOpt actually used (0 when there was no classifier yet to optimise against)."""
         path = self.cycle_dir(cycle) / "embeddings.safetensors"
@@ -393,9 +452,13 @@ class Experiment:
         acc = accuracy(model, test.images, test.labels, self.preprocess, device=self.device,
                        batch_size=self.cfg.train.eval_batch_size)
         generated = sum(len(synthetic.read_manifest(f)) for f in self.synthetic_folders(cycle))
+        failpoint("evaluate.before_metrics")
+        files = {name: hashlib.sha256((self.cycle_dir(cycle) / name).read_bytes()).hexdigest()
+                 for name in ("model.safetensors", "embeddings.safetensors") if (self.cycle_dir(cycle) / name).exists()}
         metrics = CycleMetrics(cycle=cycle, labelled=len(self.pool_state().labelled), generated=generated,
                                epsilon=self.effective_epsilon(cycle), test_accuracy=acc, seconds=seconds,
-                               judged_accuracy=self.judged_accuracy(cycle), unet_calls=self.unet_calls(cycle))
+                               judged_accuracy=self.judged_accuracy(cycle), unet_calls=self.unet_calls(cycle),
+                               files=files)
         atomic_write_json(self.cycle_dir(cycle) / "metrics.json", metrics.to_dict())
         self.write_summary()
         return metrics

@@ -7,11 +7,15 @@ disk, and only then renamed over the target — rename is atomic on POSIX file s
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from galot_core.errors import GalotError
+from galot_core.faults import failpoint
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -23,7 +27,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        failpoint("write.before_rename")  # the temp file is complete, the target untouched
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise GalotError(f"{path.parent}: disk full (or quota exceeded) while writing {path.name}; free space "
+                             "there and rerun the same command: everything already written is kept") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -40,3 +51,25 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on its contents.
+
+    safetensors keeps ``__metadata__`` in a hash map whose order changes from process to
+    process, so two runs saving the same weights would write different bytes; galot stores
+    its metadata as one sorted JSON string under the key ``galot`` instead. Resumed runs
+    can then be compared byte for byte, and ``galot verify`` hashes stay meaningful.
+    """
+    from safetensors.torch import save
+
+    return save(tensors, metadata={"galot": json.dumps(metadata, sort_keys=True)})
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata written by :func:`safetensors_bytes` (or plain safetensors metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["galot"]) if "galot" in meta else meta

@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from galot_core.faults import failpoint
+
 GradFn = Callable[[Tensor], Tensor]
 """``s -> estimated gradient of the objective at s`` (same shape as ``s``)."""
 
@@ -148,6 +150,7 @@ def optimize(
     s = star_rows.clone()
     velocity = torch.zeros_like(s)
     for i in range(steps):
+        failpoint("textopt.step")
         g = grad_fn(s.reshape(shape).clone())
         if tuple(g.shape) != tuple(shape):
             raise ValueError(f"grad_fn returned shape {tuple(g.shape)}, expected {tuple(shape)}")

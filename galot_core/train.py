@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from galot_core.config import TrainConfig
+from galot_core.faults import failpoint
 from galot_core.models import Classifier, LossPredictionHead, loss_prediction_loss, mc_dropout
 from galot_core.transforms import Preprocess, augment
 
@@ -95,6 +96,7 @@ def fit(
             step += 1
             loss_value = float(loss.detach())
             bar.update(1)
+            failpoint("train.step")
             if step >= total:
                 break
     bar.close()

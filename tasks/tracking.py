@@ -35,6 +35,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+def redacted(uri: str) -> str:
+    """The URI without credentials (``https://user:token@host`` → ``https://***@host``), for logs and records."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[-1]))
+    return uri
+
+
 def _get_or_create_experiment(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp:
@@ -100,7 +110,7 @@ def log_experiment(cfg: dict[str, Any]) -> dict[str, Any]:
     path = run_dir / "tracking.json"
     everything = read_json(path) if path.exists() else {}
     uri = tracking_uri()
-    state = everything.setdefault(uri, {})
+    state = everything.setdefault(redacted(uri), {})  # never write a token into the run folder
     client, run_id = _client_and_run(cfg, run_dir, state)
     rows = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else []
     new = [r for r in rows if r["cycle"] not in state["logged_cycles"]]
@@ -120,7 +130,7 @@ def log_experiment(cfg: dict[str, Any]) -> dict[str, Any]:
             if (run_dir / name).exists():
                 client.log_artifact(run_id, str(run_dir / name))
     atomic_write_json(path, everything)
-    return {"run_id": run_id, "tracking_uri": uri, "logged": [r["cycle"] for r in new]}
+    return {"run_id": run_id, "tracking_uri": redacted(uri), "logged": [r["cycle"] for r in new]}
 
 
 def log_transfer(cfg: dict[str, Any], metrics: dict[str, Any]) -> str:

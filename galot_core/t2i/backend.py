@@ -500,6 +500,12 @@ def _local_folder(id_or_path: str, *, revision: str | None, local_files_only: bo
     try:
         return Path(DiffusionPipeline.download(id_or_path, **kwargs))
     except (OSError, ValueError):
+        if local_files_only:
+            raise GalotError(
+                f"t2i.model: {id_or_path!r} is not a local folder nor in the local hub cache, and downloads are off; "
+                "set t2i.allow_download: true on a machine with network, or point t2i.model at a local diffusers "
+                "folder"
+            ) from None
         raise GalotError(
             f"t2i.model: model {id_or_path!r} is not a local folder and could not be fetched from the hub "
             "(offline?): download it once with network, or point t2i.model at a local diffusers folder"

@@ -1,0 +1,200 @@
+"""``galot verify <run>``: is every file of a run folder complete and unaltered?
+
+A run folder holds what cost money: labels bought from people and hours of generation.
+This walks it and checks each file against what the run recorded about it:
+
+- ``config.json`` parses and validates; ``pool.json`` is consistent (indices unique and in
+  range, one label and cycle per index) and agrees with every cycle's ``|L|``;
+- each completed cycle's ``metrics.json`` parses, and the files it lists (classifier and
+  embeddings) have the SHA-256 it recorded; every classifier loads;
+- every synthetic image listed in a cycle's ``manifest.jsonl`` exists with its hash, and
+  the count matches the cycle's ``|G|``; stray files (a write cut short) are reported;
+- the exported dataset's shards match ``index.json`` and their own manifests;
+- ``classifier.safetensors`` is the newest cycle's model; transfer models load.
+
+Problems are returned, not raised, so the command can list all of them at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from galot_core import export, synthetic
+from galot_core.config import config_from_dict
+from galot_core.errors import GalotError
+from galot_core.io import read_json
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str      # missing | altered | truncated | corrupt | inconsistent | stray
+    path: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.upper():<12} {self.path}: {self.detail}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Checker:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.problems: list[Problem] = []
+        self.checked = 0
+
+    def add(self, kind: str, path: Path, detail: str) -> None:
+        self.problems.append(Problem(kind, str(path.relative_to(self.dir)) if path.is_relative_to(self.dir)
+                                     else str(path), detail))
+
+    def json(self, path: Path, required: bool = True):
+        if not path.exists():
+            if required:
+                self.add("missing", path, "file not found")
+            return None
+        self.checked += 1
+        try:
+            return read_json(path)
+        except (OSError, ValueError) as e:
+            self.add("corrupt", path, f"not valid JSON ({e.__class__.__name__})")
+            return None
+
+    def hashed(self, path: Path, expected: str | None, what: str) -> bool:
+        if not path.exists():
+            self.add("missing", path, f"{what} not found")
+            return False
+        self.checked += 1
+        if expected and sha256_file(path) != expected:
+            self.add("altered", path, f"{what} does not match its recorded SHA-256")
+            return False
+        return True
+
+    def classifier(self, path: Path) -> None:
+        from galot_core.checkpoint import load_classifier
+
+        if not path.exists():
+            self.add("missing", path, "classifier weights not found")
+            return
+        self.checked += 1
+        try:
+            load_classifier(path)
+        except (GalotError, RuntimeError, ValueError) as e:
+            kind = "truncated" if "incomplete" in str(e).lower() or "header" in str(e).lower() else "corrupt"
+            self.add(kind, path, f"does not load ({str(e).splitlines()[0][:120]})")
+
+
+def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
+    """All problems found in ``run_dir`` and the number of files checked."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise GalotError(f"{run_dir}: not a run folder; pass runs/<experiment.name>")
+    c = _Checker(run_dir)
+    raw = c.json(run_dir / "config.json")
+    cfg = None
+    if raw is not None:
+        try:
+            cfg = config_from_dict(raw, source=str(run_dir / "config.json"))
+        except GalotError as e:
+            c.add("corrupt", run_dir / "config.json", str(e))
+    pool = c.json(run_dir / "pool.json", required=False)
+    if pool is not None:
+        try:
+            n, labelled = int(pool["pool_size"]), [int(i) for i in pool["labelled"]]
+            if not (len(labelled) == len(pool["labels"]) == len(pool["cycles"])):
+                c.add("inconsistent", run_dir / "pool.json", "labelled, labels and cycles differ in length")
+            if len(set(labelled)) != len(labelled) or any(not 0 <= i < n for i in labelled):
+                c.add("inconsistent", run_dir / "pool.json", "duplicate or out-of-range pool indices")
+        except (KeyError, TypeError, ValueError):
+            c.add("corrupt", run_dir / "pool.json", "missing keys or wrong types")
+            pool = None
+
+    cycles = sorted(p for p in (run_dir / "cycles").glob("cycle_*") if p.is_dir()) if (run_dir / "cycles").exists() else []
+    last_model = None
+    for cdir in cycles:
+        m = c.json(cdir / "metrics.json", required=False)
+        if m is None:
+            continue  # an incomplete cycle: the next run finishes it
+        cycle = int(m["cycle"])
+        for name, digest in (m.get("files") or {}).items():
+            c.hashed(cdir / name, digest, name)
+        c.classifier(cdir / "model.safetensors")
+        last_model = cdir / "model.safetensors"
+        if pool is not None and sum(1 for k in pool["cycles"] if k <= cycle) != m["labelled"]:
+            c.add("inconsistent", run_dir / "pool.json", f"cycle {cycle} recorded |L| = {m['labelled']}, the pool "
+                                                          "state disagrees")
+        folder = synthetic.cycle_folder(run_dir, cycle)
+        if (folder / "manifest.jsonl").exists() or m.get("generated"):
+            _check_synthetic(c, folder, m, cfg)
+
+    if last_model is not None and (run_dir / "classifier.safetensors").exists():
+        c.checked += 1
+        if sha256_file(run_dir / "classifier.safetensors") != sha256_file(last_model):
+            c.add("altered", run_dir / "classifier.safetensors", "is not the newest cycle's classifier")
+    if (run_dir / "dataset" / "index.json").exists():
+        _check_export(c, run_dir / "dataset")
+    for model in sorted((run_dir / "transfer").glob("*/model.safetensors")) if (run_dir / "transfer").exists() else []:
+        c.classifier(model)
+    return c.problems, c.checked
+
+
+def _check_synthetic(c: _Checker, folder: Path, metrics: dict, cfg) -> None:
+    try:
+        entries = synthetic.read_manifest(folder)
+    except GalotError as e:
+        c.add("corrupt", folder / "manifest.jsonl", str(e).split(": ", 1)[-1])
+        return
+    c.checked += 1
+    listed = {e.file for e in entries}
+    for e in entries:
+        path = folder / e.file
+        if not path.exists():
+            c.add("missing", path, "listed in the manifest")
+            continue
+        c.checked += 1
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != e.sha256:
+            kind = "truncated" if not data.endswith(b"IEND\xaeB`\x82") else "altered"
+            c.add(kind, path, "does not match its manifest hash")
+    accumulate = bool(cfg and cfg.gal.accumulate)
+    if not accumulate and metrics.get("generated") is not None and metrics["generated"] != len(entries):
+        c.add("inconsistent", folder / "manifest.jsonl",
+              f"lists {len(entries)} images, the cycle recorded |G| = {metrics['generated']}")
+    for path in folder.rglob("*"):
+        if path.is_file() and path.name != "manifest.jsonl" and str(path.relative_to(folder)) not in listed:
+            c.add("stray", path, "not in the manifest (a write cut short?); never used, safe to delete")
+
+
+def _check_export(c: _Checker, out: Path) -> None:
+    try:
+        index = export.read_index(out)
+    except (GalotError, ValueError) as e:
+        c.add("corrupt", out / "index.json", str(e))
+        return
+    c.checked += 1
+    for shard in index["shards"]:
+        path = out / shard["file"]
+        if not c.hashed(path, shard["sha256"], "shard"):
+            continue
+        try:
+            export.read_shard(path)
+        except GalotError as e:
+            c.add("corrupt", path, str(e).split(": ", 1)[-1])
+    real = c.json(out / "real.json")
+    if real is not None and not isinstance(real.get("labelled"), list):
+        c.add("corrupt", out / "real.json", "no 'labelled' list")
+
+
+def format_report(problems: list[Problem], checked: int, run_dir: Path) -> str:
+    if not problems:
+        return f"galot verify: {run_dir}: OK ({checked} files checked)"
+    lines = [str(p) for p in problems]
+    lines.append(f"galot verify: {run_dir}: {len(problems)} problem(s) in {checked} files checked")
+    return "\n".join(lines)
