@@ -88,7 +88,8 @@ class _Checker:
             load_classifier(path)
         except (GalotError, RuntimeError, ValueError) as e:
             kind = "truncated" if "incomplete" in str(e).lower() or "header" in str(e).lower() else "corrupt"
-            self.add(kind, path, f"does not load ({str(e).splitlines()[0][:120]})")
+            reason = str(e).splitlines()[0].split(": ", 1)[-1]  # without the path, already in the line
+            self.add(kind, path, f"does not load: {reason[:160]}")
 
 
 def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
