@@ -386,31 +386,33 @@ class DiffusersT2I:
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         latents = noise * self.scheduler.init_noise_sigma
         grad_enabled = torch.is_grad_enabled()
+        # As the pipeline does: the [uncond, cond] conditioning is built once, not per step.
+        unet_dtype = self.unet.dtype
+        if guidance_scale > 1.0:
+            hidden = torch.cat([self.uncond.expand(cond.shape[0], -1, -1).to(cond.dtype), cond]).to(unet_dtype)
+        else:
+            hidden = cond.to(unet_dtype)
         for i, t in enumerate(self.scheduler.timesteps):
             with torch.set_grad_enabled(grad_enabled and i >= grad_from):
-                model_output, x_t = self._model_output(latents, t, cond, guidance_scale)
+                model_output, x_t = self._model_output(latents, t, hidden, guidance_scale, unet_dtype)
                 if i == tweedie_at:
                     return self._predict_x0(model_output, x_t, i, t)
                 latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs, return_dict=False)[0]
         return latents
 
-    def _model_output(self, latents: Tensor, t: Tensor, cond: Tensor, guidance_scale: float) -> tuple[Tensor, Tensor]:
+    def _model_output(self, latents: Tensor, t: Tensor, hidden: Tensor, guidance_scale: float,
+                      dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """One UNet call with classifier-free guidance, as in the pipeline.
 
-        Returns the guided model output and the scaled model input x_t (the variance-preserving
-        sample the UNet sees), both in ``compute_dtype``.
+        ``hidden`` is the UNet conditioning in ``dtype``: [uncond, cond] stacked when guidance
+        is on. Returns the guided model output and the scaled model input x_t (the
+        variance-preserving sample the UNet sees), both in ``compute_dtype``.
         """
         x_t = self.scheduler.scale_model_input(latents, t)
         do_cfg = guidance_scale > 1.0
-        if do_cfg:
-            model_input = torch.cat([x_t] * 2)
-            encoder_hidden_states = torch.cat([self.uncond.expand(cond.shape[0], -1, -1).to(cond.dtype), cond])
-        else:
-            model_input, encoder_hidden_states = x_t, cond
-        dtype = self.unet.dtype
-        output = self.unet(
-            model_input.to(dtype), t, encoder_hidden_states=encoder_hidden_states.to(dtype), return_dict=False
-        )[0].to(self.compute_dtype)
+        model_input = torch.cat([x_t] * 2) if do_cfg else x_t
+        output = self.unet(model_input.to(dtype), t, encoder_hidden_states=hidden, return_dict=False)[0].to(
+            self.compute_dtype)
         self.num_unet_calls += 1
         if do_cfg:
             output_uncond, output_text = output.chunk(2)
