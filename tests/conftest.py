@@ -33,6 +33,32 @@ def tiny_digits(mnist5k):
                    class_names=list(mnist5k.class_names), natural=False, mean=mnist5k.mean, std=mnist5k.std)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and tests then do not fight over the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def finished_gal_run(tmp_path_factory, tiny_digits, tiny_sd_folder):
+    """A completed 2-cycle al+gal experiment on the tiny task (tests/test_experiment_gal.py::gal_cfg).
+
+    Shared, so treat it as read-only: tests that damage a run work on a copy."""
+    from galot_core.experiment import Experiment
+    from tests.test_experiment_gal import gal_cfg
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = gal_cfg(tmp_path_factory.mktemp("finished"), tiny_sd_folder)
+    exp = Experiment(cfg, dataset=tiny_digits)
+    exp.run()
+    torch.set_num_threads(n)
+    return cfg, exp
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory):
     """A tiny random Stable Diffusion pipeline saved as a diffusers folder (built offline from configs)."""

@@ -24,12 +24,7 @@ def gal_cfg(tmp_path, model, **sections):
     return config_from_dict(raw)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_al_gal_two_cycles(tmp_path, tiny_digits, tiny_sd_folder):

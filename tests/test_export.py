@@ -8,24 +8,14 @@ import torch
 
 from galot_core import export
 from galot_core.errors import GalotError
-from galot_core.experiment import Experiment
-from tests.test_experiment_gal import gal_cfg
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_digits, tiny_sd_folder):
-    cfg = gal_cfg(tmp_path_factory.mktemp("exp"), tiny_sd_folder)
-    exp = Experiment(cfg, dataset=tiny_digits)
-    exp.run()
-    return cfg, exp
+@pytest.fixture
+def finished(finished_gal_run):
+    return finished_gal_run
 
 
 def test_run_exports_real_selections_and_one_shard_per_cycle(finished, tiny_digits):

@@ -7,19 +7,13 @@ the real mnist5k digits and a tiny random Stable Diffusion pipeline keep them fa
 from __future__ import annotations
 
 import pytest
-import torch
 import yaml
 
 from galot_core import export, synthetic
 from galot_core.checkpoint import load_classifier
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_params(tmp_path, model, name="f", mode="al+gal", experiment=None, **sections):

@@ -6,7 +6,6 @@ import hashlib
 import shutil
 
 import pytest
-import torch
 
 from galot_core import synthetic
 from galot_core.errors import GalotError
@@ -15,19 +14,12 @@ from galot_core.verify import verify_run
 from tests.test_experiment_gal import gal_cfg
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_digits, tiny_sd_folder):
-    cfg = gal_cfg(tmp_path_factory.mktemp("exp"), tiny_sd_folder)
-    Experiment(cfg, dataset=tiny_digits).run()
-    return cfg.run_dir
+@pytest.fixture
+def finished(finished_gal_run):
+    return finished_gal_run[0].run_dir
 
 
 def damaged_copy(run_dir, tmp_path):
@@ -131,13 +123,13 @@ def test_retries_only_where_they_can_help():
     assert not cycle.transient(None, None, Failed(data=GalotError("t2i.model: missing")))
 
 
-def test_checkpoints_never_unpickle(finished):
+def test_checkpoints_never_unpickle(finished, tmp_path):
     from galot_core.checkpoint import load_classifier
 
     path = finished / "classifier.safetensors"
     assert path.read_bytes()[8:9] == b"{"  # a safetensors JSON header, not a pickle
     load_classifier(path)
-    evil = finished.parent / "evil.safetensors"
+    evil = tmp_path / "evil.safetensors"
     import pickle
 
     evil.write_bytes(pickle.dumps({"x": 1}))
