@@ -1,0 +1,184 @@
+"""The paper's experiments in the embedded world: every run, resumable, seeded, raw results kept.
+
+    python benchmarks/study.py                     # everything not yet done (hours on 2 cores)
+    python benchmarks/study.py --only table1 fig3  # some experiment groups
+    python benchmarks/study.py --jobs 2            # two runs at a time, one torch thread each
+    python benchmarks/study.py --list              # what exists and what is missing
+
+Every run is the real tool: ``galot run`` / ``galot transfer`` in a subprocess, with the
+project's params.yaml plus the overrides below, in ``benchmarks/runs/study/`` (ignored by
+git). A run killed half-way resumes from its run folder the next time. When a run is
+complete its per-cycle metrics are copied to ``benchmarks/results/study/<group>/<name>/
+seed<k>.json`` — the committed raw results that the report is generated from.
+
+The protocol, fixed before any result was looked at (the embedded default of params.yaml):
+mnist5k (2,000-image pool, 1,000 test images), small_cnn trained from scratch every cycle
+(40 epochs, at least 300 SGD steps), B_AL = 20 per cycle, N = 10 cycles, B_GAL = |L|,
+GALOT with σ_AL = σ_GAL = margin, ε growing linearly to 0.2·‖s*‖, α = ε/5, n = 10, k = 6,
+galot-mini at 10 steps, guidance 3. Seeds 0 and 1 for every cell. One protocol for every
+method; ablations change exactly the key they name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "benchmarks" / "runs" / "study"
+RESULTS = ROOT / "benchmarks" / "results" / "study"
+SEEDS = (0, 1)
+AL = ("RandomSampling", "EntropySampling", "MarginSampling", "LeastConfidence", "BALD", "BADGE", "MeanSTD",
+      "VarRatio", "KMeans", "CoreSet", "LossPrediction")
+TEMPLATES = ("a photo of a {label}", "{label}", "a realistic photo of a {label}", "a simple photo of a {label}",
+             "a recent color photograph of a {label}")
+
+
+def _al(strategy: str) -> list[str]:
+    return ["experiment.mode=al", f"al.strategy={strategy}"]
+
+
+# group -> name -> overrides of params.yaml. "galot" is the default experiment itself.
+EXPERIMENTS: dict[str, dict[str, list[str]]] = {
+    "table1": {"galot": [], "galot_basic": ["gal.epsilon=0.0"], **{f"al_{s}": _al(s) for s in AL}},
+    "fig3": {"gal_only": ["experiment.mode=gal"],
+             "fully_supervised": [*_al("RandomSampling"), "al.budget_per_cycle=2000", "experiment.cycles=1"]},
+    "table4_epsilon": {f"eps_{e}": [f"gal.epsilon={e}"] for e in (0.1, 0.4)},
+    "fig5_sigma_gal": {f"gal_{s}": [f"gal.strategy={s}"] for s in ("RandomSampling", "EntropySampling",
+                                                                      "LeastConfidence")},
+    "fig6_budget_gal": {f"bgal_{f}": [f"gal.budget_factor={f}"] for f in (0.5, 1.5)},
+    "table5_equal_iterations": {"al_MarginSampling_2x_epochs": [*_al("MarginSampling"), "train.epochs=80"]},
+    "table7_sigma_al_x_gal": {f"al_{a}_gal_{g}": [f"al.strategy={a}", f"gal.strategy={g}"]
+                              for a in ("RandomSampling", "EntropySampling", "MarginSampling")
+                              for g in ("RandomSampling", "EntropySampling", "MarginSampling")
+                              if (a, g) != ("MarginSampling", "MarginSampling")},
+    "step_rule": {"l2_step": ["gal.step_rule=l2"]},
+    "table3_templates": {f"template_{i}": [f"gal.template='{t}'"] for i, t in enumerate(TEMPLATES)
+                         if t != "a realistic photo of a {label}"},
+}
+TRANSFER_ARCHS = ("small_cnn", "vgg16", "densenet121", "mobilenet_v2")
+# table2: the GALOT dataset and the AL-margin selections, each trained on other architectures.
+TRANSFERS = {"galot": "galot", "al_MarginSampling": "al_MarginSampling"}
+
+
+def run_name(name: str, seed: int) -> str:
+    return f"{name}-s{seed}"
+
+
+def result_path(group: str, name: str, seed: int) -> Path:
+    return RESULTS / group / name / f"seed{seed}.json"
+
+
+def galot(args: list[str], slot: int, log: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1",
+               PREFECT_HOME=str(RUNS / f".prefect-home-{slot}"))  # one ephemeral server database per job slot
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        r = subprocess.run([str(Path(sys.executable).parent / "galot"), *args], cwd=ROOT, env=env, stdout=f,
+                           stderr=subprocess.STDOUT)
+    if r.returncode:
+        raise RuntimeError(f"galot {' '.join(args)} failed (exit {r.returncode}); see {log}")
+
+
+def common(name: str, seed: int) -> list[str]:
+    return ["--set", f"experiment.runs_dir={RUNS.relative_to(ROOT)}", "--set", f"experiment.name={run_name(name, seed)}",
+            "--set", f"experiment.seed={seed}", "--set", "tracking.mlflow=false"]
+
+
+def do_run(group: str, name: str, overrides: list[str], seed: int, slot: int) -> str:
+    out = result_path(group, name, seed)
+    if out.exists():
+        return f"{group}/{name} seed {seed}: done"
+    t = time.perf_counter()
+    args = ["run", *common(name, seed)]
+    for o in overrides:
+        args += ["--set", o]
+    galot(args, slot, RUNS / "logs" / f"{run_name(name, seed)}.log")
+    rows = json.loads((RUNS / run_name(name, seed) / "metrics.json").read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"group": group, "name": name, "seed": seed, "overrides": overrides, "cycles": rows,
+               "wall_seconds": round(time.perf_counter() - t, 1)}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(out)
+    return f"{group}/{name} seed {seed}: {rows[-1]['test_accuracy']:.4f} after {len(rows)} cycles"
+
+
+def do_transfer(name: str, arch: str, seed: int, slot: int) -> str:
+    out = result_path("table2_transfer", f"{name}_{arch}", seed)
+    if out.exists():
+        return f"transfer {name}/{arch} seed {seed}: done"
+    if not result_path("table1", name, seed).exists():
+        return f"transfer {name}/{arch} seed {seed}: waiting for {name}"
+    overrides = EXPERIMENTS["table1"][name]
+    args = ["transfer", *common(name, seed), "--arch", arch]
+    for o in overrides:
+        args += ["--set", o]
+    galot(args, slot, RUNS / "logs" / f"{run_name(name, seed)}-transfer-{arch}.log")
+    metrics = json.loads((RUNS / run_name(name, seed) / "transfer" / arch / "metrics.json").read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"group": "table2_transfer", "source": name, "arch": arch, "seed": seed,
+                               **metrics}, indent=2) + "\n")
+    return f"transfer {name}/{arch} seed {seed}: {metrics['test_accuracy']:.4f}"
+
+
+def plan(groups: list[str], seeds: tuple[int, ...]) -> list[tuple]:
+    """Seed-major, so a partial study already has every method at seed 0."""
+    jobs = []
+    for seed in seeds:
+        for group in groups:
+            if group == "table2_transfer":
+                jobs += [("transfer", name, arch, seed) for name in TRANSFERS for arch in TRANSFER_ARCHS]
+            else:
+                jobs += [("run", group, name, ov, seed) for name, ov in EXPERIMENTS[group].items()]
+    return jobs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = [*EXPERIMENTS, "table2_transfer"]
+    ap.add_argument("--only", nargs="+", choices=groups, default=groups)
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one torch thread)")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    if not (ROOT / "models" / "galot-mini" / "model_index.json").exists():
+        raise SystemExit("models/galot-mini is missing: run `galot pretrain-t2i` (or `dvc repro pretrain_t2i`) first")
+    jobs = plan(args.only, tuple(args.seeds))
+    if args.list:
+        for j in jobs:
+            path = result_path(j[1], j[2], j[4]) if j[0] == "run" else result_path("table2_transfer", f"{j[1]}_{j[2]}", j[3])
+            print(("done    " if path.exists() else "missing ") + " ".join(str(x) for x in j[1:] if not isinstance(x, list)))
+        return
+    # Transfers need their source run: run them after everything else of the same seed.
+    runs = [j for j in jobs if j[0] == "run"]
+    transfers = [j for j in jobs if j[0] == "transfer"]
+    start = time.perf_counter()
+    slots: queue.Queue[int] = queue.Queue()
+    for k in range(max(1, args.jobs)):
+        slots.put(k)
+
+    def work(job):
+        slot = slots.get()  # each concurrent run gets its own Prefect home
+        try:
+            msg = do_run(*job[1:], slot) if job[0] == "run" else do_transfer(*job[1:], slot)
+        except RuntimeError as e:
+            msg = f"FAILED: {e}"
+        finally:
+            slots.put(slot)
+        print(f"[{(time.perf_counter() - start) / 60:6.1f} min] {msg}", flush=True)
+
+    for batch in (runs, transfers):
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            list(pool.map(work, batch))
+
+
+if __name__ == "__main__":
+    main()
