@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from galot_core.config import ARCHITECTURES, load_config
@@ -73,8 +77,7 @@ def run_one_cycle(cfg: dict[str, Any]) -> dict[str, Any]:
 
     timed("select", steps.select_real_batch, cfg, cycle)
     if exp.uses_generation:
-        timed("textopt", steps.optimize_embeddings, cfg, cycle)
-        timed("generate", steps.generate_images, cfg, cycle)
+        seconds.update(diffusion_steps.with_options(task_runner=task_runner(cfg))(cfg, cycle))
     timed("train", steps.train, cfg, cycle)
     timed("export", steps.export_dataset, cfg, cycle)
     metrics = steps.evaluate(cfg, cycle, seconds)
@@ -86,6 +89,77 @@ def run_one_cycle(cfg: dict[str, Any]) -> dict[str, Any]:
                              description="Latest cycle")
     track_experiment(cfg)
     return metrics
+
+
+def task_runner(cfg: dict[str, Any]) -> TaskRunner:
+    """``runner.task_runner``: threads in this process, or prefect-dask on a local or existing Dask cluster."""
+    r = cfg["runner"]
+    if r["task_runner"] == "thread":
+        return ThreadPoolTaskRunner()
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise GalotError("runner.task_runner: dask needs the prefect-dask package; pip install prefect-dask, "
+                         "or use runner.task_runner: thread") from None
+    if r["dask_address"]:
+        return DaskTaskRunner(address=r["dask_address"])
+    import torch
+
+    workers = r["dask_workers"] or max(1, torch.cuda.device_count())
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+@contextmanager
+def local_dask_cluster(cfg: dict[str, Any]) -> Iterator[str | None]:
+    """A local Dask cluster for ``runner.task_runner: dask`` without ``dask_address``, else nothing."""
+    r = cfg["runner"]
+    if r["task_runner"] != "dask" or r["dask_address"]:
+        yield None
+        return
+    try:
+        from distributed import LocalCluster
+    except ImportError:
+        raise GalotError("runner.task_runner: dask needs the prefect-dask package; pip install prefect-dask, "
+                         "or use runner.task_runner: thread") from None
+    import torch
+
+    workers = r["dask_workers"] or max(1, torch.cuda.device_count())
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def _absolute(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Paths that exist here made absolute, for Dask workers that run in another directory (a
+    shared filesystem mounted at the same path on every worker is assumed)."""
+    out = {k: dict(v) for k, v in cfg.items()}
+    out["experiment"]["runs_dir"] = str(Path(out["experiment"]["runs_dir"]).resolve())
+    for section, key in (("experiment", "judge"), ("t2i", "model"), ("data", "root")):
+        value = out[section].get(key)
+        if value and Path(value).exists():  # a hub id such as stabilityai/... stays as it is
+            out[section][key] = str(Path(value).resolve())
+    return out
+
+
+@flow(name="galot-diffusion", log_prints=True)
+def diffusion_steps(cfg: dict[str, Any], cycle: int) -> dict[str, float]:
+    """Lines 6–9 fanned out: TextOpt per group of classes, then generation per shard, each a task
+    the configured task runner places; the merges run here. Returns seconds per stage."""
+    exp = steps.experiment(cfg)
+    remote = _absolute(cfg) if cfg["runner"]["task_runner"] == "dask" else cfg
+    seconds = {}
+    t = time.perf_counter()
+    if not (exp.cycle_dir(cycle) / "embeddings.safetensors").exists():
+        futures = [steps.optimize_embeddings.submit(remote, cycle, g) for g in range(len(exp.textopt_groups()))]
+        [f.result() for f in futures]
+    steps.merge_embeddings(cfg, cycle)
+    seconds["textopt"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    futures = [steps.generate_images.submit(remote, cycle, k) for k in exp.generation_shards(cycle)]
+    [f.result() for f in futures]
+    steps.merge_generated(cfg, cycle)
+    seconds["generate"] = round(time.perf_counter() - t, 3)
+    return seconds
 
 
 @flow(name="galot", log_prints=True)
@@ -101,8 +175,12 @@ def galot_run(params: str = "params.yaml", overrides: list[str] | None = None) -
     cfg = load_config(params, overrides or [])
     exp = steps.experiment(cfg.to_dict())
     exp.start()
-    for _ in range(exp.completed_cycles(), cfg.experiment.cycles):
-        galot_cycle(params, overrides)
+    if exp.completed_cycles() < cfg.experiment.cycles:
+        with local_dask_cluster(cfg.to_dict()) as address:
+            # One cluster for every cycle, so its workers keep the diffusion model loaded.
+            extra = [f"runner.dask_address={address}"] if address else []
+            for _ in range(exp.completed_cycles(), cfg.experiment.cycles):
+                galot_cycle(params, [*(overrides or []), *extra])
     if exp.completed_cycles():
         # The deliverables (exported dataset, summary, classifier copy) exist even when every
         # cycle was already done, e.g. after `dvc repro` removed them to rerun the stage.

@@ -105,6 +105,8 @@ class T2IConfig:
     steps: int = _field(10, min=1, help="denoising steps T")
     guidance_scale: float = _field(3.0, min=0.0)
     timestep_spacing: str | None = _field("trailing", choices=(None, "leading", "trailing", "linspace"))
+    scheduler: str | None = _field(None, choices=(None, "ddim", "dpm++", "euler", "unipc"),
+                                   help="null: the model folder's scheduler; else this one on its noise schedule")
     dtype: str = _field("auto", choices=("auto", "fp32", "fp16", "bf16"))
     device: str = _field("auto")
     batch_size: int = _field(100, min=1, help="images per generation batch (halved on out-of-memory)")
@@ -177,6 +179,21 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class RunnerConfig:
+    """Where the diffusion-model work runs; never changes what is computed (same images, same manifest)."""
+
+    task_runner: str = _field("thread", choices=("thread", "dask"),
+                              help="thread: this process; dask: prefect-dask's DaskTaskRunner")
+    dask_address: str | None = _field(None, help="an existing Dask scheduler (tcp://host:8786); "
+                                                 "unset: a local cluster of dask_workers processes")
+    dask_workers: int = _field(0, min=0, help="local cluster size; 0 = one per visible GPU (1 without GPU)")
+    shard_size: int = _field(100, min=1, help="generated images per task (a multiple of t2i.batch_size "
+                                              "keeps every batch full)")
+    textopt_classes_per_task: int = _field(0, min=0, help="classes per TextOpt task; 0 = all classes in "
+                                                          "one batched task (cheapest on one device)")
+
+
+@dataclass(frozen=True)
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -189,6 +206,7 @@ class Config:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         d = dataclasses.asdict(self)

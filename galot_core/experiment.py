@@ -31,8 +31,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ _MUTABLE_KEYS = {
 }
 # Sections that describe other stages (pretraining, transfer, baselines) or where results
 # are mirrored (tracking); they never change what an experiment computes.
-_UNRELATED_SECTIONS = {"pretrain", "transfer", "baselines", "tracking"}
+_UNRELATED_SECTIONS = {"pretrain", "transfer", "baselines", "tracking", "runner"}
 
 
 def cycle_seed(seed: int, cycle: int, *parts: int) -> int:
@@ -110,6 +111,7 @@ class Experiment:
         # Batch sizes that fit the accelerator, learnt from out-of-memory errors (None: t2i.batch_size).
         self._generate_batch: int | None = None
         self._textopt_batch: int | None = None
+        self.t2i_lock = threading.Lock()
 
     # ----- persistent state -------------------------------------------------------------
     @cached_property
@@ -135,6 +137,7 @@ class Experiment:
                              "on 2 CPU cores) or point t2i.model at a diffusers folder or hub id")
         return DiffusersT2I.from_pretrained(model, device=self.cfg.t2i.device, dtype=self.cfg.t2i.dtype,
                                             timestep_spacing=self.cfg.t2i.timestep_spacing,
+                                            scheduler=self.cfg.t2i.scheduler,
                                             local_files_only=not self.cfg.t2i.allow_download)
 
     @property
@@ -223,20 +226,41 @@ class Experiment:
         failpoint("select.after_save")
         return [int(i) for i in picked]
 
-    def optimize_embeddings(self, cycle: int) -> dict[str, float]:
-        """Lines 6–8: s* = h_τ(y) per class, then TextOpt (PGD on Eq. 2) against the last classifier."""
-        path = self.cycle_dir(cycle) / "embeddings.safetensors"
-        if path.exists():
-            return {"epsilon": self.effective_epsilon(cycle)}
-        g, t2i = self.cfg.gal, self.t2i
-        s_star = t2i.encode(self.prompts())
+    # TextOpt is split into groups of classes (runner.textopt_classes_per_task), so it can fan
+    # out like generation. Eq. 2 is a separate problem per class, and every group draws the
+    # noise of the whole batch and keeps its own rows, so the grouping changes nothing but
+    # where the work runs. One group (the default) is one batched call per PGD step.
+    def textopt_groups(self) -> list[list[int]]:
+        n = len(self.dataset.class_names)
+        per = self.cfg.runner.textopt_classes_per_task or n
+        return [list(range(a, min(a + per, n))) for a in range(0, n, per)]
+
+    def _group_path(self, cycle: int, group: int) -> Path:
+        return self.cycle_dir(cycle) / f".textopt-{group:03d}.safetensors"
+
+    def optimize_group(self, cycle: int, group: int) -> None:
+        """Lines 6–8 for one group of classes: s* = h_τ(y), then TextOpt (PGD on Eq. 2) against the last classifier."""
+        path = self._group_path(cycle, group)
+        if path.exists() or (self.cycle_dir(cycle) / "embeddings.safetensors").exists():
+            return
+        rows = self.textopt_groups()[group]
+        g = self.cfg.gal
+        with self.t2i_lock:  # also the first load: tasks in threads must not load the model twice
+            t2i = self.t2i
+            s_star = t2i.encode(self.prompts()).float()
         eps = textopt.resolve_epsilon(self.epsilon(cycle), s_star, g.epsilon_relative)
         eps_t = torch.as_tensor(eps, dtype=torch.float32).expand(len(s_star)).clone()
         previous = self.load_model(cycle - 1)
-        calls_before = t2i.num_unet_calls
+        calls = 0
         if previous is None or float(eps_t.max()) == 0.0 or g.steps == 0:
-            s = s_star.float().clone()  # nothing to optimise against yet, or ε = 0 (GALOT basic)
+            s = s_star[rows].clone()  # nothing to optimise against yet, or ε = 0 (GALOT basic)
             eps_t = torch.zeros_like(eps_t)
+        elif g.strategy == "RandomSampling":
+            walk = textopt.random_direction_grad(torch.Generator().manual_seed(
+                cycle_seed(self.cfg.experiment.seed, cycle, 4)))
+            full = torch.empty(s_star.shape)
+            s = textopt.optimize(s_star[rows], lambda _: walk(full)[rows], eps_t[rows], g.alpha_ratio * eps_t[rows],
+                                 g.steps, step=g.step_rule, momentum=g.momentum)
         else:
             model = previous[0].to(t2i.device).eval().requires_grad_(False)
             preprocess = self.preprocess.to(t2i.device)
@@ -246,96 +270,171 @@ class Experiment:
                 return acquisition.objective(g.strategy, model(preprocess(images)))
 
             def grad_fn(s: torch.Tensor) -> torch.Tensor:
+                nonlocal calls
                 # Fresh noise per PGD step estimates Eq. 5's expectation; common noise optimises
                 # a fixed sample average, which has less variance between steps.
                 step = 0 if g.common_noise else next(step_seeds)
-                gen = torch.Generator(t2i.device).manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 3, step))
                 while True:
+                    gen = torch.Generator(t2i.device).manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 3, step))
                     batch = min(self.cfg.t2i.batch_size, self._textopt_batch or self.cfg.t2i.batch_size)
-                    try:
-                        simulated_oom(min(batch, g.samples * len(s)))
-                        return t2i.acquisition_grad(s, objective, k=g.samples, generator=gen,
-                                                    num_inference_steps=self.cfg.t2i.steps,
-                                                    guidance_scale=self.cfg.t2i.guidance_scale,
-                                                    estimator=g.estimator, batch_size=batch)[0]
-                    except torch.cuda.OutOfMemoryError:
-                        self._halve_batch("TextOpt", min(batch, g.samples * len(s)))
-                        gen = torch.Generator(t2i.device).manual_seed(
-                            cycle_seed(self.cfg.experiment.seed, cycle, 3, step))
+                    with self.t2i_lock:
+                        calls_before = t2i.num_unet_calls
+                        noise = t2i.initial_noise(len(s_star) * g.samples, gen)  # every class's, as one draw
+                        noise = noise.view(len(s_star), g.samples, *noise.shape[1:])[rows].flatten(0, 1)
+                        try:
+                            simulated_oom(min(batch, g.samples * len(s)))
+                            grad = t2i.acquisition_grad(s, objective, k=g.samples, generator=gen, noise=noise,
+                                                        num_inference_steps=self.cfg.t2i.steps,
+                                                        guidance_scale=self.cfg.t2i.guidance_scale,
+                                                        estimator=g.estimator, batch_size=batch)[0]
+                        except torch.cuda.OutOfMemoryError:
+                            self._halve_batch("TextOpt", min(batch, g.samples * len(s)))
+                            continue
+                        finally:
+                            calls += t2i.num_unet_calls - calls_before
+                    return grad
 
-            if g.strategy == "RandomSampling":
-                grad_fn = textopt.random_direction_grad(torch.Generator().manual_seed(
-                    cycle_seed(self.cfg.experiment.seed, cycle, 4)))
-            s = textopt.optimize(s_star, grad_fn, eps_t, g.alpha_ratio * eps_t, g.steps, step=g.step_rule,
-                                 momentum=g.momentum)
-        tensors = {"s_star": s_star.float().cpu().contiguous(), "s": s.float().cpu().contiguous(),
-                   "epsilon": eps_t.cpu().contiguous()}
-        calls = t2i.num_unet_calls - calls_before
-        atomic_write_bytes(path, safetensors_bytes(tensors, {"prompts": "\n".join(self.prompts()),
-                                                             "unet_calls": str(calls)}))
-        return {"epsilon": float(eps_t.max()), "unet_calls": calls}
+            s = textopt.optimize(s_star[rows], grad_fn, eps_t[rows], g.alpha_ratio * eps_t[rows], g.steps,
+                                 step=g.step_rule, momentum=g.momentum)
+        tensors = {"s": s.float().cpu().contiguous(), "epsilon": eps_t[rows].cpu().contiguous()}
+        atomic_write_bytes(path, safetensors_bytes(tensors, {"unet_calls": str(calls)}))
 
-    def generate(self, cycle: int) -> int:
-        """Line 9: B_GAL images from the optimised embeddings, pseudo-labelled by their class, to disk."""
+    def merge_embeddings(self, cycle: int) -> dict[str, float]:
+        """Stack the groups' optimised embeddings into embeddings.safetensors (s*, s, ε per class)."""
+        path = self.cycle_dir(cycle) / "embeddings.safetensors"
+        if not path.exists():
+            groups = [self._group_path(cycle, k) for k in range(len(self.textopt_groups()))]
+            missing = [p.name for p in groups if not p.exists()]
+            if missing:
+                raise GalotError(f"cycle {cycle}: TextOpt groups {', '.join(missing)} are not done; run the cycle again")
+            parts = [load_file(str(p)) for p in groups]
+            with self.t2i_lock:
+                s_star = self.t2i.encode(self.prompts()).float()
+            tensors = {"s_star": s_star.cpu().contiguous(), "s": torch.cat([p["s"] for p in parts]).contiguous(),
+                       "epsilon": torch.cat([p["epsilon"] for p in parts]).contiguous()}
+            calls = sum(int(safetensors_metadata(p).get("unet_calls", 0)) for p in groups)
+            atomic_write_bytes(path, safetensors_bytes(tensors, {"prompts": "\n".join(self.prompts()),
+                                                                 "unet_calls": str(calls)}))
+            for p in groups:
+                p.unlink()
+        emb = load_file(str(path))
+        return {"epsilon": float(emb["epsilon"].max()), "unet_calls": int(safetensors_metadata(path)["unet_calls"])}
+
+    def optimize_embeddings(self, cycle: int) -> dict[str, float]:
+        """Lines 6–8: s* = h_τ(y) per class, then TextOpt (PGD on Eq. 2) against the last classifier."""
+        if not (self.cycle_dir(cycle) / "embeddings.safetensors").exists():
+            for group in range(len(self.textopt_groups())):
+                self.optimize_group(cycle, group)
+        return self.merge_embeddings(cycle)
+
+    # Generation is split into shards, fixed lists of (class, index) images, so it can fan out
+    # over processes or machines (tasks/, flows/). Every image has its own seed, so a shard's
+    # images do not depend on which worker makes them or what else it makes; each shard keeps
+    # its progress in a part file and :meth:`merge_generated` folds the parts into the manifest.
+    def generation_items(self, cycle: int) -> list[tuple[int, int]]:
+        """Every image of the cycle's synthetic set as (class, index), classes split B_GAL evenly."""
+        n_total, n_classes = self.gal_budget(cycle), len(self.dataset.class_names)
+        per_class = [n_total // n_classes + (1 if c < n_total % n_classes else 0) for c in range(n_classes)]
+        return [(c, i) for c in range(n_classes) for i in range(per_class[c])]
+
+    def generation_shards(self, cycle: int) -> list[int]:
+        """Shard ids of the cycle; shard k holds items ``[k·S, (k+1)·S)`` with S = runner.shard_size."""
+        size = self.cfg.runner.shard_size
+        return list(range((len(self.generation_items(cycle)) + size - 1) // size))
+
+    def _part_path(self, cycle: int, shard: int) -> Path:
+        return synthetic.cycle_folder(self.dir, cycle) / f".part-{shard:05d}.json"
+
+    def generate_shard(self, cycle: int, shard: int) -> int:
+        """Line 9 for one shard: its images from the optimised embeddings, pseudo-labelled by class, to disk."""
         folder = synthetic.cycle_folder(self.dir, cycle)
-        for tmp in folder.rglob(".*.tmp") if folder.exists() else []:
-            tmp.unlink()  # a write that a crash cut short; never listed, so never used
-        entries = synthetic.read_manifest(folder)
-        n_total = self.gal_budget(cycle)
-        if len(entries) >= n_total:
-            return len(entries)
-        t2i, tc = self.t2i, self.cfg.t2i
+        size = self.cfg.runner.shard_size
+        items = self.generation_items(cycle)[shard * size:(shard + 1) * size]
+        classes = self.dataset.class_names
+        name = {(c, i): f"{synthetic.safe_dirname(c, classes[c])}/{i:06d}.png" for c, i in items}
+        for c, i in items:  # a write that a crash cut short; never listed, so never used
+            for tmp in (folder / name[c, i]).parent.glob(f".{i:06d}.png.*.tmp"):
+                tmp.unlink()
+        part_path = self._part_path(cycle, shard)
+        part = read_json(part_path) if part_path.exists() else {"entries": [], "unet_calls": 0}
+        done = {e.file for e in synthetic.read_manifest(folder)} | {e["file"] for e in part["entries"]}
+        todo = [item for item in items if name[item] not in done]
+        if not todo:
+            return 0
+        tc = self.cfg.t2i
+        with self.t2i_lock:
+            t2i = self.t2i
         emb = load_file(str(self.cycle_dir(cycle) / "embeddings.safetensors"))
         s, eps = emb["s"], emb["epsilon"]
-        classes = self.dataset.class_names
-        per_class = [n_total // len(classes) + (1 if c < n_total % len(classes) else 0) for c in range(len(classes))]
-        done = {e.file for e in entries}
-        todo = [(c, i) for c in range(len(classes)) for i in range(per_class[c])
-                if f"{synthetic.safe_dirname(c, classes[c])}/{i:06d}.png" not in done]
         sched = f"{type(t2i.scheduler).__name__}({t2i.scheduler.config.get('timestep_spacing', '')})"
-        emb_hash = [synthetic.tensor_sha256(s[c]) for c in range(len(classes))]
         prompts = self.prompts()
-        calls_path = self.cycle_dir(cycle) / "generate_unet_calls.json"
-        calls = read_json(calls_path)["unet_calls"] if calls_path.exists() else 0
         size = min(tc.batch_size, self._generate_batch or tc.batch_size)
         queue = [todo[i:i + size] for i in range(0, len(todo), size)]
         bar = tqdm(total=len(todo), desc=f"generate cycle {cycle}", unit="img", leave=False)
         while queue:
             batch = queue.pop(0)
-            calls_before = t2i.num_unet_calls
             seeds = [cycle_seed(self.cfg.experiment.seed, cycle, 5, c, i) for c, i in batch]
-            noise = torch.cat([t2i.initial_noise(1, torch.Generator(t2i.device).manual_seed(sd)) for sd in seeds])
-            try:
-                simulated_oom(len(batch))
-                with torch.no_grad():
-                    images = t2i.generate(s[[c for c, _ in batch]], num_inference_steps=tc.steps,
-                                          guidance_scale=tc.guidance_scale, latents=noise)
-            except torch.cuda.OutOfMemoryError:
-                # Per-image seeds make the images independent of the batch they are made in.
-                size = self._halve_batch("generation", len(batch))
-                rest = batch + [item for b in queue for item in b]
-                queue = [rest[i:i + size] for i in range(0, len(rest), size)]
-                continue
-            new = [synthetic.ManifestEntry(
-                file=f"{synthetic.safe_dirname(c, classes[c])}/{i:06d}.png", sha256="", label=c,
-                class_name=classes[c], prompt=prompts[c], cycle=cycle, epsilon=float(eps[c]),
-                embedding_sha256=emb_hash[c], seed=sd, model_id=t2i.model_id, revision=t2i.revision,
-                scheduler=sched, steps=tc.steps, guidance_scale=tc.guidance_scale) for (c, i), sd in zip(batch, seeds)]
+            with self.t2i_lock:  # one model per process: concurrent tasks take turns on it
+                calls_before = t2i.num_unet_calls
+                noise = torch.cat([t2i.initial_noise(1, torch.Generator(t2i.device).manual_seed(sd)) for sd in seeds])
+                try:
+                    simulated_oom(len(batch))
+                    with torch.no_grad():
+                        images = t2i.generate(s[[c for c, _ in batch]], num_inference_steps=tc.steps,
+                                              guidance_scale=tc.guidance_scale, latents=noise)
+                except torch.cuda.OutOfMemoryError:
+                    # Per-image seeds make the images independent of the batch they are made in.
+                    size = self._halve_batch("generation", len(batch))
+                    rest = batch + [item for b in queue for item in b]
+                    queue = [rest[i:i + size] for i in range(0, len(rest), size)]
+                    continue
+                calls = t2i.num_unet_calls - calls_before
             pngs = [synthetic.png_bytes(img) for img in to_uint8(images.cpu())]
-            for k, (entry, data) in enumerate(zip(new, pngs)):
-                atomic_write_bytes(folder / entry.file, data)
-                if k == len(new) // 2:
-                    failpoint("generate.mid_batch")  # some PNGs on disk, the manifest not yet updated
-            entries += [synthetic.ManifestEntry(**{**e.__dict__, "sha256": hashlib.sha256(d).hexdigest()})
-                        for e, d in zip(new, pngs)]
-            entries.sort(key=lambda e: e.file)
-            synthetic.write_manifest(folder, entries)
-            calls += t2i.num_unet_calls - calls_before
-            atomic_write_json(calls_path, {"unet_calls": calls})
+            for k, ((c, i), data) in enumerate(zip(batch, pngs)):
+                atomic_write_bytes(folder / name[c, i], data)
+                if k == len(batch) // 2:
+                    failpoint("generate.mid_batch")  # some PNGs on disk, the part file not yet updated
+            part["entries"] += [asdict(synthetic.ManifestEntry(
+                file=name[c, i], sha256=hashlib.sha256(data).hexdigest(), label=c, class_name=classes[c],
+                prompt=prompts[c], cycle=cycle, epsilon=float(eps[c]), embedding_sha256=synthetic.tensor_sha256(s[c]),
+                seed=sd, model_id=t2i.model_id, revision=t2i.revision, scheduler=sched, steps=tc.steps,
+                guidance_scale=tc.guidance_scale)) for (c, i), sd, data in zip(batch, seeds, pngs)]
+            part["unet_calls"] += calls
+            atomic_write_json(part_path, part)
             bar.update(len(batch))
             failpoint("generate.after_batch")
         bar.close()
+        return len(todo)
+
+    def merge_generated(self, cycle: int) -> int:
+        """Fold the shards' part files into manifest.jsonl (sorted by file) and the UNet-call count."""
+        folder = synthetic.cycle_folder(self.dir, cycle)
+        for tmp in folder.rglob(".*.tmp") if folder.exists() else []:
+            tmp.unlink()  # every shard is done: these are writes a crash cut short
+        parts = sorted(folder.glob(".part-*.json")) if folder.exists() else []
+        entries = synthetic.read_manifest(folder)
+        if not parts:
+            return len(entries)
+        calls_path = self.cycle_dir(cycle) / "generate_unet_calls.json"
+        calls = read_json(calls_path)["unet_calls"] if calls_path.exists() else 0
+        known = {e.file for e in entries}
+        # A part whose images are all in the manifest was merged by a run that died before
+        # deleting it: its calls are already counted.
+        loaded = [part for part in map(read_json, parts) if any(e["file"] not in known for e in part["entries"])]
+        entries += [synthetic.ManifestEntry(**e) for part in loaded for e in part["entries"] if e["file"] not in known]
+        entries.sort(key=lambda e: e.file)
+        synthetic.write_manifest(folder, entries)
+        atomic_write_json(calls_path, {"unet_calls": calls + sum(part["unet_calls"] for part in loaded)})
+        for p in parts:  # only now: a crash before this line merges the same parts again
+            p.unlink()
         return len(entries)
+
+    def generate(self, cycle: int) -> int:
+        """Line 9: B_GAL images from the optimised embeddings, pseudo-labelled by their class, to disk."""
+        if len(synthetic.read_manifest(synthetic.cycle_folder(self.dir, cycle))) < self.gal_budget(cycle):
+            for shard in self.generation_shards(cycle):
+                self.generate_shard(cycle, shard)
+        return self.merge_generated(cycle)
 
     def unet_calls(self, cycle: int) -> dict[str, int]:
         """UNet forward passes the cycle spent, by step (a CFG pair counts once), across resumes."""

@@ -17,6 +17,7 @@ an accelerator, where transient faults (a driver hiccup, a preempted device) hap
 from __future__ import annotations
 
 import json
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -28,6 +29,9 @@ from galot_core.errors import GalotError
 from galot_core.experiment import Experiment
 
 
+_lock = threading.Lock()
+
+
 @lru_cache(maxsize=4)
 def _experiment(cfg_json: str) -> Experiment:
     # One Experiment per process and configuration: the dataset and the diffusion model
@@ -36,7 +40,25 @@ def _experiment(cfg_json: str) -> Experiment:
 
 
 def experiment(cfg: dict[str, Any]) -> Experiment:
-    return _experiment(json.dumps(cfg, sort_keys=True))
+    with _lock:  # tasks in threads must share one Experiment (and its one copy of the model)
+        return _experiment(json.dumps(cfg, sort_keys=True))
+
+
+def on_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` for this process: on the i-th worker of a local Dask cluster with several
+    GPUs, the diffusion model goes to GPU i mod #GPUs (one worker per GPU)."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return cfg  # not on a Dask worker
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus > 1 and isinstance(name, int) and cfg["t2i"]["device"] in ("auto", "cuda"):
+        return {**cfg, "t2i": {**cfg["t2i"], "device": f"cuda:{name % gpus}"}}
+    return cfg
 
 
 def transient(task_, task_run, state) -> bool:
@@ -53,22 +75,35 @@ def select_real_batch(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
 
 
 @task(name="optimize_embeddings", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
-      retry_condition_fn=transient)
-def optimize_embeddings(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
-    """Lines 6–8: TextOpt, PGD on the text embeddings against the last classifier."""
+      retry_condition_fn=transient, task_run_name="optimize_embeddings-c{cycle}-g{group}")
+def optimize_embeddings(cfg: dict[str, Any], cycle: int, group: int) -> dict[str, Any]:
+    """Lines 6–8 for one group of classes: TextOpt, PGD on their text embeddings against the last classifier."""
+    experiment(on_worker(cfg)).optimize_group(cycle, group)
+    return {"cycle": cycle, "group": group}
+
+
+@task(name="merge_embeddings", cache_policy=NO_CACHE)
+def merge_embeddings(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+    """Every class's optimised embedding in one file, the input of generation."""
     exp = experiment(cfg)
-    info = exp.optimize_embeddings(cycle)
+    info = exp.merge_embeddings(cycle)
     return {"cycle": cycle, "embeddings": str(exp.cycle_dir(cycle) / "embeddings.safetensors"), **info}
 
 
 @task(name="generate_images", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
-      retry_condition_fn=transient)
-def generate_images(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
-    """Line 9: B_GAL images from the optimised embeddings, to disk with their manifest."""
+      retry_condition_fn=transient, task_run_name="generate_images-c{cycle}-s{shard}")
+def generate_images(cfg: dict[str, Any], cycle: int, shard: int) -> dict[str, Any]:
+    """Line 9 for one shard: its images from the optimised embeddings, to disk."""
+    return {"cycle": cycle, "shard": shard, "images": experiment(on_worker(cfg)).generate_shard(cycle, shard)}
+
+
+@task(name="merge_generated", cache_policy=NO_CACHE)
+def merge_generated(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+    """The shards' images in the cycle's manifest."""
     from galot_core import synthetic
 
     exp = experiment(cfg)
-    n = exp.generate(cycle)
+    n = exp.merge_generated(cycle)
     return {"cycle": cycle, "folder": str(synthetic.cycle_folder(exp.dir, cycle)), "images": n}
 
 

@@ -1,0 +1,138 @@
+"""Fewer UNet calls for the same result: each saving measured against the judge (issue: performance).
+
+    python benchmarks/perf/unet_savings.py     # ~6 min on 2 CPU cores; needs models/galot-mini
+                                               # and models/judge-mnist5k.safetensors (`galot prepare`)
+
+Writes benchmarks/results/unet_savings.json; ``benchmarks/perf/run.py --report-only`` puts it in
+docs/performance.md. Two savings, both on galot-mini with the default guidance 3:
+
+1. **All classes' TextOpt samples in one batch** (``runner.textopt_classes_per_task: 0``, the
+   default) against one task per class (``1``): one PGD gradient estimate for the 10 classes,
+   k = 6. UNet calls are batched forward passes (a classifier-free-guidance pair counts once);
+   the gradients must agree, since every class draws the same noise either way.
+2. **Fewer denoising steps with a multistep solver** (``t2i.scheduler``, ``t2i.steps``): images
+   for every class from the template embedding s* (ε = 0) and from s* moved by ε = 0.2·‖s*‖ in a
+   fixed random direction (the largest radius GALOT uses), each judged by the fully-supervised
+   classifier. A setting saves calls only if its judged pseudo-label accuracy stays within
+   the sampling error of the default (DDIM, 10 steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from galot_core import acquisition  # noqa: E402
+from galot_core.checkpoint import load_classifier  # noqa: E402
+from galot_core.data.mnist5k import load_mnist5k  # noqa: E402
+from galot_core.judge import judged_accuracy, preprocess_for  # noqa: E402
+from galot_core.t2i import DiffusersT2I  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "unet_savings.json"
+MODEL = ROOT / "models" / "galot-mini"
+JUDGE = ROOT / "models" / "judge-mnist5k.safetensors"
+SETTINGS = [("ddim", 10), ("ddim", 6), ("ddim", 4), ("dpm++", 6), ("dpm++", 4), ("unipc", 6), ("unipc", 4)]
+PER_CLASS = 50  # images per class and ε: 500 per setting, so a judged accuracy of ~0.98 has SE ≈ 0.006
+
+
+def load(scheduler: str) -> DiffusersT2I:
+    return DiffusersT2I.from_pretrained(MODEL, device="cpu", timestep_spacing="trailing", scheduler=scheduler)
+
+
+def textopt_batching(t2i: DiffusersT2I, judge, dataset, k: int = 6, repeats: int = 3) -> dict:
+    pre = preprocess_for(dataset)
+    emb = t2i.encode([f"a realistic photo of a {n}" for n in dataset.class_names])
+    classes = len(emb)
+
+    def objective(images):
+        return acquisition.objective("MarginSampling", judge(pre(images)))
+
+    def batched():
+        gen = torch.Generator().manual_seed(1)
+        return t2i.acquisition_grad(emb, objective, k=k, generator=gen, num_inference_steps=10,
+                                    guidance_scale=3.0, batch_size=100)[0]
+
+    def per_class():
+        noise = t2i.initial_noise(classes * k, torch.Generator().manual_seed(1))
+        noise = noise.view(classes, k, *noise.shape[1:])
+        return torch.cat([t2i.acquisition_grad(emb[c:c + 1], objective, k=k, noise=noise[c],
+                                               generator=torch.Generator().manual_seed(1), num_inference_steps=10,
+                                               guidance_scale=3.0, batch_size=100)[0] for c in range(classes)])
+
+    out = {}
+    grads = {}
+    for name, fn in (("batched", batched), ("per_class", per_class)):
+        fn()  # warm-up
+        times, calls0 = [], t2i.num_unet_calls
+        for _ in range(repeats):
+            t = time.perf_counter()
+            grads[name] = fn()
+            times.append(time.perf_counter() - t)
+        out[name] = {"seconds": statistics.median(times), "unet_calls": (t2i.num_unet_calls - calls0) // repeats}
+    diff = (grads["batched"] - grads["per_class"]).abs().max().item()
+    same_sign = (torch.sign(grads["batched"]) == torch.sign(grads["per_class"])).float().mean().item()
+    return {"classes": classes, "k": k, **out, "max_abs_grad_difference": diff, "same_sign_fraction": same_sign,
+            "seconds_saved": out["per_class"]["seconds"] - out["batched"]["seconds"],
+            "calls_saved": out["per_class"]["unet_calls"] - out["batched"]["unet_calls"]}
+
+
+def sweep(judge, dataset) -> list[dict]:
+    rows = []
+    for scheduler, steps in SETTINGS:
+        t2i = load(scheduler)
+        s_star = t2i.encode([f"a realistic photo of a {n}" for n in dataset.class_names])
+        direction = torch.randn(s_star.shape, generator=torch.Generator().manual_seed(7))
+        direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1)
+        moved = s_star + 0.2 * s_star.flatten(1).norm(dim=1).view(-1, 1, 1) * direction
+        row = {"scheduler": scheduler, "steps": steps}
+        seconds, calls0 = 0.0, t2i.num_unet_calls
+        for name, emb in (("eps0", s_star), ("eps0.2", moved)):
+            labels = torch.arange(len(emb)).repeat_interleave(PER_CLASS)
+            noise = t2i.initial_noise(len(labels), torch.Generator().manual_seed(11))
+            t = time.perf_counter()
+            with torch.no_grad():
+                images = torch.cat([t2i.generate(emb[labels[i:i + 100]], num_inference_steps=steps,
+                                                 guidance_scale=3.0, latents=noise[i:i + 100])
+                                    for i in range(0, len(labels), 100)])
+            seconds += time.perf_counter() - t
+            acc = judged_accuracy(judge, images, labels, dataset)
+            row[f"judged_{name}"] = acc
+            row[f"judged_{name}_se"] = math.sqrt(acc * (1 - acc) / len(labels))
+        n_images = 2 * PER_CLASS * len(dataset.class_names)
+        row["images_per_s"] = n_images / seconds
+        row["unet_calls_per_100_images"] = (t2i.num_unet_calls - calls0) * 100 / n_images
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    for path in (MODEL / "model_index.json", JUDGE):
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run `galot prepare` and `galot pretrain-t2i` first")
+    dataset = load_mnist5k()
+    judge = load_classifier(JUDGE)[0].eval().requires_grad_(False)
+    t = time.perf_counter()
+    batching = textopt_batching(load("ddim"), judge, dataset)
+    print(json.dumps(batching), flush=True)
+    rows = sweep(judge, dataset)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"textopt_batching": batching, "steps_sweep": rows, "threads": torch.get_num_threads(),
+                               "wall_seconds": round(time.perf_counter() - t, 1)}, indent=2) + "\n")
+    print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
