@@ -1,10 +1,12 @@
-"""docs/results.md from the raw results of benchmarks/study.py — nothing typed by hand.
+"""docs/results.md and its plots from the raw results of the study — nothing typed by hand.
 
     python benchmarks/study_report.py
 
-Mean ± standard error of the mean over seeds (as the paper's Appendix A), per budget
-(cycle × B_AL). Cells with fewer than two seeds are marked with their seed count, so a
-partial study is visible as partial.
+Reads benchmarks/results/study/ (written by ``benchmarks/study.py``; when the study runs in
+another checkout, copy its benchmarks/results/study/ here first) and
+benchmarks/results/pseudo_labels.json (``benchmarks/pseudo_labels.py``); writes docs/results.md
+and docs/results/*.png. Every number is mean ± SEM over seeds (paper App. A). A cell with
+fewer seeds than planned says so, and a claim that needs such a cell is "pending", never decided.
 """
 
 from __future__ import annotations
@@ -12,70 +14,484 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from study import EXPERIMENTS, RESULTS  # noqa: E402
+import study  # noqa: E402
+from study import EXPERIMENTS, RESULTS, SEEDS, TEMPLATES, TRANSFER_ARCHS, TRANSFERS  # noqa: E402
 
 DOC = ROOT / "docs" / "results.md"
-B_AL = 20
+FIGS = ROOT / "docs" / "results"
+PSEUDO = ROOT / "benchmarks" / "results" / "pseudo_labels.json"
+GALOT, BASIC, MARGIN = ("table1", "galot"), ("table1", "galot_basic"), ("table1", "al_MarginSampling")
+GAL_ONLY, FULL = ("fig3", "gal_only"), ("fig3", "fully_supervised")
+AL_KEYS = [("table1", n) for n in EXPERIMENTS["table1"] if n.startswith("al_")]
+SIGMAS = ("RandomSampling", "EntropySampling", "MarginSampling")
+CHANCE = 0.10
+RULE = ("A comparison **holds** if the mean difference is > 0 and larger than its SEM, √(SEM_a² + SEM_b²) (the two "
+        "SEMs combined as independent); otherwise it **does not hold** (\"within 1 SEM\" when the mean difference is "
+        "positive but smaller). A \"best of\" claim holds only if its method beats every other one that way. Every "
+        f"cell needs {len(SEEDS)} seeds; with fewer the verdict is **pending** and the numbers are provisional.")
+Key = tuple[str, str]
 
 
-def load(group: str, name: str) -> list[dict]:
-    folder = RESULTS / group / name
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))] if folder.exists() else []
+@dataclass
+class Stat:
+    mean: float
+    sem: float  # nan with one seed
+    n: int
+
+    def __sub__(self, other: Stat) -> Stat:
+        return Stat(self.mean - other.mean, math.hypot(self.sem, other.sem), min(self.n, other.n))
 
 
-def mean_sem(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, float("nan")
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return m, math.sqrt(var / len(values))
-
-
-def fmt(values: list[float]) -> str:
+def stat(values: list[float]) -> Stat | None:
     if not values:
-        return "–"
-    m, s = mean_sem(values)
-    return f"{m:.3f} ± {s:.3f}" if len(values) > 1 else f"{m:.3f} (1 seed)"
+        return None
+    m, n = sum(values) / len(values), len(values)
+    return Stat(m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan, n)
 
 
-def curve(runs: list[dict]) -> dict[int, list[float]]:
-    by_cycle: dict[int, list[float]] = {}
-    for r in runs:
-        for row in r["cycles"]:
-            by_cycle.setdefault(row["cycle"], []).append(row["test_accuracy"])
-    return by_cycle
+def diff(a: Stat | None, b: Stat | None) -> Stat | None:
+    return a - b if a and b else None
 
 
-def table(group: str, names: list[str] | None = None) -> list[str]:
-    names = names or list(EXPERIMENTS[group])
-    curves = {n: curve(load(group, n)) for n in names}
-    cycles = sorted({c for cv in curves.values() for c in cv})
-    if not cycles:
-        return ["(no results yet)"]
-    lines = ["| method | " + " | ".join(str(c * B_AL) for c in cycles) + " | average |",
-             "|---|" + "---:|" * (len(cycles) + 1)]
-    for n, cv in curves.items():
-        if not cv:
+def fmt(s: Stat | None, signed: bool = False) -> str:
+    """Percent (percentage points if signed), with the seed count when short of the plan."""
+    if s is None:
+        return "pending"
+    m = f"{100 * s.mean:+.1f}" if signed else f"{100 * s.mean:.1f}"
+    return f"{m} ± {100 * s.sem:.1f}" if s.n > 1 else f"{m} ({s.n} seed)"
+
+
+def pp(d: Stat | None) -> str:
+    return f"{fmt(d, True)} pp" if d else "pending"
+
+
+def verdict(d: Stat | None) -> str:
+    if d is None or d.n < len(SEEDS):
+        return f"pending ({0 if d is None else d.n} of {len(SEEDS)} seeds)"
+    if d.mean > 0 and d.mean > d.sem:
+        return "holds"
+    return "does not hold (within 1 SEM)" if d.mean > 0 else "does not hold"
+
+
+def combine(verdicts: list[str]) -> str:
+    """One verdict for a claim made of several comparisons: all must hold."""
+    pending = [v for v in verdicts if v.startswith("pending")]
+    return pending[0] if pending else "holds" if all(v == "holds" for v in verdicts) else "does not hold"
+
+
+_runs: dict[Key, list[dict]] = {}
+
+
+def load(key: Key) -> list[dict]:
+    if key not in _runs:
+        _runs[key] = [json.loads(p.read_text()) for p in sorted((RESULTS / key[0] / key[1]).glob("seed*.json"))]
+    return _runs[key]
+
+
+def acc(key: Key, cycle: int | None = None, field: str = "test_accuracy") -> Stat | None:
+    """``field`` at one cycle, or (cycle None) averaged over each run's cycles, as a Stat over seeds."""
+    vals = []
+    for run in load(key):
+        rows = [r[field] for r in run["cycles"] if cycle in (None, r["cycle"]) and r[field] is not None]
+        vals += [sum(rows) / len(rows)] if rows else []
+    return stat(vals)
+
+
+def cycles() -> list[int]:
+    return sorted({r["cycle"] for k in [*AL_KEYS, GALOT] for run in load(k) for r in run["cycles"]}) or [*range(1, 11)]
+
+
+def b_al() -> int:
+    return next((run["cycles"][0]["labelled"] for run in load(MARGIN)), 20)
+
+
+def md_table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """A markdown table; the first ``text_columns`` columns left-aligned, the rest right-aligned."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    return [line(header), "|" + "|".join(align) + "|", *map(line, rows), ""]
+
+
+def curve_table(rows: list[tuple[str, Key]]) -> list[str]:
+    return md_table(["method", *(f"{c * b_al()}" for c in cycles()), "average"],
+                    [[label, *(fmt(acc(k, c)) for c in cycles()), fmt(acc(k))] for label, k in rows])
+
+
+def save(fig: plt.Figure, ax: plt.Axes, name: str, title: str) -> str:
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(FIGS / name, dpi=110)
+    plt.close(fig)
+    return f"![{title}](results/{name})"
+
+
+def plot_curves(name: str, rows: list[tuple[str, Key]], title: str, hlines: tuple[tuple[str, Stat | None], ...] = (),
+                grey: tuple[Key, ...] = ()) -> str:
+    """Accuracy vs |L| with SEM bars; colours fixed by row, so a curve keeps its colour as results land."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k in grey:
+        if pts := [(c * b_al(), s.mean) for c in cycles() if (s := acc(k, c))]:
+            ax.plot(*zip(*pts), color="0.75", lw=1, label="other AL strategies" if k == grey[0] else None)
+    for i, (label, k) in enumerate(rows):
+        if pts := [(c * b_al(), s) for c in cycles() if (s := acc(k, c))]:
+            n = min(s.n for _, s in pts)
+            ax.errorbar([x for x, _ in pts], [s.mean for _, s in pts], yerr=[0 if s.n < 2 else s.sem for _, s in pts],
+                        color=f"C{i}", marker="o", ms=3, capsize=2,
+                        label=label + ("" if n >= len(SEEDS) else f" ({n} seed)"))
+    for i, (label, s) in enumerate(hlines):
+        if s:
+            ax.axhline(s.mean, ls="--", color=f"C{len(rows) + i}", label=f"{label} ({100 * s.mean:.1f}%)")
+    ax.set(xlabel="real labels |L|", ylabel="test accuracy")
+    return save(fig, ax, name, title)
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def best_baseline(cycle: int | None) -> tuple[str, Stat | None]:
+    """The AL strategy with the highest mean at this budget (or on average); its n is the fewest seeds of any."""
+    stats = {k[1].removeprefix("al_"): acc(k, cycle) for k in AL_KEYS}
+    known = {k: s for k, s in stats.items() if s}
+    if not known:
+        return "–", None
+    name = max(known, key=lambda k: known[k].mean)
+    n = min(s.n if s else 0 for s in stats.values())
+    return name, Stat(known[name].mean, known[name].sem, n)
+
+
+def per_budget(a: Key, b: Key | None) -> tuple[str, str]:
+    """'higher at k of N budgets, by > 1 SEM at m' and the every-budget verdict (b None: the best AL baseline)."""
+    ds = [diff(acc(a, c), acc(b, c) if b else best_baseline(c)[1]) for c in cycles()]
+    done = [d for d in ds if d]
+    text = f"higher at {sum(d.mean > 0 for d in done)} of {len(ds)} budgets"
+    if len(done) < len(ds) or any(d.n < len(SEEDS) for d in done):
+        return text + " (SEM test pending)", f"pending ({min([d.n for d in done] or [0])} of {len(SEEDS)} seeds)"
+    vs = [verdict(d) for d in done]
+    return text + f", by > 1 SEM at {vs.count('holds')}", "holds" if vs.count("holds") == len(vs) else "does not hold"
+
+
+def ranked(target: str, stats: dict[str, Stat | None], lowest: bool = False) -> tuple[str, str]:
+    """Claim "target is the best (lowest: the worst) of stats"."""
+    missing, known = sum(v is None for v in stats.values()), {k: v for k, v in stats.items() if v}
+    pending = f"pending ({missing} of {len(stats)} cells have no result)"
+    if target not in known:
+        return "pending", pending
+    sign = -1 if lowest else 1
+    order = sorted(known, key=lambda k: sign * known[k].mean, reverse=True)
+    t = known[target]
+    text = f"{target} {fmt(t)}: rank {order.index(target) + 1} of {len(known)}" + (" with results" if missing else "")
+    text += "" if order[0] == target else f"; {'lowest' if lowest else 'highest'}: {order[0]} {fmt(known[order[0]])}"
+    ds = [Stat(sign * d.mean, d.sem, d.n) for k, o in known.items() if k != target and (d := t - o)]
+    return text, pending if missing else combine([verdict(d) for d in ds])
+
+
+def transfer_stat(source: str, arch: str) -> Stat | None:
+    folder = RESULTS / "table2_transfer" / f"{source}_{arch}"
+    return stat([json.loads(p.read_text())["test_accuracy"] for p in sorted(folder.glob("seed*.json"))])
+
+
+def pseudo_stat(data: dict, template: str, eps: float) -> Stat | None:
+    return stat([r["accuracy"] for r in data["results"] if r["template"] == template and r["epsilon_relative"] == eps])
+
+
+def template_key(i: int, t: str) -> Key:
+    return GALOT if t == "a realistic photo of a {label}" else ("table3_templates", f"template_{i}")
+
+
+def sigma_key(a: str, g: str) -> Key:
+    return GALOT if a == g == "MarginSampling" else ("table7_sigma_al_x_gal", f"al_{a}_gal_{g}")
+
+
+def claims(data: dict | None) -> list[str]:
+    name, best = best_baseline(None)
+    g = acc(GALOT)
+    rows = [["(a) GALOT beats the best AL baseline at every budget", "yes, at all 30 budgets of Table 1",
+             *per_budget(GALOT, None)],
+            ["(a) … and on average", "+3.8 / +7.7 / +3.4 pp (CIFAR-10 / 100 / TinyImageNet)",
+             f"GALOT {fmt(g)} vs {name} {fmt(best)}: {pp(diff(g, best))}", verdict(diff(g, best))]]
+    d = diff(g, acc(BASIC))
+    rows.append(["(b) GALOT beats GALOT basic (TextOpt helps), on average", "+2.2 pp (CIFAR-10)",
+                 f"{pp(d)}; {per_budget(GALOT, BASIC)[0]}", verdict(d)])
+    s = acc(GAL_ONLY)
+    lo = min(filter(None, (acc(GAL_ONLY, c) for c in cycles())), key=lambda x: x.mean, default=None)
+    rows.append(["(c) GAL only (zero real labels) beats chance (10%), on average", "58.6% (CIFAR-10)",
+                 f"{fmt(s)}; lowest budget {fmt(lo)}", verdict(diff(s, Stat(CHANCE, 0.0, 99)))])
+    d = diff(g, acc(MARGIN))
+    rows.append(["(d) AL+GAL beats AL only (margin), on average", "yes (Fig. 3)",
+                 f"{pp(d)}; {per_budget(GALOT, MARGIN)[0]}", verdict(d)])
+    ds = {a: diff(transfer_stat("galot", a), transfer_stat("al_MarginSampling", a)) for a in TRANSFER_ARCHS[1:]}
+    rows.append([f"(e) {', '.join(ds)} trained on the GALOT data beat the same architectures on the AL-only data "
+                 "(final budget)", "all four beat the ResNet18 AL baselines on average",
+                 "; ".join(f"{a} {pp(x)}" for a, x in ds.items()),
+                 combine([verdict(x) for x in ds.values()])])
+    if data is None:
+        rows.append(["(f) pseudo-label accuracy falls as ε grows", "yes (Fig. 4, Table 9)", "no data", "pending"])
+    else:
+        top = max(data["protocol"]["epsilons"])
+        ds = {t: diff(pseudo_stat(data, t, 0.0), pseudo_stat(data, t, top)) for t in TEMPLATES}
+        vs, ms = [verdict(x) for x in ds.values()], [100 * x.mean for x in ds.values() if x]
+        rows.append([f"(f) pseudo-label accuracy falls as ε grows (ε = 0 vs {top:g}·‖s*‖, every template)",
+                     "yes (Fig. 4, Table 9)", f"lower by > 1 SEM for {vs.count('holds')} of {len(vs)} templates "
+                     f"(by {min(ms):.1f} to {max(ms):.1f} pp)", combine(vs)])
+        rows.append([f"(f) … \"{{label}}\" is the least robust template (lowest accuracy at ε = {top:g})",
+                     "yes: 49% vs ≥ 74% at ε = 10 (Table 9)",
+                     *ranked('"{label}"', {f'"{t}"': pseudo_stat(data, t, top) for t in TEMPLATES}, lowest=True)])
+    rows.append(['Table 3: "{label}" is the worst template for GALOT, on average', "yes: 75.2% vs ≥ 76.4%",
+                 *ranked('"{label}"', {f'"{t}"': acc(template_key(i, t)) for i, t in enumerate(TEMPLATES)}, True)])
+    d = diff(g, acc(("table5_equal_iterations", "al_MarginSampling_2x_epochs")))
+    rows.append(["Table 5: GALOT beats AL margin trained 2× as long, on average", "+4.8 pp (5 budgets)",
+                 pp(d), verdict(d)])
+    f5 = {s[:-8].lower(): acc(("fig5_sigma_gal", f"gal_{s}")) for s in ("RandomSampling", "EntropySampling")}
+    f5 |= {"least confidence": acc(("fig5_sigma_gal", "gal_LeastConfidence")), "margin": g}
+    rows.append(["Fig. 5: σ_GAL = random is the best σ_GAL, on average", "yes, mainly in the last 3 cycles",
+                 *ranked("random", f5)])
+    t7 = {f"{a[:-8]}×{b[:-8]}": acc(sigma_key(a, b)) for a in SIGMAS for b in SIGMAS}
+    rows.append(["Table 7: σ_AL = σ_GAL = margin is the best pair, on average", "yes (of the 3 pairs listed)",
+                 *ranked("Margin×Margin", t7)])
+    tally = {k: sum(r[3].startswith(k) for r in rows) for k in ("holds", "does not hold", "pending")}
+    return ["## Claims", "", RULE, "", *md_table(["claim", "paper", "embedded world", "verdict"], rows, 4),
+            f"**{tally['holds']} hold, {tally['does not hold']} do not hold, {tally['pending']} pending.** "
+            "Accuracies in %, differences in percentage points (pp); \"on average\" is the mean over the "
+            f"{len(cycles())} budgets of each seed's curve.", ""]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def header() -> list[str]:
+    jobs = study.plan([*EXPERIMENTS, "table2_transfer"], SEEDS)
+    paths = [study.result_path(*j[1:3], j[4]) if j[0] == "run" else
+             study.result_path("table2_transfer", f"{j[1]}_{j[2]}", j[3]) for j in jobs]
+    runs = [json.loads(p.read_text()) for p in paths if p.exists()]
+    wall = sum(r.get("wall_seconds", 0.0) for r in runs)
+    transfer = sum(r.get("seconds", 0.0) for r in runs if r.get("group") == "table2_transfer")
+    cells = [*((g, n) for g, names in EXPERIMENTS.items() for n in names),
+             *(("table2_transfer", f"{s}_{a}") for s in TRANSFERS for a in TRANSFER_ARCHS)]
+    short: dict[int, list[str]] = {}
+    for g, n in cells:
+        if (k := len(list((RESULTS / g / n).glob("seed*.json")))) < len(SEEDS):
+            short.setdefault(k, []).append(f"{g}/{n}")
+    pending = " ".join(f"With {k} of {len(SEEDS)} seeds: {', '.join(v)}." for k, v in sorted(short.items())[::-1])
+    return ["# Results in the embedded world", "",
+            "Generated by `python benchmarks/study_report.py` from the raw results committed in "
+            "[benchmarks/results/study/](../benchmarks/results/study/) (written by `python benchmarks/study.py`) and "
+            "[benchmarks/results/pseudo_labels.json](../benchmarks/results/pseudo_labels.json) (written by "
+            "`OMP_NUM_THREADS=1 python benchmarks/pseudo_labels.py`). Do not edit by hand.", "",
+            f"**Status: {len(runs)} of {len(jobs)} planned runs are done.** Wall time of the study so far: "
+            f"**{wall / 3600:.1f} h**, the sum of every run's `wall_seconds`" + (
+                f" plus {transfer / 60:.0f} min of transfer training (transfer files record training time only)"
+                if transfer else "") + ". Runs used one torch thread each, two at a time for part of the study, on 2 "
+            "CPU cores; every timing below is from that setting.", "", pending or "Every cell has all its seeds.", "",
+            "## Protocol", "", "The protocol" + " ".join(study.__doc__.split("The protocol", 1)[1].split()), "",
+            "Scaled to the embedded world (the paper's Sec. 4, App. A and Table 8, against this study):", "",
+            *md_table(["", "paper", "here"], [
+                ["data", "CIFAR-10 (50,000 train / 10,000 test); also CIFAR-100, TinyImageNet",
+                 "MNIST digits, mnist5k: 2,000-image pool, 1,000 test images"],
+                ["B_AL per cycle × N cycles", "1,000 × 10", f"{b_al()} × {len(cycles())}"],
+                ["classifier", "ResNet18, 300 epochs", "small_cnn, 40 epochs (≥ 300 SGD steps), new each cycle"],
+                ["T2I model", "Stable Diffusion 2.1 base, 50 steps", "galot-mini (embedded), 10 DDIM steps"],
+                ["ε (last cycle)", "0.5, absolute (CLIP embedding)", "0.2·‖s*‖₂ per class (‖s*‖ ≈ 36)"],
+                ["ablations", "N = 5 cycles, some with B_GAL = 0.5|L|", "the full protocol (N = 10, B_GAL = |L|)"],
+                ["seeds", "2 (SEM in Table 3, Fig. 5, 6)", f"{len(SEEDS)} for every cell"]], 3),
+            "Budgets (table columns) are real labels |L| = cycle × B_AL; accuracies are test accuracy in %, "
+            "mean ± SEM over seeds.", ""]
+
+
+def table1() -> list[str]:
+    rows = [(k[1].removeprefix("al_"), k) for k in AL_KEYS] + [("GALOT (basic, ε = 0)", BASIC), ("GALOT", GALOT)]
+    imp = []
+    for c in [*cycles(), None]:
+        name, best = best_baseline(c)
+        imp.append(f"{fmt(d, True)} ({name})" if (d := diff(acc(GALOT, c), best)) else "pending")
+    curves = {k[1][3:]: [r["test_accuracy"] for run in load(k) for r in run["cycles"]] for k in AL_KEYS}
+    same = [f"{a} and {b}" for i, a in enumerate(curves) for b in [*curves][i + 1:] if curves[a] == curves[b] != []]
+    note = [f"Identical results, seed for seed: {'; '.join(same)}." + (
+        " galot's VarRatio is 1 − max p, which ranks the pool exactly as LeastConfidence does."
+        if "LeastConfidence and VarRatio" in same else ""), ""] if same else []
+    return ["## Table 1: GALOT vs AL strategies", "",
+            f"Fully supervised (the whole 2,000-image pool): {fmt(acc(FULL))}. The last row is GALOT minus the best "
+            "AL mean at each budget (named), in pp. GALOT basic differs from GALOT only by ε = 0 (the paper's Table 8 "
+            "also gives its basic version the template \"{label}\").", "",
+            *curve_table(rows)[:-1], "| Improvement (GALOT − best AL) | " + " | ".join(imp) + " |", "", *note,
+            plot_curves("table1.png", [("GALOT", GALOT), ("GALOT basic", BASIC), ("MarginSampling", MARGIN)],
+                        "Table 1: GALOT vs AL strategies", grey=tuple(k for k in AL_KEYS if k != MARGIN)), ""]
+
+
+def fig3() -> list[str]:
+    rows = [("AL only (margin)", MARGIN), ("GAL only (0 real labels)", GAL_ONLY), ("AL+GAL (GALOT)", GALOT)]
+    return ["## Figure 3: AL only, GAL only, AL+GAL, fully supervised", "",
+            "GAL only trains on generated images alone; its x value is the |L| an AL run would have, which sets its "
+            f"B_GAL. Fully supervised (the whole 2,000-image pool, one training; dashed line): {fmt(acc(FULL))}.", "",
+            plot_curves("fig3.png", rows, "Figure 3: baselines",
+                        hlines=(("fully supervised", acc(FULL)), ("chance", Stat(CHANCE, 0, 99)))), "",
+            *curve_table(rows)]
+
+
+def table2() -> list[str]:
+    rows, n = [], len(cycles())
+    for a in TRANSFER_ARCHS:
+        y, x = transfer_stat("galot", a), transfer_stat("al_MarginSampling", a)
+        rows.append([a, fmt(y), fmt(x), fmt(diff(y, x), True), verdict(diff(y, x))])
+    files = sorted((RESULTS / "table2_transfer").glob("*/seed*.json"))
+    t = json.loads(files[0].read_text())["settings"]["transfer"] if files else None
+    return ["## Table 2: transfer to other architectures", "",
+            f"Each architecture trains once on a finished run's final dataset (|L| = {n * b_al()} real labels, plus "
+            f"{n * b_al()} generated images for the GALOT data; the AL-only data is al_MarginSampling's selection) and "
+            "is tested on the same test set; nothing is generated again. " + (
+                f"Transfer training: {t['epochs']} epochs, ≥ {t['min_steps']} steps, lr {t['lr']}: shorter than the "
+                "study's small_cnn training, so the small_cnn row is the like-for-like reference." if t else
+                "Transfer settings: pending (no transfer result yet)."), "",
+            *md_table(["architecture", "GALOT data", "AL-only data", "GALOT − AL (pp)", "verdict"], rows),
+            "Verdict: the GALOT data beats the AL-only data on the same architecture by > 1 SEM. For context, Table 1 "
+            f"at |L| = {n * b_al()} (small_cnn, full training): GALOT {fmt(acc(GALOT, n))}, AL margin "
+            f"{fmt(acc(MARGIN, n))}.", ""]
+
+
+def fig4(data: dict | None) -> list[str]:
+    title = "## Figure 4 / Table 9: pseudo-label accuracy vs ε"
+    if data is None:
+        return [title, "", "Pending: run `OMP_NUM_THREADS=1 python benchmarks/pseudo_labels.py`.", ""]
+    p, eps = data["protocol"], data["protocol"]["epsilons"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axvspan(0, 0.2, color="0.9", label="radii GALOT uses (≤ 0.2)")
+    for t in TEMPLATES:
+        ss = [pseudo_stat(data, t, e) for e in eps]
+        ax.errorbar(eps, [s.mean for s in ss], yerr=[0 if s.n < 2 else s.sem for s in ss], marker="o", ms=3,
+                    capsize=2, label=f'"{t}"')
+    judged = [("GALOT basic, ε = 0", 0.0, BASIC), ("GALOT, ε → 0.1", 0.1, ("table4_epsilon", "eps_0.1")),
+              ("GALOT, ε → 0.2 (default)", 0.2, GALOT), ("GALOT, ε → 0.4", 0.4, ("table4_epsilon", "eps_0.4")),
+              ("GALOT, σ_GAL = random, ε → 0.2", None, ("fig5_sigma_gal", "gal_RandomSampling"))]
+    last = {e: s for _, e, k in judged if e is not None and (s := acc(k, len(cycles()), "judged_accuracy"))}
+    if last:
+        ax.plot([*last], [s.mean for s in last.values()], "k--x", label="GALOT runs' last cycle (TextOpt, margin)")
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.set(xlabel="ε / ‖s*‖₂ (coloured: random walk, per template)", ylabel="judged pseudo-label accuracy")
+    plot = save(fig, ax, "fig4_pseudo_labels.png", "Figure 4: pseudo-label accuracy vs ε (judge: fully supervised)")
+    per = p["images_per_class"] * len(p["seeds"])
+    t9 = []
+    for e in (0.0, max(eps)):
+        for t in TEMPLATES:
+            rs = [r for r in data["results"] if r["template"] == t and r["epsilon_relative"] == e]
+            counts = [sum(r["correct_per_class"][c] for r in rs) for c in p["classes"]]
+            t9.append([f"{e:g}", f'"{t}"', *map(str, counts), f"{sum(counts)}/{per * len(counts)}"])
+    flat = max((e for e in eps if all(pseudo_stat(data, t, e).mean >= 0.99 for t in TEMPLATES)), default=0.0)
+    return [title, "",
+            "The paper counts correct images by human annotation; offline, the judge is the fully-supervised "
+            f"classifier ({p['judge']}), the stand-in for a human annotator: an image is correct if the judge "
+            "gives it its prompted class. Per template and relative radius ε, every class's s* is moved as galot "
+            f"does for σ_GAL = RandomSampling ({p['textopt']['n']} sign steps of α = ε/5 in random directions, each "
+            f"projected onto the ε-ball), then {p['images_per_class']} images per class are generated (galot-mini, "
+            f"{p['steps']} steps, guidance {p['guidance_scale']}). Seeds {p['seeds']}, each with its own walk and "
+            f"noise. Wall time {data['wall_seconds'] / 60:.0f} min on {p['threads']} thread.", "", plot, "",
+            *md_table(["template", *(f"ε = {e:g}" for e in eps)],
+                      [[f'"{t}"', *(fmt(pseudo_stat(data, t, e)) for e in eps)] for t in TEMPLATES]),
+            f"Table 9: correct images per class, summed over seeds (out of {per}):", "",
+            *md_table(["ε", "template", *p["classes"], "total"], t9, 2),
+            "The pseudo-labels the study's runs trained on, judged the same way (there TextOpt moves s* to raise the "
+            "classifier's uncertainty, not at random; ε is the radius of the last cycle):", "",
+            *md_table(["run", "last cycle", "average over cycles"],
+                      [[label, fmt(acc(k, len(cycles()), "judged_accuracy")), fmt(acc(k, None, "judged_accuracy"))]
+                       for label, _, k in judged]),
+            f"Along random directions every template keeps ≥ 99% judged accuracy up to ε = {flat:g}·‖s*‖ "
+            f"({flat / 0.2:g}× the radius GALOT reaches); " + (
+                "along TextOpt's direction the last cycle's images fall to " + ", ".join(
+                    f"{fmt(s)} at ε = {e:g}" for e, s in last.items() if e > 0) + "." if last else
+                "the study's TextOpt runs are pending."), ""]
+
+
+def steps(n: int, epochs: int) -> int:
+    """SGD steps of one training (galot_core.train.fit): max(epochs · ⌈n / 32⌉, 300)."""
+    return max(epochs * math.ceil(n / 32), 300)
+
+
+def ablations() -> list[str]:
+    t3 = [(f'"{t}"', template_key(i, t)) for i, t in enumerate(TEMPLATES)]
+    t4 = [("ε = 0 (basic)", BASIC), ("ε = 0.1", ("table4_epsilon", "eps_0.1")), ("ε = 0.2 (default)", GALOT),
+          ("ε = 0.4", ("table4_epsilon", "eps_0.4"))]
+    f5 = [(s, ("fig5_sigma_gal", f"gal_{s}")) for s in ("RandomSampling", "EntropySampling", "LeastConfidence")]
+    f6 = [("0 (AL only)", MARGIN), ("0.5|L|", ("fig6_budget_gal", "bgal_0.5")), ("1.0|L| (default)", GALOT),
+          ("1.5|L|", ("fig6_budget_gal", "bgal_1.5"))]
+    t5 = [("AL margin, 40 epochs", MARGIN), ("GALOT, 40 epochs", GALOT),
+          ("AL margin, 80 epochs", ("table5_equal_iterations", "al_MarginSampling_2x_epochs"))]
+    sr = [("sign step (Eq. 5, default)", GALOT), ("L2-normalised step", ("step_rule", "l2_step"))]
+    ls = [c * b_al() for c in cycles()]
+    step_rows = [["AL margin, 40 epochs", *(str(steps(n, 40)) for n in ls)],
+                 ["AL margin, 80 epochs", *(str(steps(n, 80)) for n in ls)],
+                 ["GALOT, 40 epochs (|L| + |L| images)", *(str(steps(2 * n, 40)) for n in ls)]]
+    grid = [[a, *(fmt(acc(sigma_key(a, g))) for g in SIGMAS)] for a in SIGMAS]
+    return ["## Ablations", "",
+            "Every ablation runs the full protocol and changes only the key it names; the default cell is the "
+            "Table 1 GALOT run. ε grows linearly from 0, so in cycle 1 every variant that changes only ε or σ_GAL "
+            "generates from s* itself, exactly as GALOT basic does.", "",
+            "### Table 3: prompt template", "", *curve_table(t3),
+            "### Table 4: ε (relative radius reached in the last cycle)", "", *curve_table(t4),
+            "### Figure 5: σ_GAL (σ_AL = margin)", "",
+            plot_curves("fig5_sigma_gal.png", [*f5, ("MarginSampling (default)", GALOT)], "Figure 5: σ_GAL"), "",
+            *curve_table([*f5, ("MarginSampling (default)", GALOT)]),
+            "### Figure 6: B_GAL", "", plot_curves("fig6_budget_gal.png", f6, "Figure 6: B_GAL = factor · |L|"), "",
+            *curve_table(f6),
+            "### Table 5: equal training iterations", "", *curve_table(t5),
+            "SGD steps per cycle (from galot_core.train.fit: max(epochs · ⌈images / 32⌉, 300)):", "",
+            *md_table(["method", *map(str, ls)], step_rows),
+            "### Table 7: σ_AL × σ_GAL (average accuracy over budgets)", "",
+            *md_table(["σ_AL \\ σ_GAL", *SIGMAS], grid),
+            "### Step rule: sign (paper Eq. 5) vs L2-normalised (authors' code)", "", *curve_table(sr)]
+
+
+def cost() -> list[str]:
+    """Timings of the fastest seed of each method: other load on the machine only ever adds time."""
+    stages, calls = ("select", "textopt", "generate", "train", "export"), ("textopt", "generate")
+    rows, fastest = [], {}
+    for label, k in [("GALOT", GALOT), ("GALOT basic", BASIC), ("AL margin", MARGIN), ("GAL only", GAL_ONLY)]:
+        if not (runs := load(k)):
+            rows.append([label, *["pending"] * 10])
             continue
-        avg = [sum(v) / len(v) for v in zip(*(cv[c] for c in cycles if c in cv))] if all(c in cv for c in cycles) else []
-        lines.append(f"| {n} | " + " | ".join(fmt(cv.get(c, [])) for c in cycles) + f" | {fmt(avg)} |")
-    return lines
+        run = fastest[label] = min(runs, key=lambda r: r["wall_seconds"])
+        per = [sum(r["seconds"].get(s, 0) for r in run["cycles"]) for s in stages]
+        unet = [sum(r["unet_calls"].get(s, 0) for r in run["cycles"]) for s in calls]
+        rows.append([label, *(f"{x:.0f}" for x in [*per, sum(per), run["wall_seconds"]]),
+                     " / ".join(f"{r['wall_seconds']:.0f}" for r in runs), *map(str, unet)])
+    per_cycle = [[str(r["cycle"] * b_al()), f"{r['epsilon']:.2f}",
+                  *(f"{r['seconds'].get(s, 0):.1f}" for s in stages[:4]),
+                  *(str(r["unet_calls"].get(s, 0)) for s in calls)]
+                 for r in fastest.get("GALOT", {"cycles": []})["cycles"]]
+    d = diff(acc(GALOT), acc(MARGIN))
+    price = (f"GALOT − AL margin, on average: {pp(d)}, for "
+             f"{fastest['GALOT']['wall_seconds'] / fastest['AL margin']['wall_seconds']:.1f}× the wall time of an AL "
+             "margin run (fastest seeds)." if d and {"GALOT", "AL margin"} <= set(fastest) else "")
+    return ["## Cost", "",
+            f"Seconds per stage summed over the {len(cycles())} cycles and the run's wall time (including process "
+            "start, model loading and evaluation), from each method's fastest seed; the wall time of every seed is "
+            "listed, as the spread shows how much other load on the 2-core machine added. UNet calls are batched "
+            "forward passes (a classifier-free-guidance pair counts once). One torch thread per run, two runs at once "
+            "for part of the study.", "",
+            *md_table(["method", *stages, "stages total", "wall", "wall, each seed", "UNet calls TextOpt",
+                       "UNet calls generation"], rows),
+            price, "", "GALOT per cycle (fastest seed); ε is the absolute radius (0.2·‖s*‖ at the end):", "",
+            *md_table(["|L|", "ε", *(f"{s} s" for s in stages[:4]), "UNet TextOpt", "UNet generation"], per_cycle)]
 
 
 def main() -> None:
-    lines = ["# Results in the embedded world", "",
-             "Generated by `python benchmarks/study_report.py` from the raw results in "
-             "[benchmarks/results/study/](../benchmarks/results/study/), written by `python benchmarks/study.py` "
-             "(protocol in its docstring: mnist5k, small_cnn, B_AL = 20 × 10 cycles, B_GAL = |L|, galot-mini). "
-             "Test accuracy, mean ± SEM over seeds; columns are real-label budgets.", ""]
-    for group in EXPERIMENTS:
-        lines += [f"## {group}", "", *table(group), ""]
-    DOC.write_text("\n".join(lines))
-    print(DOC.read_text())
+    FIGS.mkdir(parents=True, exist_ok=True)
+    data = json.loads(PSEUDO.read_text()) if PSEUDO.exists() else None
+    lines = [*header(), *claims(data), *table1(), *fig3(), *table2(), *fig4(data), *ablations(), *cost()]
+    DOC.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {DOC} and {len(list(FIGS.glob('*.png')))} plots in {FIGS}")
 
 
 if __name__ == "__main__":
