@@ -1,7 +1,8 @@
 """Fewer UNet calls for the same result: each saving measured against the judge (issue: performance).
 
-    python benchmarks/perf/unet_savings.py     # ~6 min on 2 CPU cores; needs models/galot-mini
-                                               # and models/judge-mnist5k.safetensors (`galot prepare`)
+    python benchmarks/perf/unet_savings.py     # ~6 min on 2 CPU cores; needs models/galot-mini,
+                                               # models/judge-mnist5k.safetensors and a finished
+                                               # GALOT run (`make run` leaves runs/default)
 
 Writes benchmarks/results/unet_savings.json; ``benchmarks/perf/run.py --report-only`` puts it in
 docs/performance.md. Two savings, both on galot-mini with the default guidance 3:
@@ -11,14 +12,18 @@ docs/performance.md. Two savings, both on galot-mini with the default guidance 3
    k = 6. UNet calls are batched forward passes (a classifier-free-guidance pair counts once);
    the gradients must agree, since every class draws the same noise either way.
 2. **Fewer denoising steps with a multistep solver** (``t2i.scheduler``, ``t2i.steps``): images
-   for every class from the template embedding s* (ε = 0) and from s* moved by ε = 0.2·‖s*‖ in a
-   fixed random direction (the largest radius GALOT uses), each judged by the fully-supervised
-   classifier. A setting saves calls only if its judged pseudo-label accuracy stays within
-   the sampling error of the default (DDIM, 10 steps).
+   for every class from the template embedding s* (ε = 0) and from the TextOpt-optimised
+   embeddings of the last cycle of a finished GALOT run (ε = 0.2·‖s*‖, the hardest case: TextOpt
+   pushes them towards the classifier's decision boundaries), each judged by the
+   fully-supervised classifier. A setting saves calls only if its judged pseudo-label accuracy
+   stays within the sampling error of the default (DDIM, 10 steps).
+
+    python benchmarks/perf/unet_savings.py --run runs/default   # the run whose last cycle is used
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -32,6 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from safetensors.torch import load_file  # noqa: E402
 
 from galot_core import acquisition  # noqa: E402
 from galot_core.checkpoint import load_classifier  # noqa: E402
@@ -87,17 +94,23 @@ def textopt_batching(t2i: DiffusersT2I, judge, dataset, k: int = 6, repeats: int
             "calls_saved": out["per_class"]["unet_calls"] - out["batched"]["unet_calls"]}
 
 
-def sweep(judge, dataset) -> list[dict]:
+def last_textopt_embeddings(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """s* and the TextOpt-optimised s of the run's last cycle (the largest ε of its schedule)."""
+    cycles = sorted((run / "cycles").glob("cycle_*/embeddings.safetensors"))
+    if not cycles:
+        raise SystemExit(f"{run}: no cycles/cycle_*/embeddings.safetensors; pass --run a finished GALOT run folder")
+    emb = load_file(str(cycles[-1]))
+    return emb["s_star"], emb["s"]
+
+
+def sweep(judge, dataset, run: Path) -> list[dict]:
     rows = []
+    s_star, optimised = last_textopt_embeddings(run)
     for scheduler, steps in SETTINGS:
         t2i = load(scheduler)
-        s_star = t2i.encode([f"a realistic photo of a {n}" for n in dataset.class_names])
-        direction = torch.randn(s_star.shape, generator=torch.Generator().manual_seed(7))
-        direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1)
-        moved = s_star + 0.2 * s_star.flatten(1).norm(dim=1).view(-1, 1, 1) * direction
         row = {"scheduler": scheduler, "steps": steps}
         seconds, calls0 = 0.0, t2i.num_unet_calls
-        for name, emb in (("eps0", s_star), ("eps0.2", moved)):
+        for name, emb in (("eps0", s_star), ("textopt", optimised)):
             labels = torch.arange(len(emb)).repeat_interleave(PER_CLASS)
             noise = t2i.initial_noise(len(labels), torch.Generator().manual_seed(11))
             t = time.perf_counter()
@@ -118,6 +131,9 @@ def sweep(judge, dataset) -> list[dict]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, default=ROOT / "runs" / "default", help="a finished GALOT run folder")
+    args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     for path in (MODEL / "model_index.json", JUDGE):
         if not path.exists():
@@ -127,9 +143,12 @@ def main() -> None:
     t = time.perf_counter()
     batching = textopt_batching(load("ddim"), judge, dataset)
     print(json.dumps(batching), flush=True)
-    rows = sweep(judge, dataset)
+    rows = sweep(judge, dataset, args.run)
+    s_star, optimised = last_textopt_embeddings(args.run)
+    radius = ((optimised - s_star).flatten(1).norm(dim=1) / s_star.flatten(1).norm(dim=1)).max().item()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"textopt_batching": batching, "steps_sweep": rows, "threads": torch.get_num_threads(),
+                               "textopt_run": args.run.name, "textopt_relative_radius": radius,
                                "wall_seconds": round(time.perf_counter() - t, 1)}, indent=2) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
 
