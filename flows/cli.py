@@ -281,7 +281,7 @@ def cmd_label_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        server.shutdown()
+        server.close()
     if cont.proc is not None and cont.proc.poll() is None:
         print(f"galot: waiting for the running experiment (pid {cont.proc.pid}) to reach a stop", flush=True)
         cont.wait()

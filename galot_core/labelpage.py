@@ -60,7 +60,12 @@ class LabelServer:
         self.httpd.serve_forever(poll_interval=0.2)
 
     def shutdown(self) -> None:
+        """Stop ``serve_forever`` running in another thread, and close the socket."""
         self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def close(self) -> None:
+        """Close the socket after ``serve_forever`` returned (or was interrupted) in this thread."""
         self.httpd.server_close()
 
     # ----- what the page asks ---------------------------------------------------------
@@ -196,7 +201,7 @@ PAGE = r"""<!doctype html>
  <div class="buttons" style="margin-top:6px">
   <button id="skip" data-answer="skip"><kbd>x</kbd>skip — none of these</button>
   <button id="undo"><kbd>z</kbd>undo</button>
-  <button id="done" disabled><kbd>⏎</kbd>done — continue the experiment</button>
+  <button id="done" disabled><kbd>Enter</kbd>done — continue the experiment</button>
  </div>
  <div id="note"></div>
 </header>
@@ -214,6 +219,7 @@ async function call(path, body) {
   if (!r.ok) { note(data.error || r.statusText); return data.state || null; }
   return data;
 }
+function shortRun(run) { return run.split("/").filter(Boolean).slice(-2).join("/"); }
 function note(text) { document.getElementById("note").textContent = text || ""; }
 function answered(it) { return it.answer !== null && it.answer !== undefined; }
 function nextOpen(after) {
@@ -231,7 +237,7 @@ function render(s) {
   const title = document.getElementById("title"), grid = document.getElementById("grid");
   const classes = document.getElementById("classes");
   if (s.cycle === null) {
-    title.textContent = "galot · " + s.run;
+    title.textContent = "galot · " + shortRun(s.run);
     document.getElementById("progress").textContent = "no images wait for labels";
     document.getElementById("bar").style.width = "0";
     classes.innerHTML = ""; grid.innerHTML = "";
@@ -239,7 +245,8 @@ function render(s) {
     note(s.activity || s.message || "");
     return;
   }
-  title.textContent = `galot · ${s.run} · cycle ${s.cycle}`;
+  title.textContent = `galot · ${shortRun(s.run)} · cycle ${s.cycle}`;
+  title.title = s.run;
   document.getElementById("progress").textContent = `${s.labelled} / ${s.total} labelled`;
   document.getElementById("hint").textContent = s.labelled === s.total ? "— all done? press done" :
       "— click a class (or press its key) for the highlighted image";

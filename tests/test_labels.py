@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
 
 from galot_core import labels
 from galot_core.config import config_from_dict
@@ -28,35 +27,13 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def write_png(path: Path, image) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image[0].numpy()).save(path)
-
-
-@pytest.fixture(scope="module")
-def digit_folder(tmp_path_factory, mnist5k):
-    """60 unlabelled digits in one folder (truth kept aside) and a labelled test folder of 20."""
-    root = tmp_path_factory.mktemp("digits")
-    names = list(mnist5k.class_names)
-    truth = {}
-    for c in range(10):
-        pool_idx = (mnist5k.pool.labels == c).nonzero().flatten()[:6].tolist()
-        for k, i in enumerate(pool_idx):
-            name = f"scan_{c * 7 + k * 3:03d}.png"  # names say nothing about the class
-            write_png(root / "images" / name, mnist5k.pool.images[i])
-            truth[name] = names[c]
-        for k, i in enumerate((mnist5k.test.labels == c).nonzero().flatten()[:2].tolist()):
-            write_png(root / "test" / names[c] / f"{k}.png", mnist5k.test.images[i])
-    return root, names, truth
-
-
-def human_params(tmp_path, folder, names, model, mode="al+gal", name="mine", **experiment):
+def human_params(tmp_path, folder, names, model, mode="al+gal", name="mine", budget=6, **experiment):
     raw = {
         "experiment": {"name": name, "runs_dir": str(tmp_path / "runs"), "mode": mode, "cycles": 2, "seed": 1,
                        "judge": None, "oracle": "human", **experiment},
         "data": {"dataset": "folder", "root": str(folder / "images"), "classes": names,
                  "test_root": str(folder / "test")},
-        "al": {"budget_per_cycle": 6},
+        "al": {"budget_per_cycle": budget},
         "gal": {"epsilon": 0.5, "steps": 1, "samples": 2},
         "t2i": {"model": str(model), "steps": 2, "guidance_scale": 2.0, "batch_size": 16, "device": "cpu"},
         "train": {"epochs": 1, "min_steps": 4, "device": "cpu"},
