@@ -32,10 +32,16 @@ from galot_core import labels
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_json, read_json
 
-# How long a paused flow run waits for labels before it stops (resumably, like the CLI).
-PAUSE_TIMEOUT_S = int(os.environ.get("GALOT_PAUSE_TIMEOUT_SECONDS", str(7 * 24 * 3600)))
-# How often a paused flow run asks the server whether it was resumed.
-PAUSE_POLL_S = int(os.environ.get("GALOT_PAUSE_POLL_SECONDS", "5"))
+
+
+def pause_timeout_s() -> int:
+    """How long a paused flow run waits for labels before it stops (resumably, like the CLI): 7 days."""
+    return int(os.environ.get("GALOT_PAUSE_TIMEOUT_SECONDS", str(7 * 24 * 3600)))
+
+
+def pause_poll_s() -> int:
+    """How often a paused flow run asks the server whether it was resumed."""
+    return int(os.environ.get("GALOT_PAUSE_POLL_SECONDS", "5"))
 
 
 class LabelsInput(RunInput):
@@ -95,7 +101,7 @@ def _pause(run_dir: Path, cycle: int, attempt: int, waiting: labels.WaitingForLa
     print(f"galot: cycle {cycle} waits for {waiting.missing} labels: flow run paused; label with `galot label serve {run_dir}` "
           "(its done button resumes it) or resume it in the Prefect UI")
     try:
-        given = pause_flow_run(wait_for_input=LabelsInput, timeout=PAUSE_TIMEOUT_S, poll_interval=PAUSE_POLL_S,
+        given = pause_flow_run(wait_for_input=LabelsInput, timeout=pause_timeout_s(), poll_interval=pause_poll_s(),
                                key=f"labels-cycle-{cycle}-{attempt}")
     except FlowPauseTimeout:
         paused_path(run_dir).unlink(missing_ok=True)
