@@ -58,6 +58,9 @@ class WaitingForLabels(GalotError):
                          f"`galot label serve {run}` or `galot label import {run} labels.csv`, then `galot run` "
                          "again")
 
+    def __reduce__(self):  # picklable (Prefect may persist a failed state's exception)
+        return (type(self), (self.run_dir, self.cycle, self.missing, self.total))
+
 
 @dataclass(frozen=True)
 class Item:
@@ -377,6 +380,9 @@ class LabelFileError(GalotError):
         super().__init__("\n".join(problems + [f"nothing imported ({len(problems)} problem"
                                                f"{'s' if len(problems) != 1 else ''}); fix the file and import "
                                                "it again"]))
+
+    def __reduce__(self):
+        return (type(self), (self.problems,))
 
 
 def commit(batch: Batch, answers: list[dict[str, Any]]) -> tuple[list[int], list[int], list[int]]:

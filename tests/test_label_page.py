@@ -196,3 +196,48 @@ def _state(url: str) -> dict:
 
 def _up(url: str) -> bool:
     return bool(_state(url))
+
+
+def test_page_server_refuses_foreign_requests(tmp_path, tiny_digits):
+    """Only this page may change answers (token), only under its own host name (DNS rebinding),
+    and only thumbnails under labels/ are served."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from galot_core.labelpage import LabelServer
+
+    cfg = config_from_dict({"experiment": {"name": "s", "runs_dir": str(tmp_path), "mode": "al", "cycles": 1,
+                                           "oracle": "human"}, "al": {"budget_per_cycle": 3}})
+    exp = Experiment(cfg, dataset=tiny_digits)
+    exp.start()
+    picked = exp.select(1)
+    server = LabelServer(exp.dir)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def request(path, body=None, headers=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(server.url.rstrip("/") + path, data=data, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    try:
+        label = {"cycle": 1, "index": picked[0], "answer": "seven"}
+        assert request("/api/label", label)[0] == 403                                   # no token
+        assert request("/api/label", label, {"X-Galot-Token": "guess"})[0] == 403
+        assert request("/api/state", headers={"Host": f"evil.example:{server.port}"})[0] == 403
+        assert request("/labels/../config.json")[0] == 404 and request("/labels/%2e%2e/pool.json")[0] == 404
+        status, page = request("/")
+        assert status == 200 and server.token.encode() in page
+        status, body = request("/api/label", label, {"X-Galot-Token": server.token})
+        assert status == 200 and json.loads(body)["labelled"] == 1
+        status, body = request("/api/done", {"cycle": 1}, {"X-Galot-Token": server.token})
+        assert status == 409 and "2 images still have no label" in json.loads(body)["error"]
+        thumb = labels.read_batch(exp.dir, 1).items[0].thumbnail
+        status, png = request("/" + thumb)
+        assert status == 200 and png.startswith(b"\x89PNG")
+    finally:
+        server.shutdown()
