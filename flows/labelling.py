@@ -125,10 +125,14 @@ def resume_paused(run_dir: str | Path, cycle: int) -> str | None:
     try:
         with temporary_settings({PREFECT_API_URL: rec["api_url"]}):
             resume_flow_run(UUID(rec["flow_run_id"]), run_input={"labels": answers})
-    except (NotPausedError, ObjectNotFound, FlowPauseTimeout, RuntimeError, httpx.HTTPError, OSError) as e:
-        # Not paused any more (timed out, cancelled) or the server is gone: the caller continues another way.
-        print(f"galot: could not resume flow run {rec['flow_run_id']} ({e.__class__.__name__}: {e})")
+    except (NotPausedError, ObjectNotFound, FlowPauseTimeout) as e:
+        # Not paused any more (timed out, cancelled, deleted): forget it; the caller continues another way.
+        print(f"galot: flow run {rec['flow_run_id']} is no longer paused ({e.__class__.__name__})")
         paused_path(run_dir).unlink(missing_ok=True)
+        return None
+    except (RuntimeError, httpx.HTTPError, OSError) as e:
+        print(f"galot: could not resume flow run {rec['flow_run_id']} at {rec['api_url']} "
+              f"({e.__class__.__name__}: {e})")
         return None
     return rec["flow_run_id"]
 
