@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run test clean
+.PHONY: setup browser run test clean
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,11 @@ run: setup
 	dvc repro
 	galot report
 
-test: setup
+# Debian's chromium + chromium-driver for the labelling-page test (installed if missing, as root).
+browser:
+	bash tests/install_browser.sh
+
+test: setup browser
 	$(PY) -m pytest -q
 
 clean:

@@ -3,6 +3,8 @@
 Every command reads ``--params PATH`` (default ``./params.yaml``) and any number of
 ``--set section.key=value`` overrides, the same dotted keys ``dvc exp run -S`` takes.
 A mistake in them, or in a dataset or model path, prints one line and exits with 2.
+A human-oracle experiment that waits for a person's labels prints one line saying how to
+give them (``galot label serve|import``) and exits with 3; rerunning continues it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from galot_core.errors import GalotError
+from galot_core.labels import WaitingForLabels
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,8 +39,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     header = f"{'cycle':>5}  {'|L|':>6}  {'|G|':>6}  {'eps':>6}  {'test acc':>8}" + ("  judged" if judged else "")
     lines = [header, "-" * len(header)]
     for r in rows:
-        line = (f"{r['cycle']:>5}  {r['labelled']:>6}  {r['generated']:>6}  {r['epsilon']:>6.3f}  "
-                f"{r['test_accuracy']:>8.4f}")
+        acc = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"  # n/a: no labelled test set
+        line = f"{r['cycle']:>5}  {r['labelled']:>6}  {r['generated']:>6}  {r['epsilon']:>6.3f}  {acc:>8}"
         if judged:
             line += f"  {r['judged_accuracy']:>6.3f}" if r.get("judged_accuracy") is not None else "       –"
         lines.append(line)
@@ -90,7 +93,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg, exp = _prepare_run(args, overrides)
     print(f"galot: experiment '{cfg.experiment.name}' ({cfg.experiment.mode}, {cfg.data.dataset}, "
           f"{cfg.experiment.cycles} cycles, {exp.completed_cycles()} done) in {exp.dir}", flush=True)
-    rows = galot_run(str(Path(args.params).resolve()), overrides)
+    if args.wait_for_labels:
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            raise GalotError("--wait-for-labels: pausing for labels needs a Prefect server; start one and set "
+                             "PREFECT_API_URL, or run without --wait-for-labels (galot then stops and you rerun it)")
+    rows = galot_run(str(Path(args.params).resolve()), overrides, args.wait_for_labels)
     print(format_table(rows))
     return 0
 
@@ -105,7 +114,8 @@ def cmd_cycle(args: argparse.Namespace) -> int:
                          "complete; raise experiment.cycles to go on")
     m = galot_cycle(str(Path(args.params).resolve()), overrides)
     print(format_table(exp.all_metrics()))
-    print(f"galot: cycle {m['cycle']} complete, test accuracy {m['test_accuracy']:.4f}")
+    acc = "n/a (no labelled test set)" if m["test_accuracy"] is None else f"{m['test_accuracy']:.4f}"
+    print(f"galot: cycle {m['cycle']} complete, test accuracy {acc}")
     return 0
 
 
@@ -118,7 +128,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     results = galot_transfer(str(Path(args.params).resolve()), list(args.overrides), args.arch or None)
     print(f"{'arch':<14}  {'real':>5}  {'gen':>5}  {'test acc':>8}  {'seconds':>7}  unet calls")
     for r in results:
-        print(f"{r['arch']:<14}  {r['real']:>5}  {r['generated']:>5}  {r['test_accuracy']:>8.4f}  "
+        acc = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
+        print(f"{r['arch']:<14}  {r['real']:>5}  {r['generated']:>5}  {acc:>8}  "
               f"{r['seconds']:>7.0f}  {r['unet_calls']}")
     return 0
 
@@ -188,6 +199,95 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_folder(path: str) -> Path:
+    run = Path(path)
+    if not (run / "config.json").is_file():
+        raise GalotError(f"run: '{run}' is not a galot run folder (no config.json); give runs/<experiment.name>")
+    return run
+
+
+def _pending(run: Path) -> int:
+    from galot_core import labels
+
+    cycle = labels.pending_cycle(run)
+    if cycle is None:
+        raise GalotError(f"run: no batch of '{run}' waits for labels; `galot run` stops at the next one "
+                         "(experiment.oracle: human)")
+    return cycle
+
+
+def cmd_label_export(args: argparse.Namespace) -> int:
+    from galot_core import labels
+    from galot_core.io import atomic_write_text
+
+    run = _run_folder(args.run)
+    cycle = _pending(run)
+    batch = labels.read_batch(run, cycle)
+    answers = labels.read_answers(run, cycle)
+    text = labels.export_csv(batch, answers)
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out) if args.out else run / "labels" / f"cycle_{cycle:03d}.csv"
+    atomic_write_text(out, text)
+    left = len(labels.missing(batch, answers))
+    print(f"galot: cycle {cycle}: {len(batch.items)} images ({left} without a label) -> {out}; fill the label column "
+          f"with one of: {', '.join(batch.classes)} or {labels.SKIP}, then `galot label import {run} {out}`")
+    return 0
+
+
+def cmd_label_import(args: argparse.Namespace) -> int:
+    from flows.labelling import resume_paused
+    from galot_core import labels
+
+    run = _run_folder(args.run)
+    report = labels.import_csv(run, args.file)
+    for line in report.lines():
+        print(f"galot: {line}")
+    if report.missing:
+        return 0
+    flow_run = resume_paused(run, report.cycle)
+    print(f"galot: resumed the paused Prefect flow run {flow_run}" if flow_run else
+          f"galot: cycle {report.cycle} is fully labelled; run `galot run` to continue")
+    return 0
+
+
+def _continue_command(args: argparse.Namespace, run: Path) -> list[str]:
+    """The `galot run` that continues this run folder: with --params if they name it, else its config.json."""
+    from galot_core.config import load_config
+
+    base = [sys.executable, "-m", "flows.cli", "run"]
+    params = Path(args.params)
+    if params.is_file() and load_config(params, args.overrides).run_dir.resolve() == run.resolve():
+        return base + ["--params", str(params.resolve())] + [a for o in args.overrides for a in ("--set", o)]
+    run = run.resolve()
+    return base + ["--params", str(run / "config.json"), "--set", f"experiment.runs_dir={run.parent}",
+                   "--set", f"experiment.name={run.name}"] + [a for o in args.overrides for a in ("--set", o)]
+
+
+def cmd_label_serve(args: argparse.Namespace) -> int:
+    from flows.labelling import Continuation
+    from galot_core.labelpage import LabelServer
+
+    run = _run_folder(args.run)
+    cont = Continuation(run, _continue_command(args, run))
+    try:
+        server = LabelServer(run, port=args.port, on_done=cont, activity=cont.activity)
+    except OSError as e:
+        raise GalotError(f"--port: cannot listen on 127.0.0.1:{args.port} ({e.strerror}); choose another port") from None
+    print(f"galot: labelling page for {run} at {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    if cont.proc is not None and cont.proc.poll() is None:
+        print(f"galot: waiting for the running experiment (pid {cont.proc.pid}) to reach a stop", flush=True)
+        cont.wait()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="galot",
@@ -220,6 +320,26 @@ def build_parser() -> argparse.ArgumentParser:
         parsers[name].add_argument("--restart-if-changed", action="store_true",
                                    help="if the run folder was started with other parameters, move it to "
                                         "runs/.replaced/ and start afresh (what dvc repro does) instead of failing")
+    parsers["run"].add_argument("--wait-for-labels", action="store_true",
+                                help="human oracle: pause the flow run (needs a Prefect server) until the batch is "
+                                     "labelled, instead of stopping with exit status 3")
+    label = sub.add_parser("label", help="give a human oracle's labels: export / import a CSV, or a labelling page",
+                           description="Label the batch a human-oracle experiment waits for (exit status 3 of "
+                                       "`galot run`), then continue it.")
+    label_sub = label.add_subparsers(dest="label_command", required=True)
+    lp = label_sub.add_parser("export", help="write the pending batch as CSV (image,label,source)")
+    lp.add_argument("run", help="run folder, e.g. runs/my-images")
+    lp.add_argument("-o", "--out", help="CSV to write (default: RUN/labels/cycle_NNN.csv; '-' for stdout)")
+    lp.set_defaults(fn=cmd_label_export)
+    lp = label_sub.add_parser("import", help="add labels from a CSV (image,label); checked, partial files are fine")
+    lp.add_argument("run", help="run folder")
+    lp.add_argument("file", help="CSV with an image column (id, path or file name) and a label column")
+    lp.set_defaults(fn=cmd_label_import)
+    lp = label_sub.add_parser("serve", help="a labelling page on 127.0.0.1; its done button continues the run")
+    lp.add_argument("run", help="run folder")
+    lp.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
+    _common(lp)
+    lp.set_defaults(fn=cmd_label_serve)
     parsers["transfer"].add_argument("--arch", action="append", default=[], metavar="ARCH",
                                      help="architecture to train (repeatable; default: transfer.archs)")
     parsers["verify"].add_argument("run", nargs="?", help="run folder (default: the experiment in params.yaml)")
@@ -255,8 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("run", "cycle", "transfer", "serve"):
             _install_log_filter()
         return args.fn(args)
+    except WaitingForLabels as e:
+        print(f"galot: {e}", file=sys.stderr)
+        return e.exit_code
     except GalotError as e:
-        print(f"galot: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:
+            print(f"galot: error: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("galot: interrupted; run the same command again to resume", file=sys.stderr)

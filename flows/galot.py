@@ -10,6 +10,10 @@ run does one more cycle, and a run killed half-way is finished by the next.
 subflow. ``galot-transfer`` trains other architectures on a finished experiment's real
 selections and cached synthetic images, without loading the diffusion model.
 
+With ``experiment.oracle: human`` a cycle waits for a person's labels after selecting its
+batch: ``pause_for_labels`` chooses between stopping the flow (resumable; the CLI's
+default) and pausing the flow run until it is resumed with the labels (flows/labelling.py).
+
 All three take the path of a ``params.yaml`` plus ``section.key=value`` overrides, the
 same inputs as the CLI and ``dvc exp run -S``. Without a Prefect server they run in
 Prefect's ephemeral mode (that is how the CLI, ``dvc repro`` and the tests call them).
@@ -30,6 +34,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from galot_core.config import ARCHITECTURES, load_config
 from galot_core.errors import GalotError
+from flows.labelling import wait_for_labels
 from tasks import cycle as steps
 from tasks.tracking import track_experiment, track_transfer
 from tasks.transfer import train_transfer
@@ -43,10 +48,14 @@ def _artifact_key(name: str, what: str) -> str:
     return f"galot-{slug}-{what}"[:100]
 
 
+def _acc(value: float | None) -> str:
+    return "n/a (no labelled test set)" if value is None else f"{value:.4f}"
+
+
 def _summary_markdown(cfg_dict: dict[str, Any], rows: list[dict[str, Any]], last: dict[str, Any]) -> str:
     e = cfg_dict["experiment"]
     lines = [f"# {e['name']}: cycle {last['cycle']} of {e['cycles']} ({e['mode']}, {cfg_dict['data']['dataset']})",
-             "", f"- test accuracy **{last['test_accuracy']:.4f}** with |L| = {last['labelled']} real labels"
+             "", f"- test accuracy **{_acc(last['test_accuracy'])}** with |L| = {last['labelled']} real labels"
              f" and |G| = {last['generated']} generated images (ε = {last['epsilon']:.3f})"]
     if last.get("judged_accuracy") is not None:
         lines.append(f"- judged pseudo-label accuracy of this cycle's images: {last['judged_accuracy']:.3f}")
@@ -54,13 +63,13 @@ def _summary_markdown(cfg_dict: dict[str, Any], rows: list[dict[str, Any]], last
     if last.get("unet_calls"):
         lines.append("- UNet calls: " + ", ".join(f"{k} {v}" for k, v in last["unet_calls"].items()))
     lines += ["", "| cycle | labelled | generated | ε | test accuracy |", "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['cycle']} | {r['labelled']} | {r['generated']} | {r['epsilon']:.3f} | {r['test_accuracy']:.4f} |"
+    lines += [f"| {r['cycle']} | {r['labelled']} | {r['generated']} | {r['epsilon']:.3f} | {_acc(r['test_accuracy'])} |"
               for r in rows]
     return "\n".join(lines)
 
 
-def run_one_cycle(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Select → (TextOpt → generate) → train → export → evaluate, timing each step."""
+def run_one_cycle(cfg: dict[str, Any], pause_for_labels: bool = False) -> dict[str, Any]:
+    """Select → (labels) → (TextOpt → generate) → train → export → evaluate, timing each step."""
     exp = steps.experiment(cfg)
     exp.start()
     cycle = exp.completed_cycles() + 1
@@ -76,6 +85,10 @@ def run_one_cycle(cfg: dict[str, Any]) -> dict[str, Any]:
         return out
 
     timed("select", steps.select_real_batch, cfg, cycle)
+    if exp.human_oracle:
+        # Waiting for a person is not work: it is not timed, and the labels step then only commits.
+        wait_for_labels(exp.dir, cycle, pause_for_labels)
+        timed("labels", steps.receive_labels, cfg, cycle)
     if exp.uses_generation:
         seconds.update(diffusion_steps.with_options(task_runner=task_runner(cfg))(cfg, cycle))
     timed("train", steps.train, cfg, cycle)
@@ -163,14 +176,19 @@ def diffusion_steps(cfg: dict[str, Any], cycle: int) -> dict[str, float]:
 
 
 @flow(name="galot", log_prints=True)
-def galot_cycle(params: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
-    """Advance the experiment named in ``params`` by one active-learning cycle."""
+def galot_cycle(params: str = "params.yaml", overrides: list[str] | None = None,
+                pause_for_labels: bool = False) -> dict[str, Any]:
+    """Advance the experiment named in ``params`` by one active-learning cycle.
+
+    ``pause_for_labels``: with a human oracle, pause this flow run until the batch is labelled
+    (needs a Prefect server) instead of stopping with "waits for labels"."""
     cfg = load_config(params, overrides or [])
-    return run_one_cycle(cfg.to_dict())
+    return run_one_cycle(cfg.to_dict(), pause_for_labels)
 
 
 @flow(name="galot-run", log_prints=True)
-def galot_run(params: str = "params.yaml", overrides: list[str] | None = None) -> list[dict[str, Any]]:
+def galot_run(params: str = "params.yaml", overrides: list[str] | None = None,
+              pause_for_labels: bool = False) -> list[dict[str, Any]]:
     """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
     cfg = load_config(params, overrides or [])
     exp = steps.experiment(cfg.to_dict())
@@ -180,7 +198,7 @@ def galot_run(params: str = "params.yaml", overrides: list[str] | None = None) -
             # One cluster for every cycle, so its workers keep the diffusion model loaded.
             extra = [f"runner.dask_address={address}"] if address else []
             for _ in range(exp.completed_cycles(), cfg.experiment.cycles):
-                galot_cycle(params, [*(overrides or []), *extra])
+                galot_cycle(params, [*(overrides or []), *extra], pause_for_labels)
     if exp.completed_cycles():
         # The deliverables (exported dataset, summary, classifier copy) exist even when every
         # cycle was already done, e.g. after `dvc repro` removed them to rerun the stage.

@@ -9,7 +9,10 @@ process registers three deployments and runs whatever is triggered on them:
 
 Their default parameters are the ``params.yaml`` path (made absolute) and the ``--set``
 overrides given here; ``prefect deployment run galot/cycle -p overrides='["gal.epsilon=0.1"]'``
-changes them per run.
+changes them per run. ``galot/cycle`` and ``galot-run/run`` pause for labels
+(``pause_for_labels: true``) in human-oracle experiments: the flow run waits, *Paused*, until
+the batch is labelled with ``galot label serve`` (whose done button resumes it) or the
+run is resumed from the UI with the labels as input.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ def serve(params: str = "params.yaml", overrides: list[str] | None = None) -> No
         raise GalotError("PREFECT_API_URL is not set: start a server with `prefect server start` (it listens on "
                          "127.0.0.1:4200) and `export PREFECT_API_URL=http://127.0.0.1:4200/api`, then rerun")
     parameters = {"params": str(Path(params).resolve()), "overrides": list(overrides or [])}
+    waiting = {**parameters, "pause_for_labels": True}  # a served run waits for labels, paused
     os.chdir(Path(params).resolve().parent)  # relative paths in params.yaml resolve next to it
     prefect_serve(
-        galot_cycle.to_deployment(name="cycle", parameters=parameters,
+        galot_cycle.to_deployment(name="cycle", parameters=waiting,
                                   description="Advance the experiment by one active-learning cycle"),
-        galot_run.to_deployment(name="run", parameters=parameters, description="Run all remaining cycles"),
+        galot_run.to_deployment(name="run", parameters=waiting, description="Run all remaining cycles"),
         galot_transfer.to_deployment(name="transfer", parameters=parameters,
                                      description="Train other architectures on the cached dataset"),
     )

@@ -40,8 +40,10 @@ AL_STRATEGIES = (
 # Differentiable acquisitions that TextOpt can maximise (σ_GAL, paper Fig. 5).
 GAL_STRATEGIES = ("RandomSampling", "EntropySampling", "MarginSampling", "LeastConfidence")
 ARCHITECTURES = ("small_cnn", "resnet18", "vgg16", "densenet121", "mobilenet_v2")
-DATASETS = ("mnist5k", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
+DATASETS = ("mnist5k", "cifar10", "cifar100", "tinyimagenet", "imagefolder", "folder")
 MODES = ("al", "gal", "al+gal")
+# Who answers the label queries: the dataset's ground truth (benchmarks) or a person (galot label …).
+ORACLES = ("simulated", "human")
 
 
 def _field(default: Any, *, choices: tuple | None = None, min: float | None = None,
@@ -57,6 +59,9 @@ class ExperimentConfig:
     seed: int = _field(0, min=0)
     mode: str = _field("al+gal", choices=MODES, help="al: real labels only; gal: generated only; al+gal: GALOT")
     cycles: int = _field(10, min=1, help="N, active-learning cycles")
+    oracle: str = _field("simulated", choices=ORACLES,
+                         help="simulated: labels read from the dataset (benchmarks); human: a person labels each "
+                              "selected batch (`galot label serve|import`), the run stops until they are given")
     judge: str | None = _field(None, help="fully-supervised classifier (safetensors) that judges pseudo-labels; "
                                           "written by `galot prepare`, skipped when the file is absent")
 
@@ -64,7 +69,10 @@ class ExperimentConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = _field("mnist5k", choices=DATASETS)
-    root: str = _field("data", help="dataset folder (cifar/tinyimagenet/imagefolder)")
+    root: str = _field("data", help="dataset folder (cifar/tinyimagenet/imagefolder/folder)")
+    classes: tuple[str, ...] | None = _field(None, help="folder: the class names (words put into prompts)")
+    test_root: str | None = _field(None, help="folder: optional labelled test set, one sub-folder per class "
+                                              "named like data.classes; without it test accuracy is not computed")
     download: bool = _field(False, help="allow torchvision to download CIFAR (needs network)")
     image_size: int | None = _field(None, min=8, help="resize imagefolder images to this size")
     class_names_file: str | None = _field(None, help="imagefolder: folder name -> class name mapping")
@@ -227,6 +235,11 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     args = typing.get_args(tp)
+    if args and type(None) in args and typing.get_origin(tp) is not tuple:  # Optional[...]
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        args = typing.get_args(tp)
     if typing.get_origin(tp) is tuple:  # tuple[str, ...]: a YAML list (or one bare value)
         items = value if isinstance(value, (list, tuple)) else [value]
         if not items:
@@ -311,10 +324,36 @@ def _check_consistency(cfg: Config, source: str) -> None:
     """Rules that involve more than one key."""
     if "{label}" not in cfg.gal.template:
         raise GalotError(f"{source}: gal.template must contain '{{label}}', got {cfg.gal.template!r}")
+    _check_data_source(cfg, source)
     for name in ("experiment.name",):
         value = cfg.experiment.name
         if not value or "/" in value or "\\" in value or value in (".", "..") or "\0" in value:
             raise GalotError(f"{source}: {name} must be a plain folder name (no '/', '..'), got {value!r}")
+
+
+def _check_data_source(cfg: Config, source: str) -> None:
+    """An unlabelled folder needs class names and a person to label it; class names are for the folder only."""
+    d = cfg.data
+    if d.dataset == "folder":
+        if not d.classes:
+            raise GalotError(f"{source}: data.classes must list the class names for data.dataset: folder, "
+                             "e.g. classes: [cat, dog]")
+        if cfg.experiment.oracle != "human" and cfg.experiment.mode != "gal":
+            raise GalotError(f"{source}: experiment.oracle must be human for data.dataset: folder (its images have "
+                             "no labels to simulate the oracle with); set experiment.oracle: human")
+    elif d.classes is not None or d.test_root is not None:
+        key = "data.classes" if d.classes is not None else "data.test_root"
+        raise GalotError(f"{source}: {key} is only used with data.dataset: folder, got data.dataset: {d.dataset}; "
+                         f"remove {key}")
+    names = [" ".join(c.split()) for c in d.classes or ()]
+    if any(not n for n in names):
+        raise GalotError(f"{source}: data.classes must not contain empty names")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise GalotError(f"{source}: data.classes lists {dup[0]!r} twice; give each class once")
+    if any(n.lower() == "skip" for n in names):
+        raise GalotError(f"{source}: data.classes must not contain 'skip' (it is the label for 'none of these "
+                         "classes'); rename that class")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -8,6 +8,7 @@ call the steps one by one without passing tensors around. Layout::
     runs/<name>/
       config.json                 parameters the experiment was started with
       pool.json                   labelled pool indices, labels, cycle bought
+      labels/                     human oracle only: each cycle's batch, thumbnails, answers
       cycles/cycle_003/
         embeddings.safetensors    s* and the TextOpt-optimised s, one row per class
         model.safetensors         classifier trained in cycle 3
@@ -24,6 +25,13 @@ generates a fresh set of B_GAL = budget_factor·|L| images from the current opti
 embeddings and trains on those, as the authors' code does; B_GAL = |L| growing with the
 labelled pool is the paper's Appendix A. With ``accumulate: true`` every earlier cycle's
 set is also used.
+
+The oracle (``experiment.oracle``): ``simulated`` reads the selected images' labels from
+the dataset, as benchmarks do; ``human`` writes the selected batch to ``labels/`` and the
+step :meth:`Experiment.receive_labels` stops the cycle (:class:`galot_core.labels.WaitingForLabels`)
+until a person has answered every image, then commits the answers to ``pool.json``.
+Nothing computed before the stop is recomputed after it. Without a labelled test set
+(``data.dataset: folder`` without ``data.test_root``) test accuracy is None: unknown.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from galot_core import acquisition, export, synthetic, textopt
+from galot_core import acquisition, export, labels, synthetic, textopt
 from galot_core.checkpoint import load_classifier, save_classifier
 from galot_core.config import Config, config_from_dict
 from galot_core.data import Dataset, PoolState, load_dataset
@@ -83,7 +91,7 @@ class CycleMetrics:
     labelled: int
     generated: int
     epsilon: float
-    test_accuracy: float
+    test_accuracy: float | None            # None: no labelled test set (an unlabelled folder)
     seconds: dict[str, float]
     judged_accuracy: float | None = None   # pseudo-labels the judge agrees with (None: no judge/images)
     unet_calls: dict[str, int] | None = None
@@ -141,6 +149,11 @@ class Experiment:
                                             local_files_only=not self.cfg.t2i.allow_download)
 
     @property
+    def human_oracle(self) -> bool:
+        """A person labels the selected images (there is nothing to label in gal mode)."""
+        return self.cfg.experiment.oracle == "human" and self.cfg.experiment.mode != "gal"
+
+    @property
     def uses_generation(self) -> bool:
         return self.cfg.experiment.mode in ("gal", "al+gal")
 
@@ -179,6 +192,11 @@ class Experiment:
                 raise GalotError(f"al.budget_per_cycle: {self.cfg.experiment.cycles} cycles × "
                                  f"{self.cfg.al.budget_per_cycle} = {need} labels, but the pool has only "
                                  f"{len(self.dataset.pool)} images; lower al.budget_per_cycle or experiment.cycles")
+        if self.human_oracle:
+            names = [labels.normalise(n) for n in self.dataset.class_names]
+            if labels.SKIP in names:
+                raise GalotError(f"data: a class is named '{labels.SKIP}', the answer for 'none of these classes' "
+                                 "with experiment.oracle: human; rename that class (data.class_names_file)")
         path = self.dir / "config.json"
         if path.exists():
             _check_same_experiment(config_from_dict(read_json(path), source=str(path)), self.cfg, self.dir)
@@ -206,6 +224,8 @@ class Experiment:
         already = [i for i, c in zip(state.labelled, state.cycles) if c == cycle]
         if already or self.cfg.experiment.mode == "gal":
             return already
+        if self.human_oracle and (batch := labels.read_batch(self.dir, cycle)) is not None:
+            return batch.indices  # selected before a stop for labels: never selected again
         n = self.cfg.al.budget_per_cycle
         unlabelled = state.unlabelled_tensor()
         if n > len(unlabelled):
@@ -220,11 +240,41 @@ class Experiment:
             generator=torch.Generator().manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 1)),
             loss_head=head,
         )
+        if self.human_oracle:
+            # The oracle is a person: the batch goes to labels/, receive_labels() waits for the answers.
+            labels.write_batch(self.dir, cycle, [int(i) for i in picked], self.dataset)
+            failpoint("select.after_save")
+            return [int(i) for i in picked]
         # The oracle: labels are read from the dataset (simulated annotation).
         state.add(picked, self.dataset.pool.labels[picked], cycle)
         state.save(self.dir / "pool.json")
         failpoint("select.after_save")
         return [int(i) for i in picked]
+
+    def receive_labels(self, cycle: int) -> dict[str, int]:
+        """The human oracle's answers for the cycle's batch, committed to ``pool.json`` in one write.
+
+        Raises :class:`galot_core.labels.WaitingForLabels` while any image of the batch has no
+        answer. "skip" answers leave the pool (never offered again) and are not labels.
+        """
+        if not self.human_oracle:
+            return {}
+        batch = labels.read_batch(self.dir, cycle)
+        if batch is None:
+            raise GalotError(f"{labels.batch_path(self.dir, cycle)}: cycle {cycle} has no selected batch; run its "
+                             "select step first")
+        state = self.pool_state()
+        answers = labels.read_answers(self.dir, cycle)
+        if not labels.committed(batch, {"labelled": state.labelled, "removed": state.removed}):
+            left = labels.missing(batch, answers)
+            if left:
+                raise labels.WaitingForLabels(self.dir, cycle, len(left), len(batch.items))
+            picked, classes, skipped = labels.commit(batch, answers)
+            state.add(picked, classes, cycle)
+            state.remove(skipped)
+            state.save(self.dir / "pool.json")
+        skipped = sum(1 for a in answers if a["answer"] == labels.SKIP)
+        return {"labelled": len(batch.items) - skipped, "skipped": skipped}
 
     # TextOpt is split into groups of classes (runner.textopt_classes_per_task), so it can fan
     # out like generation. Eq. 2 is a separate problem per class, and every group draws the
@@ -531,6 +581,9 @@ class Experiment:
         if path.exists() and info_path.exists():
             return read_json(info_path)
         images, labels = self.training_set(cycle)
+        if len(labels) == 0:
+            raise GalotError(f"cycle {cycle}: nothing to train on — no labelled or generated images (every image "
+                             "so far was answered skip?); raise al.budget_per_cycle or label more images")
         cfg, d = self.cfg, self.dataset
         seed = cycle_seed(cfg.experiment.seed, cycle, 2)
         torch.manual_seed(seed)
@@ -549,7 +602,7 @@ class Experiment:
         model, _ = self.load_model(cycle)  # type: ignore[misc]
         test = self.dataset.test
         acc = accuracy(model, test.images, test.labels, self.preprocess, device=self.device,
-                       batch_size=self.cfg.train.eval_batch_size)
+                       batch_size=self.cfg.train.eval_batch_size) if len(test) else None
         generated = sum(len(synthetic.read_manifest(f)) for f in self.synthetic_folders(cycle))
         failpoint("evaluate.before_metrics")
         files = {name: hashlib.sha256((self.cycle_dir(cycle) / name).read_bytes()).hexdigest()
@@ -574,10 +627,11 @@ class Experiment:
         atomic_write_text(self.dir / "accuracy.csv", "\n".join(lines) + "\n")
         if not rows:
             return
-        accs = [r["test_accuracy"] for r in rows]
+        accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] is not None]
         atomic_write_json(self.dir / "summary.json", {
             "cycles": len(rows), "labelled": rows[-1]["labelled"], "generated": rows[-1]["generated"],
-            "final_test_accuracy": accs[-1], "mean_test_accuracy": sum(accs) / len(accs)})
+            "final_test_accuracy": rows[-1]["test_accuracy"],
+            "mean_test_accuracy": sum(accs) / len(accs) if accs else None})
         atomic_write_bytes(self.dir / "classifier.safetensors",
                            (self.cycle_dir(len(rows)) / "model.safetensors").read_bytes())
 
@@ -594,6 +648,8 @@ class Experiment:
                              f"'{self.cfg.experiment.name}' are complete; raise experiment.cycles to go on")
         seconds: dict[str, float] = {}
         steps = [("select", self.select)]
+        if self.human_oracle:
+            steps += [("labels", self.receive_labels)]
         if self.uses_generation:
             steps += [("textopt", self.optimize_embeddings), ("generate", self.generate)]
         steps += [("train", self.train), ("export", self.export)]

@@ -59,7 +59,8 @@ def comparison_rows(cfg: Config, main: Curve, baselines: list[Curve]) -> list[di
         row.update(accs)
         known = [v for v in accs.values() if v is not None]
         row["best_baseline"] = max(known) if known else None
-        row["improvement"] = r["test_accuracy"] - row["best_baseline"] if known else None
+        row["improvement"] = (r["test_accuracy"] - row["best_baseline"]
+                              if known and r["test_accuracy"] is not None else None)
         rows.append(row)
     return rows
 
@@ -78,8 +79,9 @@ def plot_accuracy(cfg: Config, curves: list[Curve], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for i, c in enumerate(curves):
-        xs = [r["cycle"] * cfg.al.budget_per_cycle for r in c.rows]
-        ax.plot(xs, [r["test_accuracy"] for r in c.rows], marker="o", ms=3, lw=2.2 if i == 0 else 1.2, label=c.name)
+        rows = [r for r in c.rows if r["test_accuracy"] is not None]  # None: no labelled test set
+        xs = [r["cycle"] * cfg.al.budget_per_cycle for r in rows]
+        ax.plot(xs, [r["test_accuracy"] for r in rows], marker="o", ms=3, lw=2.2 if i == 0 else 1.2, label=c.name)
     ax.set_xlabel(f"real-label budget (cycle × B_AL = {cfg.al.budget_per_cycle})")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{cfg.experiment.name} on {cfg.data.dataset}")
@@ -120,7 +122,8 @@ def write_report(cfg: Config) -> tuple[Path, str]:
         md.append(f"| {r['cycle']} | {r['budget']} | {_fmt(r['galot'])} | "
                   + " | ".join(_fmt(r.get(n)) for n in names)
                   + f" | {_fmt(r['best_baseline'])} | {_fmt(r['improvement'], signed=True)} |")
-    galot_mean = sum(r["galot"] for r in rows) / len(rows)
+    known = [r["galot"] for r in rows if r["galot"] is not None]  # None: no labelled test set
+    galot_mean = sum(known) / len(known) if len(known) == len(rows) else None
     means = [sum(b.at(r["cycle"]) or 0 for r in rows) / len(rows) if all(b.at(r["cycle"]) is not None for r in rows)
              else None for b in baselines]
     md.append(f"| mean | | {_fmt(galot_mean)} | " + " | ".join(_fmt(m) for m in means) + " | | |")
@@ -137,7 +140,7 @@ def write_report(cfg: Config) -> tuple[Path, str]:
                "Trained on the experiment's final real selections and synthetic set, without generating again "
                "(0 UNet calls).", "", "| architecture | real | generated | test accuracy | seconds |",
                "|---|---:|---:|---:|---:|"]
-        md += [f"| {t['arch']} | {t['real']} | {t['generated']} | {t['test_accuracy']:.4f} | {t['seconds']:.0f} |"
+        md += [f"| {t['arch']} | {t['real']} | {t['generated']} | {_fmt(t['test_accuracy'])} | {t['seconds']:.0f} |"
                for t in transfers]
     seconds = [r.get("seconds", {}) for r in main.rows]
     stages = sorted({k for s in seconds for k in s})
@@ -165,6 +168,6 @@ def write_report(cfg: Config) -> tuple[Path, str]:
     text = [head, "-" * len(head)]
     for r in rows:
         best_name = max(names, key=lambda n: r.get(n) or -1) if names else "–"
-        text.append(f"{r['cycle']:>5}  {r['budget']:>6}  {r['galot']:>7.4f}  {_fmt(r['best_baseline']):>7}  "
+        text.append(f"{r['cycle']:>5}  {r['budget']:>6}  {_fmt(r['galot']):>7}  {_fmt(r['best_baseline']):>7}  "
                     f"{_fmt(r['improvement'], signed=True):>7}  {best_name if r['best_baseline'] is not None else '–'}")
     return path, "\n".join(text)

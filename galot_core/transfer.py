@@ -56,7 +56,7 @@ def transfer(cfg: Config, arch: str, dataset: Dataset | None = None, progress: b
     start = time.perf_counter()
     result = fit(model, images, labels, preprocess, train_cfg, natural=dataset.natural, seed=t.seed, progress=progress)
     acc = accuracy(model, dataset.test.images, dataset.test.labels, preprocess,
-                   device=resolve_device(tc.device), batch_size=tc.eval_batch_size)
+                   device=resolve_device(tc.device), batch_size=tc.eval_batch_size) if len(dataset.test) else None
     save_classifier(model, out / "model.safetensors", arch=arch, in_channels=dataset.channels)
     metrics = {"arch": arch, "test_accuracy": acc, "real": counts["real"], "generated": counts["generated"],
                "steps": result.steps, "seconds": round(time.perf_counter() - start, 3), "unet_calls": 0,

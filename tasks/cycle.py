@@ -74,6 +74,13 @@ def select_real_batch(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
     return {"cycle": cycle, "selected": len(picked), "labelled": len(exp.pool_state().labelled)}
 
 
+@task(name="receive_labels", cache_policy=NO_CACHE)
+def receive_labels(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+    """The human oracle's answers for the batch, committed to the pool (raises WaitingForLabels until complete)."""
+    exp = experiment(cfg)
+    return {"cycle": cycle, **exp.receive_labels(cycle)}
+
+
 @task(name="optimize_embeddings", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
       retry_condition_fn=transient, task_run_name="optimize_embeddings-c{cycle}-g{group}")
 def optimize_embeddings(cfg: dict[str, Any], cycle: int, group: int) -> dict[str, Any]:

@@ -92,3 +92,28 @@ def prefect_api(isolated_services):
 
     with prefect_test_harness(server_startup_timeout=180):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def digit_folder(tmp_path_factory, mnist5k):
+    """A user's unlabelled folder: 60 real digits as PNGs in one flat folder, file names that say
+    nothing about the class (the truth kept aside, for the "person" of the tests), and a labelled
+    test folder of 20 digits, one sub-folder per class."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("digits")
+    names = list(mnist5k.class_names)
+    truth = {}
+
+    def write_png(path, image):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(path)
+
+    for c in range(10):
+        for k, i in enumerate((mnist5k.pool.labels == c).nonzero().flatten()[:6].tolist()):
+            name = f"scan_{c * 7 + k * 3:03d}.png"
+            write_png(root / "images" / name, mnist5k.pool.images[i])
+            truth[name] = names[c]
+        for k, i in enumerate((mnist5k.test.labels == c).nonzero().flatten()[:2].tolist()):
+            write_png(root / "test" / names[c] / f"{k}.png", mnist5k.test.images[i])
+    return root, names, truth

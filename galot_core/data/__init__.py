@@ -28,4 +28,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
         return load_imagefolder(cfg.root, class_names_file=cfg.class_names_file, image_size=cfg.image_size,
                                 test_fraction=cfg.test_fraction, on_bad_image=cfg.on_bad_image)
+    if cfg.dataset == "folder":
+        from galot_core.data.folder import load_folder
+
+        return load_folder(cfg.root, cfg.classes or (), image_size=cfg.image_size, test_root=cfg.test_root,
+                           on_bad_image=cfg.on_bad_image)
     raise ValueError(cfg.dataset)  # unreachable: config validation restricts the names

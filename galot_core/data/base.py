@@ -41,6 +41,8 @@ class Dataset:
     ``t2i_train`` is only set for datasets that ship a split reserved for pretraining the
     embedded diffusion model; it is disjoint from ``pool`` and ``test``.
     ``natural`` selects crop+flip augmentation; digits get crop-only (a flip changes them).
+    ``pool_files`` (folder datasets) is each pool image's path relative to ``root``: the id a
+    person labelling it sees. Pool labels are ``-1`` where nobody knows them yet (``folder``).
     """
 
     name: str
@@ -51,6 +53,8 @@ class Dataset:
     t2i_train: ImageSet | None = None
     mean: tuple[float, ...] = field(default=(0.5,))
     std: tuple[float, ...] = field(default=(0.5,))
+    pool_files: tuple[str, ...] | None = None
+    root: str | None = None
 
     @property
     def num_classes(self) -> int:

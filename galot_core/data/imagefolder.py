@@ -70,7 +70,10 @@ def load_imagefolder(
     pool = ImageSet(images[in_train], labels[in_train])
     test = ImageSet(images[~in_train], labels[~in_train])
     mean, std = channel_stats(pool.images)
-    return Dataset(root.name, pool, test, names, natural=True, mean=mean, std=std)
+    # Paths of the pool images, so that a person labelling them (experiment.oracle: human) sees files.
+    pool_files = tuple(files[i].relative_to(root).as_posix() for i, keep in zip(kept, in_train.tolist()) if keep)
+    return Dataset(root.name, pool, test, names, natural=True, mean=mean, std=std, pool_files=pool_files,
+                   root=str(root.resolve()))
 
 
 def decode_images(

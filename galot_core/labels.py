@@ -1,0 +1,415 @@
+"""The human oracle: the batch a cycle asks a person to label, and the answers as they come.
+
+In the paper (and every AL library) the oracle reads the dataset's ground truth. With
+``experiment.oracle: human`` a person answers instead, which takes minutes to days, so
+the question and the answers live in the run folder, not in a process::
+
+    runs/<name>/labels/
+      cycle_002.json            the batch: class names, and per image its pool index, id
+                                (path under data.root, or pool-000123), source file, thumbnail
+      cycle_002.answers.json    answers so far, in the order given: class name or "skip"
+      cycle_002/000123.png      thumbnails the labelling page shows
+
+The select step writes the batch once (thumbnails first, the batch file last, each
+atomically), so a rerun finds it and never selects again. Every answer rewrites the
+answers file atomically: a closed browser or a killed process loses nothing. When every
+image of the batch has an answer, the experiment *commits* them to ``pool.json`` in one
+atomic write — labelled images with their class, "skip" images removed from the pool so
+they are never offered again — and the cycle goes on. Until then the cycle's later steps
+raise :class:`WaitingForLabels` (exit status 3 on the command line).
+
+Answers can be given one by one (the labelling page, galot_core/labelpage.py) or as a
+CSV file (:func:`import_csv`), which is checked as a whole: unknown classes, unknown
+images and duplicates are each reported on one line and nothing is imported; missing
+rows are fine (a partial file) and reported as what is still missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from galot_core.errors import GalotError
+from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from galot_core.data.base import Dataset
+
+SKIP = "skip"          # the answer "none of these classes": the image leaves the pool
+THUMB_MAX = 256        # longest side of a thumbnail cut from an original file
+THUMB_MIN = 112        # in-memory datasets (28–64 px) are enlarged to at least this, pixelated
+EXIT_WAITING = 3       # the command-line exit status of a run that waits for labels
+
+
+class WaitingForLabels(GalotError):
+    """The cycle cannot go on before a person labels its batch; nothing is lost, rerun to continue."""
+
+    exit_code = EXIT_WAITING
+
+    def __init__(self, run_dir: Path, cycle: int, missing: int, total: int) -> None:
+        self.run_dir, self.cycle, self.missing, self.total = Path(run_dir), cycle, missing, total
+        run = str(run_dir)
+        super().__init__(f"cycle {cycle} waits for {missing} labels ({total - missing} / {total} given): run "
+                         f"`galot label serve {run}` or `galot label import {run} labels.csv`, then `galot run` "
+                         "again")
+
+    def __reduce__(self):  # picklable (Prefect may persist a failed state's exception)
+        return (type(self), (self.run_dir, self.cycle, self.missing, self.total))
+
+
+@dataclass(frozen=True)
+class Item:
+    index: int             # pool index
+    image: str             # what a person sees and types: path under data.root, or pool-000123
+    source: str | None     # the original file (absolute), when the dataset has files
+    thumbnail: str         # PNG, relative to the run folder
+
+
+@dataclass(frozen=True)
+class Batch:
+    cycle: int
+    classes: list[str]
+    items: list[Item]
+
+    @property
+    def indices(self) -> list[int]:
+        return [it.index for it in self.items]
+
+
+def labels_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "labels"
+
+
+def batch_path(run_dir: str | Path, cycle: int) -> Path:
+    return labels_dir(run_dir) / f"cycle_{cycle:03d}.json"
+
+
+def answers_path(run_dir: str | Path, cycle: int) -> Path:
+    return labels_dir(run_dir) / f"cycle_{cycle:03d}.answers.json"
+
+
+def image_id(dataset: Dataset, index: int) -> str:
+    return dataset.pool_files[index] if dataset.pool_files else f"pool-{index:06d}"
+
+
+def _thumbnail_png(dataset: Dataset, index: int) -> bytes:
+    if dataset.pool_files and dataset.root:
+        try:
+            with Image.open(Path(dataset.root) / dataset.pool_files[index]) as im:
+                im = im.convert("RGB")
+                im.thumbnail((THUMB_MAX, THUMB_MAX), Image.Resampling.LANCZOS)
+                return _png(im)
+        except OSError:
+            pass  # the file changed since loading: show what was decoded instead
+    x = dataset.pool.images[index]
+    arr = x.permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    scale = max(1, -(-THUMB_MIN // max(im.size)))
+    return _png(im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST))
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def write_batch(run_dir: str | Path, cycle: int, indices: list[int], dataset: Dataset) -> Batch:
+    """Thumbnails, then the batch file (its existence means: selection of ``cycle`` is done)."""
+    run_dir = Path(run_dir)
+    items = []
+    for i in indices:
+        rel = f"labels/cycle_{cycle:03d}/{i:06d}.png"
+        atomic_write_bytes(run_dir / rel, _thumbnail_png(dataset, i))
+        source = str(Path(dataset.root) / dataset.pool_files[i]) if dataset.pool_files and dataset.root else None
+        items.append(Item(int(i), image_id(dataset, i), source, rel))
+    batch = Batch(cycle, list(dataset.class_names), items)
+    atomic_write_json(batch_path(run_dir, cycle), {
+        "cycle": cycle, "classes": batch.classes,
+        "items": [{"index": it.index, "image": it.image, "source": it.source, "thumbnail": it.thumbnail}
+                  for it in items]})
+    return batch
+
+
+def read_batch(run_dir: str | Path, cycle: int) -> Batch | None:
+    path = batch_path(run_dir, cycle)
+    if not path.exists():
+        return None
+    try:
+        d = read_json(path)
+        return Batch(int(d["cycle"]), [str(c) for c in d["classes"]],
+                     [Item(int(it["index"]), str(it["image"]), it.get("source"), str(it["thumbnail"]))
+                      for it in d["items"]])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GalotError(f"{path}: label batch is unreadable ({e.__class__.__name__}); delete it to select the "
+                         "cycle's batch again") from None
+
+
+def read_answers(run_dir: str | Path, cycle: int) -> list[dict[str, Any]]:
+    """Answers in the order given: ``{"index", "image", "answer"}`` (answer: class name or "skip")."""
+    path = answers_path(run_dir, cycle)
+    if not path.exists():
+        return []
+    try:
+        return list(read_json(path)["answers"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GalotError(f"{path}: answers file is unreadable ({e.__class__.__name__}); restore it or delete it "
+                         "and label the batch again") from None
+
+
+def _write_answers(run_dir: str | Path, cycle: int, answers: list[dict[str, Any]]) -> None:
+    atomic_write_json(answers_path(run_dir, cycle), {"cycle": cycle, "answers": answers})
+
+
+def committed(batch: Batch, pool: dict[str, Any] | None) -> bool:
+    """Whether ``pool.json`` (as read) already holds the batch's answers (committed all at once)."""
+    if pool is None:
+        return False
+    taken = set(pool.get("labelled", [])) | set(pool.get("removed", []))
+    return any(i in taken for i in batch.indices)
+
+
+def read_pool(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "pool.json"
+    return read_json(path) if path.exists() else None
+
+
+def pending_cycle(run_dir: str | Path) -> int | None:
+    """The newest cycle whose batch waits for answers (or for its commit), else None."""
+    folder = labels_dir(run_dir)
+    cycles = sorted(int(p.stem[6:]) for p in folder.glob("cycle_[0-9][0-9][0-9].json")) if folder.exists() else []
+    if not cycles:
+        return None
+    batch = read_batch(run_dir, cycles[-1])
+    return None if batch is None or committed(batch, read_pool(run_dir)) else cycles[-1]
+
+
+def normalise(name: str) -> str:
+    return " ".join(str(name).split()).lower()
+
+
+def resolve_answer(batch: Batch, answer: str) -> str | None:
+    """The class name (as in the batch) or SKIP that ``answer`` means, or None if it is unknown."""
+    key = normalise(answer)
+    if key == SKIP:
+        return SKIP
+    return next((c for c in batch.classes if normalise(c) == key), None)
+
+
+def give(run_dir: str | Path, batch: Batch, index: int, answer: str) -> list[dict[str, Any]]:
+    """Record one answer (replacing an earlier one for the same image); saved before returning."""
+    _check_open(run_dir, batch)
+    item = next((it for it in batch.items if it.index == index), None)
+    if item is None:
+        raise GalotError(f"image: pool index {index} is not in the batch of cycle {batch.cycle}")
+    resolved = resolve_answer(batch, answer)
+    if resolved is None:
+        raise GalotError(f"label: unknown class {answer!r}; use one of {', '.join(batch.classes)} or {SKIP}")
+    answers = [a for a in read_answers(run_dir, batch.cycle) if a["index"] != index]
+    answers.append({"index": index, "image": item.image, "answer": resolved})
+    _write_answers(run_dir, batch.cycle, answers)
+    return answers
+
+
+def undo(run_dir: str | Path, batch: Batch) -> dict[str, Any] | None:
+    """Forget the answer given last; returns it (None when there was none)."""
+    _check_open(run_dir, batch)
+    answers = read_answers(run_dir, batch.cycle)
+    if not answers:
+        return None
+    last = answers.pop()
+    _write_answers(run_dir, batch.cycle, answers)
+    return last
+
+
+def _check_open(run_dir: str | Path, batch: Batch) -> None:
+    if committed(batch, read_pool(run_dir)):
+        raise GalotError(f"cycle {batch.cycle}: its labels were already used to go on with the experiment; they can "
+                         "no longer be changed")
+
+
+def missing(batch: Batch, answers: list[dict[str, Any]]) -> list[Item]:
+    given = {a["index"] for a in answers}
+    return [it for it in batch.items if it.index not in given]
+
+
+# ----- CSV ------------------------------------------------------------------------------------
+CSV_HEADER = ("image", "label", "source")
+
+
+def export_csv(batch: Batch, answers: list[dict[str, Any]]) -> str:
+    """The batch as CSV: image id, the answer so far (empty if none), the original file."""
+    given = {a["index"]: a["answer"] for a in answers}
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(CSV_HEADER)
+    for it in batch.items:
+        w.writerow([it.image, given.get(it.index, ""), it.source or ""])
+    return out.getvalue()
+
+
+@dataclass
+class ImportReport:
+    cycle: int
+    imported: int            # rows taken from the file
+    changed: int             # of those, answers that replaced a different earlier answer
+    labelled: int            # images of the batch with an answer now
+    total: int
+    missing: list[str]       # ids of images still without an answer
+
+    def lines(self) -> list[str]:
+        out = [f"cycle {self.cycle}: imported {self.imported} labels ({self.changed} changed); "
+               f"{self.labelled} / {self.total} labelled"]
+        if self.missing:
+            shown = ", ".join(self.missing[:5]) + (", …" if len(self.missing) > 5 else "")
+            out.append(f"{len(self.missing)} images still have no label: {shown}")
+        return out
+
+
+def _rows(text: str) -> list[tuple[int, str, str]]:
+    """(line number, image, label) of each non-empty row; a header row naming the columns is skipped."""
+    rows = list(csv.reader(io.StringIO(text)))
+    start, col_image, col_label = 0, 0, 1
+    if rows and any(normalise(c) in ("image", "path", "file") for c in rows[0]):
+        header = [normalise(c) for c in rows[0]]
+        col_image = next(i for i, c in enumerate(header) if c in ("image", "path", "file"))
+        col_label = next((i for i, c in enumerate(header) if c in ("label", "class", "class name")), None) or \
+            (1 if col_image == 0 else 0)
+        start = 1
+    out = []
+    for number, row in enumerate(rows[start:], start=start + 1):
+        if not any(cell.strip() for cell in row):
+            continue
+        image = row[col_image].strip() if col_image < len(row) else ""
+        label = row[col_label].strip() if col_label < len(row) else ""
+        out.append((number, image, label))
+    return out
+
+
+def _lookup(batch: Batch) -> dict[str, Item]:
+    """Ways a person may name an image of the batch: its id, its original file, the file's name (if unique)."""
+    keys: dict[str, Item] = {}
+    names: dict[str, list[Item]] = {}
+    for it in batch.items:
+        keys[it.image] = it
+        if it.source:
+            keys[it.source] = it
+            names.setdefault(Path(it.source).name, []).append(it)
+        keys[it.thumbnail] = it
+    for name, its in names.items():
+        if len(its) == 1:
+            keys.setdefault(name, its[0])
+    return keys
+
+
+def import_csv(run_dir: str | Path, path: str | Path, cycle: int | None = None) -> ImportReport:
+    """Add the answers in a CSV file (image, class name) to the pending batch; all rows valid or none taken."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GalotError(f"{path}: cannot read the labels file ({e.__class__.__name__}); give a UTF-8 CSV with "
+                         "columns image,label") from None
+    return import_rows(run_dir, [(f"{path}:{n}", image, label) for n, image, label in _rows(text)], cycle)
+
+
+def import_rows(run_dir: str | Path, rows: list[tuple[str, str, str]], cycle: int | None = None) -> ImportReport:
+    """Add answers given as (where, image, class name) rows to the pending batch; all valid or none taken.
+
+    Unknown images, unknown classes and duplicates are each one line of the raised
+    :class:`LabelFileError`; rows with an empty class are not answers yet (a partial file).
+    """
+    run_dir = Path(run_dir)
+    cycle = cycle if cycle is not None else pending_cycle(run_dir)
+    if cycle is None:
+        raise GalotError(f"{run_dir}: no batch waits for labels; run `galot run` until it stops at a cycle's "
+                         "labels (experiment.oracle: human)")
+    batch = read_batch(run_dir, cycle)
+    if batch is None:
+        raise GalotError(f"{run_dir}: cycle {cycle} has no label batch")
+    _check_open(run_dir, batch)
+    keys = _lookup(batch)
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    new: list[tuple[Item, str]] = []
+    for where, image, label in rows:
+        item = keys.get(image)
+        if item is None and image:
+            item = keys.get(str(Path(image).expanduser().resolve()))
+        if item is None:
+            problems.append(f"{where}: unknown image {image!r}: not in the batch of cycle {cycle} (see "
+                            f"`galot label export {run_dir}`)")
+            continue
+        if not label:
+            continue  # no answer yet for this row: a partial file
+        answer = resolve_answer(batch, label)
+        if answer is None:
+            problems.append(f"{where}: unknown class {label!r} for {item.image}; use one of "
+                            f"{', '.join(batch.classes)} or {SKIP}")
+            continue
+        if item.index in seen:
+            problems.append(f"{where}: duplicate row for {item.image} (first at {seen[item.index]}); keep one")
+            continue
+        seen[item.index] = where
+        new.append((item, answer))
+    if problems:
+        raise LabelFileError(problems)
+    answers = read_answers(run_dir, cycle)
+    before = {a["index"]: a["answer"] for a in answers}
+    changed = sum(1 for it, ans in new if it.index in before and before[it.index] != ans)
+    replaced = {it.index for it, _ in new}
+    answers = [a for a in answers if a["index"] not in replaced] + [
+        {"index": it.index, "image": it.image, "answer": ans} for it, ans in new]
+    if new:
+        _write_answers(run_dir, cycle, answers)
+    left = missing(batch, answers)
+    return ImportReport(cycle, len(new), changed, len(batch.items) - len(left), len(batch.items),
+                        [it.image for it in left])
+
+
+class LabelFileError(GalotError):
+    """Every problem of a labels file, one line each; nothing was imported."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems + [f"nothing imported ({len(problems)} problem"
+                                               f"{'s' if len(problems) != 1 else ''}); fix the file and import "
+                                               "it again"]))
+
+    def __reduce__(self):
+        return (type(self), (self.problems,))
+
+
+def commit(batch: Batch, answers: list[dict[str, Any]]) -> tuple[list[int], list[int], list[int]]:
+    """(labelled indices, their class indices, skipped indices), in the batch's selection order."""
+    by_index = {a["index"]: a["answer"] for a in answers}
+    labelled, labels, skipped = [], [], []
+    for it in batch.items:
+        ans = by_index[it.index]
+        if ans == SKIP:
+            skipped.append(it.index)
+        else:
+            labelled.append(it.index)
+            labels.append(batch.classes.index(ans))
+    return labelled, labels, skipped
+
+
+def status(run_dir: str | Path) -> dict[str, Any]:
+    """What the labelling page shows: the pending batch with answers, or that none is pending."""
+    cycle = pending_cycle(run_dir)
+    if cycle is None:
+        return {"cycle": None, "classes": [], "items": [], "labelled": 0, "total": 0}
+    batch = read_batch(run_dir, cycle)
+    assert batch is not None
+    answers = read_answers(run_dir, cycle)
+    given = {a["index"]: a["answer"] for a in answers}
+    items = [{"index": it.index, "image": it.image, "thumbnail": it.thumbnail, "answer": given.get(it.index)}
+             for it in batch.items]
+    return {"cycle": cycle, "classes": batch.classes, "items": items,
+            "labelled": sum(1 for it in items if it["answer"] is not None), "total": len(items),
+            "last": answers[-1]["index"] if answers else None}
