@@ -517,6 +517,13 @@ def steps_check() -> list[str]:
     for label, name in (("DDIM, 10 steps (default)", "galot"), ("DDIM, 4 steps", "galot_4_steps")):
         lines.append(f"| {label} | {stat(name, mean_acc):.4f} | {stat(name, final_acc):.4f} | {stat(name, judged):.3f} | "
                      f"{stat(name, calls):.0f} | {stat(name, diffusion_s):.0f} |")
+    by_seed = {name: {r["seed"]: mean_acc(r) for r in runs[name]} for name in runs}
+    diffs = [by_seed["galot_4_steps"][k] - by_seed["galot"][k] for k in seeds]
+    sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    lines += ["", f"Mean test accuracy, 4 steps minus 10 steps, paired by seed: {100 * statistics.mean(diffs):+.2f} ± "
+                  f"{100 * sem:.2f} pp (SEM) — {'within' if abs(statistics.mean(diffs)) <= 2 * sem else 'outside'} two "
+                  "standard errors of no change. UNet calls are exact; the seconds come from study runs that shared "
+                  "the machine with other jobs, so only the calls are a fair cost comparison."]
     return lines
 
 
