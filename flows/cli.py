@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -276,6 +277,10 @@ def cmd_label_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise GalotError(f"--port: cannot listen on 127.0.0.1:{args.port} ({e.strerror}); choose another port") from None
     print(f"galot: labelling page for {run} at {server.url} (Ctrl-C to stop)", flush=True)
+    # Ctrl-C (and a plain `kill`) stop the page even when this process inherited SIGINT as
+    # ignored, as everything started in the background by a non-interactive shell does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
