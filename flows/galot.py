@@ -104,6 +104,18 @@ def run_one_cycle(cfg: dict[str, Any], pause_for_labels: bool = False) -> dict[s
     return metrics
 
 
+_NO_DASK = ("runner.task_runner: dask needs the prefect-dask package; pip install prefect-dask, "
+            "or use runner.task_runner: thread")
+
+
+def _local_cluster_kwargs(runner: dict[str, Any]) -> dict[str, Any]:
+    """A local cluster of single-threaded worker processes: runner.dask_workers, 0 = one per visible GPU."""
+    import torch
+
+    workers = runner["dask_workers"] or max(1, torch.cuda.device_count())
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+
+
 def task_runner(cfg: dict[str, Any]) -> TaskRunner:
     """``runner.task_runner``: threads in this process, or prefect-dask on a local or existing Dask cluster."""
     r = cfg["runner"]
@@ -112,15 +124,10 @@ def task_runner(cfg: dict[str, Any]) -> TaskRunner:
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
-        raise GalotError("runner.task_runner: dask needs the prefect-dask package; pip install prefect-dask, "
-                         "or use runner.task_runner: thread") from None
+        raise GalotError(_NO_DASK) from None
     if r["dask_address"]:
         return DaskTaskRunner(address=r["dask_address"])
-    import torch
-
-    workers = r["dask_workers"] or max(1, torch.cuda.device_count())
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+    return DaskTaskRunner(cluster_kwargs=_local_cluster_kwargs(r))
 
 
 @contextmanager
@@ -133,12 +140,8 @@ def local_dask_cluster(cfg: dict[str, Any]) -> Iterator[str | None]:
     try:
         from distributed import LocalCluster
     except ImportError:
-        raise GalotError("runner.task_runner: dask needs the prefect-dask package; pip install prefect-dask, "
-                         "or use runner.task_runner: thread") from None
-    import torch
-
-    workers = r["dask_workers"] or max(1, torch.cuda.device_count())
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        raise GalotError(_NO_DASK) from None
+    with LocalCluster(**_local_cluster_kwargs(r)) as cluster:
         yield cluster.scheduler_address
 
 
