@@ -30,6 +30,7 @@ from study import EXPERIMENTS, RESULTS, SEEDS, TEMPLATES, TRANSFER_ARCHS, TRANSF
 DOC = ROOT / "docs" / "results.md"
 FIGS = ROOT / "docs" / "results"
 PSEUDO = ROOT / "benchmarks" / "results" / "pseudo_labels.json"
+EFFECT = ROOT / "benchmarks" / "results" / "textopt_effect.json"
 GALOT, BASIC, MARGIN = ("table1", "galot"), ("table1", "galot_basic"), ("table1", "al_MarginSampling")
 GAL_ONLY, FULL = ("fig3", "gal_only"), ("fig3", "fully_supervised")
 AL_KEYS = [("table1", n) for n in EXPERIMENTS["table1"] if n.startswith("al_")]
@@ -414,6 +415,107 @@ def fig4(data: dict | None) -> list[str]:
                 "the study's TextOpt runs are pending."), ""]
 
 
+def textopt_effect(data: dict | None) -> list[str]:
+    """The diagnosis of claim (b): what TextOpt did to the images of the study's runs (benchmarks/textopt_effect.py)."""
+    title = "## Why TextOpt adds little here: what it does to the images"
+    if data is None:
+        return [title, "", "Pending: run `OMP_NUM_THREADS=1 python benchmarks/textopt_effect.py`.", ""]
+    if any(r["strategy"] != "MarginSampling" for r in data["runs"]):
+        raise SystemExit(f"{EFFECT}: this section reads margins; rerun textopt_effect.py on the margin runs only")
+    by_eps: dict[float, list[dict]] = {}
+    for r in data["runs"]:
+        by_eps.setdefault(r["epsilon_last_cycle"], []).append(r)
+
+    def cell(runs: list[dict], cycle: int, get) -> Stat | None:
+        return stat([get(c) for r in runs for c in r["cycles"] if c["cycle"] == cycle])
+
+    def margin(s: Stat | None) -> str:  # σ_GAL = margin objective = −(p₁ − p₂); shown as the margin itself
+        return "pending" if s is None else f"{-s.mean:.3f}" + (f" ± {s.sem:.3f}" if s.n > 1 else f" ({s.n} seed)")
+
+    def share(s: Stat | None) -> str:
+        return fmt(s)
+
+    default = by_eps.get(0.2, [])
+    cyc = sorted({c["cycle"] for r in default for c in r["cycles"]})
+    rows = [[str(c * b_al()), margin(cell(default, c, lambda x: x["real_selected"]["sigma"])),
+             margin(cell(default, c, lambda x: x["template"]["sigma"])),
+             margin(cell(default, c, lambda x: x["optimised"]["sigma"])),
+             share(cell(default, c, lambda x: x["template"]["judged_accuracy"])),
+             share(cell(default, c, lambda x: x["optimised"]["judged_accuracy"])),
+             share(cell(default, c, lambda x: x["template"]["classifier_accuracy"])),
+             share(cell(default, c, lambda x: x["optimised"]["classifier_accuracy"])),
+             f"{sum(x['template']['classifier_errors_judged_correct'] for r in default for x in r['cycles'] if x['cycle'] == c)}"
+             f" / {sum(x['optimised']['classifier_errors_judged_correct'] for r in default for x in r['cycles'] if x['cycle'] == c)}"]
+            for c in cyc]
+    last = max(cyc, default=0)
+    summary = []
+    for eps in sorted(by_eps):
+        runs = by_eps[eps]
+        gain = stat([sum(x["template"]["sigma"] - x["optimised"]["sigma"] for x in r["cycles"]) / len(r["cycles"])
+                     for r in runs])  # margin of s' minus margin of s*, per run (σ = −margin)
+        judged = stat([sum(x["template"]["judged_accuracy"] - x["optimised"]["judged_accuracy"] for x in r["cycles"])
+                       / len(r["cycles"]) for r in runs])
+        hard = [sum(x[k]["classifier_errors_judged_correct"] for r in runs for x in r["cycles"])
+                for k in ("template", "optimised")]
+        wrong = [sum(round(x["images"] * (1 - x[k]["judged_accuracy"])) for r in runs for x in r["cycles"])
+                 for k in ("template", "optimised")]
+        total = sum(x["images"] for r in runs for x in r["cycles"])
+        summary.append([f"{eps:g}", str(len(runs)), f"{gain.mean:+.3f}" + (f" ± {gain.sem:.3f}" if gain.n > 1 else ""),
+                        pp(Stat(-judged.mean, judged.sem, judged.n)), f"{hard[0]} → {hard[1]}",
+                        f"{wrong[0]} → {wrong[1]}", str(total)])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [c * b_al() for c in cyc]
+    for label, get, style in (("real images σ_AL picked", lambda x: x["real_selected"]["sigma"], "k-o"),
+                              ("generated from s* (template)", lambda x: x["template"]["sigma"], "C0-s"),
+                              ("generated from s' (TextOpt, ε → 0.2)", lambda x: x["optimised"]["sigma"], "C3-^")):
+        ss = [cell(default, c, get) for c in cyc]
+        ax.errorbar(xs, [-s.mean for s in ss], yerr=[0 if s.n < 2 else s.sem for s in ss], fmt=style, ms=4,
+                    capsize=2, label=label)
+    ax.set(xlabel="|L| (real labels)", ylabel="margin p₁ − p₂ of the previous cycle's classifier", ylim=(0, 1.02))
+    plot = save(fig, ax, "textopt_effect.png", "What TextOpt optimises: the classifier's margin on the images")
+    p = data["protocol"]
+    return [title, "",
+            "Generated from [benchmarks/results/textopt_effect.json](../benchmarks/results/textopt_effect.json) "
+            "(written by `OMP_NUM_THREADS=1 python benchmarks/textopt_effect.py` from the study's run folders; wall "
+            f"time {data['wall_seconds'] / 60:.0f} min on {p['threads']} thread). For every cycle c ≥ 2 of the "
+            "TextOpt runs it pairs each image the run generated from s' (its own PNG) with an image generated from "
+            "the template embedding s* with the same seed, and scores both with the classifier TextOpt optimised "
+            "against (the one trained in cycle c − 1): its margin p₁ − p₂ (TextOpt's objective is to lower it), its "
+            "agreement with the pseudo-label, and the judge's verdict. For scale, the same classifier's margin on the "
+            "real images margin sampling picked from the pool in that cycle.", "", plot, "",
+            "Default GALOT (ε → 0.2·‖s*‖), mean ± SEM over seeds per cycle; the last column counts images the judge "
+            "accepts but the classifier gets wrong (informative and correctly labelled), summed over seeds, "
+            "template / TextOpt:", "",
+            *md_table(["|L|", "margin, real picked", "margin, s*", "margin, s'", "judged, s*", "judged, s'",
+                       "classifier agrees, s*", "classifier agrees, s'", "informative and correct"], rows),
+            "Per ε (all cycles ≥ 2; margin change and judged change are s' minus s*, averaged over cycles per run; "
+            "counts are summed over runs and cycles):", "",
+            *md_table(["ε (last cycle)", "runs", "margin change", "judged accuracy change", "informative and correct",
+                       "wrong pseudo-labels", "images"], summary),
+            (f"The real images margin sampling picks sit at a margin of {margin(cell(default, last, lambda x: x['real_selected']['sigma']))} "
+             f"in the last cycle; the generated images at {margin(cell(default, last, lambda x: x['template']['sigma']))} "
+             f"from s* and {margin(cell(default, last, lambda x: x['optimised']['sigma']))} after TextOpt. "
+             if last else "") +
+            conclusion(default), ""]
+
+
+def conclusion(runs: list[dict]) -> str:
+    """The reading of the numbers above, stated only when the numbers support it."""
+    xs = [x for r in runs for x in r["cycles"]]
+    if not xs:
+        return ""
+    agree = sum(x["template"]["classifier_accuracy"] * x["images"] for x in xs) / sum(x["images"] for x in xs)
+    hard = [sum(x[k]["classifier_errors_judged_correct"] for x in xs) for k in ("template", "optimised")]
+    wrong = [sum(round(x["images"] * (1 - x[k]["judged_accuracy"])) for x in xs) for k in ("template", "optimised")]
+    text = (f"Over cycles ≥ 2 of the default runs the classifier already gives {100 * agree:.1f}% of the template "
+            f"images their prompted class; TextOpt turns {hard[0]} informative, correctly labelled images into "
+            f"{hard[1]}, and {wrong[0]} wrong pseudo-labels into {wrong[1]}.")
+    if agree >= 0.95 and wrong[1] - wrong[0] > hard[1] - hard[0]:
+        text += (" So inside the ε-ball that keeps pseudo-labels right there is little left for the classifier to "
+                 "learn, and most of what TextOpt buys in margin is paid for with wrong labels.")
+    return text
+
+
 def steps(n: int, epochs: int) -> int:
     """SGD steps of one training (galot_core.train.fit): max(epochs · ⌈n / 32⌉, 300)."""
     return max(epochs * math.ceil(n / 32), 300)
@@ -489,7 +591,9 @@ def cost() -> list[str]:
 def main() -> None:
     FIGS.mkdir(parents=True, exist_ok=True)
     data = json.loads(PSEUDO.read_text()) if PSEUDO.exists() else None
-    lines = [*header(), *claims(data), *table1(), *fig3(), *table2(), *fig4(data), *ablations(), *cost()]
+    effect = json.loads(EFFECT.read_text()) if EFFECT.exists() else None
+    lines = [*header(), *claims(data), *table1(), *fig3(), *table2(), *fig4(data), *textopt_effect(effect),
+             *ablations(), *cost()]
     DOC.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOC} and {len(list(FIGS.glob('*.png')))} plots in {FIGS}")
 
