@@ -293,11 +293,13 @@ def header() -> list[str]:
             "[benchmarks/results/study/](../benchmarks/results/study/) (written by `python benchmarks/study.py`) and "
             "[benchmarks/results/pseudo_labels.json](../benchmarks/results/pseudo_labels.json) (written by "
             "`OMP_NUM_THREADS=1 python benchmarks/pseudo_labels.py`). Do not edit by hand.", "",
-            f"**Status: {len(runs)} of {len(jobs)} planned runs are done.** Wall time of the study so far: "
-            f"**{wall / 3600:.1f} h**, the sum of every run's `wall_seconds`" + (
+            f"**Status: {len(runs)} of {len(jobs)} planned runs are done.** Run time of the study so far: "
+            f"**{(wall + transfer) / 3600:.1f} h**, the sum of every run's `wall_seconds`" + (
                 f" plus {transfer / 60:.0f} min of transfer training (transfer files record training time only)"
-                if transfer else "") + ". Runs used one torch thread each, two at a time for part of the study, on 2 "
-            "CPU cores; every timing below is from that setting.", "", pending or "Every cell has all its seeds.", "",
+                if transfer else "") + ". Each run uses one torch thread, so with `--jobs 2` on 2 CPU cores the "
+            f"study takes about half that, {(wall + transfer) / 7200:.1f} h, from start to end (two runs sharing the "
+            "machine each run a little slower). Runs went one or two at a time; every timing below is from that "
+            "setting.", "", pending or "Every cell has all its seeds.", "",
             "## Protocol", "", "The protocol" + " ".join(study.__doc__.split("The protocol", 1)[1].split()), "",
             "Scaled to the embedded world (the paper's Sec. 4, App. A and Table 8, against this study):", "",
             *md_table(["", "paper", "here"], [
