@@ -419,6 +419,18 @@ def fig4(data: dict | None) -> list[str]:
                 "the study's TextOpt runs are pending."), ""]
 
 
+KINDS = ("template", "optimised")  # images from s* / from TextOpt's s', as textopt_effect.py names them
+
+
+def informative(cycles_: list[dict], kind: str) -> int:
+    """Images of ``kind`` (template / optimised) the judge accepts and the classifier still gets wrong."""
+    return sum(x[kind]["classifier_errors_judged_correct"] for x in cycles_)
+
+
+def wrong_labels(cycles_: list[dict], kind: str) -> int:
+    return sum(round(x["images"] * (1 - x[kind]["judged_accuracy"])) for x in cycles_)
+
+
 def textopt_effect(data: dict | None) -> list[str]:
     """The diagnosis of claim (b): what TextOpt did to the images of the study's runs (benchmarks/textopt_effect.py)."""
     title = "## Why TextOpt adds little here: what it does to the images"
@@ -436,20 +448,17 @@ def textopt_effect(data: dict | None) -> list[str]:
     def margin(s: Stat | None) -> str:  # σ_GAL = margin objective = −(p₁ − p₂); shown as the margin itself
         return "pending" if s is None else f"{-s.mean:.3f}" + (f" ± {s.sem:.3f}" if s.n > 1 else f" ({s.n} seed)")
 
-    def share(s: Stat | None) -> str:
-        return fmt(s)
-
     default = by_eps.get(0.2, [])
     cyc = sorted({c["cycle"] for r in default for c in r["cycles"]})
     rows = [[str(c * b_al()), margin(cell(default, c, lambda x: x["real_selected"]["sigma"])),
              margin(cell(default, c, lambda x: x["template"]["sigma"])),
              margin(cell(default, c, lambda x: x["optimised"]["sigma"])),
-             share(cell(default, c, lambda x: x["template"]["judged_accuracy"])),
-             share(cell(default, c, lambda x: x["optimised"]["judged_accuracy"])),
-             share(cell(default, c, lambda x: x["template"]["classifier_accuracy"])),
-             share(cell(default, c, lambda x: x["optimised"]["classifier_accuracy"])),
-             f"{sum(x['template']['classifier_errors_judged_correct'] for r in default for x in r['cycles'] if x['cycle'] == c)}"
-             f" / {sum(x['optimised']['classifier_errors_judged_correct'] for r in default for x in r['cycles'] if x['cycle'] == c)}"]
+             fmt(cell(default, c, lambda x: x["template"]["judged_accuracy"])),
+             fmt(cell(default, c, lambda x: x["optimised"]["judged_accuracy"])),
+             fmt(cell(default, c, lambda x: x["template"]["classifier_accuracy"])),
+             fmt(cell(default, c, lambda x: x["optimised"]["classifier_accuracy"])),
+             " / ".join(str(informative([x for r in default for x in r["cycles"] if x["cycle"] == c], k))
+                        for k in KINDS)]
             for c in cyc]
     last = max(cyc, default=0)
     summary = []
@@ -459,11 +468,9 @@ def textopt_effect(data: dict | None) -> list[str]:
                      for r in runs])  # margin of s' minus margin of s*, per run (σ = −margin)
         judged = stat([sum(x["template"]["judged_accuracy"] - x["optimised"]["judged_accuracy"] for x in r["cycles"])
                        / len(r["cycles"]) for r in runs])
-        hard = [sum(x[k]["classifier_errors_judged_correct"] for r in runs for x in r["cycles"])
-                for k in ("template", "optimised")]
-        wrong = [sum(round(x["images"] * (1 - x[k]["judged_accuracy"])) for r in runs for x in r["cycles"])
-                 for k in ("template", "optimised")]
-        total = sum(x["images"] for r in runs for x in r["cycles"])
+        xs = [x for r in runs for x in r["cycles"]]
+        hard, wrong = [informative(xs, k) for k in KINDS], [wrong_labels(xs, k) for k in KINDS]
+        total = sum(x["images"] for x in xs)
         summary.append([f"{eps:g}", str(len(runs)), f"{gain.mean:+.3f}" + (f" ± {gain.sem:.3f}" if gain.n > 1 else ""),
                         pp(Stat(-judged.mean, judged.sem, judged.n)), f"{hard[0]} → {hard[1]}",
                         f"{wrong[0]} → {wrong[1]}", str(total)])
@@ -509,8 +516,7 @@ def conclusion(runs: list[dict]) -> str:
     if not xs:
         return ""
     agree = sum(x["template"]["classifier_accuracy"] * x["images"] for x in xs) / sum(x["images"] for x in xs)
-    hard = [sum(x[k]["classifier_errors_judged_correct"] for x in xs) for k in ("template", "optimised")]
-    wrong = [sum(round(x["images"] * (1 - x[k]["judged_accuracy"])) for x in xs) for k in ("template", "optimised")]
+    hard, wrong = [informative(xs, k) for k in KINDS], [wrong_labels(xs, k) for k in KINDS]
     text = (f"Over cycles ≥ 2 of the default runs the classifier already gives {100 * agree:.1f}% of the template "
             f"images their prompted class; TextOpt turns {hard[0]} informative, correctly labelled images into "
             f"{hard[1]}, and {wrong[0]} wrong pseudo-labels into {wrong[1]}.")
