@@ -420,6 +420,9 @@ def fig4(data: dict | None) -> list[str]:
 
 
 KINDS = ("template", "optimised")  # images from s* / from TextOpt's s', as textopt_effect.py names them
+# textopt_effect.py's run folders (name without "-s<seed>") -> their study cell
+STUDY_KEYS: dict[str, Key] = {"galot": GALOT, "eps_0.1": ("table4_epsilon", "eps_0.1"),
+                              "eps_0.4": ("table4_epsilon", "eps_0.4"), "l2_step": ("step_rule", "l2_step")}
 
 
 def informative(cycles_: list[dict], kind: str) -> int:
@@ -438,9 +441,9 @@ def textopt_effect(data: dict | None) -> list[str]:
         return [title, "", "Pending: run `OMP_NUM_THREADS=1 python benchmarks/textopt_effect.py`.", ""]
     if any(r["strategy"] != "MarginSampling" for r in data["runs"]):
         raise SystemExit(f"{EFFECT}: this section reads margins; rerun textopt_effect.py on the margin runs only")
-    by_eps: dict[float, list[dict]] = {}
+    by_setting: dict[tuple[float, str], list[dict]] = {}
     for r in data["runs"]:
-        by_eps.setdefault(r["epsilon_last_cycle"], []).append(r)
+        by_setting.setdefault((r["epsilon_last_cycle"], r.get("step_rule", "sign")), []).append(r)
 
     def cell(runs: list[dict], cycle: int, get) -> Stat | None:
         return stat([get(c) for r in runs for c in r["cycles"] if c["cycle"] == cycle])
@@ -448,7 +451,7 @@ def textopt_effect(data: dict | None) -> list[str]:
     def margin(s: Stat | None) -> str:  # σ_GAL = margin objective = −(p₁ − p₂); shown as the margin itself
         return "pending" if s is None else f"{-s.mean:.3f}" + (f" ± {s.sem:.3f}" if s.n > 1 else f" ({s.n} seed)")
 
-    default = by_eps.get(0.2, [])
+    default = by_setting.get((0.2, "sign"), [])
     cyc = sorted({c["cycle"] for r in default for c in r["cycles"]})
     rows = [[str(c * b_al()), margin(cell(default, c, lambda x: x["real_selected"]["sigma"])),
              margin(cell(default, c, lambda x: x["template"]["sigma"])),
@@ -461,9 +464,13 @@ def textopt_effect(data: dict | None) -> list[str]:
                         for k in KINDS)]
             for c in cyc]
     last = max(cyc, default=0)
+
+    def at_last(kind: str) -> str:
+        return margin(cell(default, last, lambda x: x[kind]["sigma"]))
+
     summary = []
-    for eps in sorted(by_eps):
-        runs = by_eps[eps]
+    for eps, rule in sorted(by_setting):
+        runs = by_setting[eps, rule]
         gain = stat([sum(x["template"]["sigma"] - x["optimised"]["sigma"] for x in r["cycles"]) / len(r["cycles"])
                      for r in runs])  # margin of s' minus margin of s*, per run (σ = −margin)
         judged = stat([sum(x["template"]["judged_accuracy"] - x["optimised"]["judged_accuracy"] for x in r["cycles"])
@@ -471,9 +478,11 @@ def textopt_effect(data: dict | None) -> list[str]:
         xs = [x for r in runs for x in r["cycles"]]
         hard, wrong = [informative(xs, k) for k in KINDS], [wrong_labels(xs, k) for k in KINDS]
         total = sum(x["images"] for x in xs)
-        summary.append([f"{eps:g}", str(len(runs)), f"{gain.mean:+.3f}" + (f" ± {gain.sem:.3f}" if gain.n > 1 else ""),
+        key = STUDY_KEYS.get(runs[0]["run"].rsplit("-s", 1)[0])
+        summary.append([f"{eps:g}", "sign (Eq. 5)" if rule == "sign" else "L2-normalised", str(len(runs)),
+                        f"{gain.mean:+.3f}" + (f" ± {gain.sem:.3f}" if gain.n > 1 else ""),
                         pp(Stat(-judged.mean, judged.sem, judged.n)), f"{hard[0]} → {hard[1]}",
-                        f"{wrong[0]} → {wrong[1]}", str(total)])
+                        f"{wrong[0]} → {wrong[1]}", str(total), fmt(acc(key)) if key else "n/a"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [c * b_al() for c in cyc]
     for label, get, style in (("real images σ_AL picked", lambda x: x["real_selected"]["sigma"], "k-o"),
@@ -499,13 +508,15 @@ def textopt_effect(data: dict | None) -> list[str]:
             "template / TextOpt:", "",
             *md_table(["|L|", "margin, real picked", "margin, s*", "margin, s'", "judged, s*", "judged, s'",
                        "classifier agrees, s*", "classifier agrees, s'", "informative and correct"], rows),
-            "Per ε (all cycles ≥ 2; margin change and judged change are s' minus s*, averaged over cycles per run; "
-            "counts are summed over runs and cycles):", "",
-            *md_table(["ε (last cycle)", "runs", "margin change", "judged accuracy change", "informative and correct",
-                       "wrong pseudo-labels", "images"], summary),
-            (f"The real images margin sampling picks sit at a margin of {margin(cell(default, last, lambda x: x['real_selected']['sigma']))} "
-             f"in the last cycle; the generated images at {margin(cell(default, last, lambda x: x['template']['sigma']))} "
-             f"from s* and {margin(cell(default, last, lambda x: x['optimised']['sigma']))} after TextOpt. "
+            "Per ε and step rule (all cycles ≥ 2; margin change and judged change are s' minus s*, averaged over "
+            "cycles per run; counts are summed over runs and cycles; the last column is the run's test accuracy from "
+            "Table 4 / the step-rule ablation):", "",
+            *md_table(["ε (last cycle)", "step", "runs", "margin change", "judged accuracy change",
+                       "informative and correct",
+                       "wrong pseudo-labels", "images", "test accuracy, average"], summary, 2),
+            f"For comparison, GALOT basic (ε = 0, no TextOpt): test accuracy {fmt(acc(BASIC))} on average.", "",
+            (f"The real images margin sampling picks sit at a margin of {at_last('real_selected')} in the last "
+             f"cycle; the generated images at {at_last('template')} from s* and {at_last('optimised')} after TextOpt. "
              if last else "") +
             conclusion(default), ""]
 

@@ -52,8 +52,10 @@ from galot_core.transforms import to_uint8  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "textopt_effect.json"
 RUNS = ROOT / "benchmarks" / "runs" / "study"
-# The study's TextOpt runs: the default GALOT (table1) and the ε ablation (table4), both seeds.
-DEFAULT_RUNS = ("galot-s0", "galot-s1", "eps_0.1-s0", "eps_0.1-s1", "eps_0.4-s0", "eps_0.4-s1")
+# The study's TextOpt runs with σ_GAL = margin: the default GALOT (table1), the ε ablation (table4)
+# and the L2-normalised step (step_rule), both seeds.
+DEFAULT_RUNS = ("galot-s0", "galot-s1", "eps_0.1-s0", "eps_0.1-s1", "eps_0.4-s0", "eps_0.4-s1", "l2_step-s0",
+                "l2_step-s1")
 
 
 def load_pngs(folder: Path, entries: list[synthetic.ManifestEntry]) -> torch.Tensor:
@@ -141,6 +143,7 @@ def analyse(run_dir: Path, judge, t2i_cache: dict) -> dict:
               f"judged {row['template']['judged_accuracy']:.3f} -> {row['optimised']['judged_accuracy']:.3f}",
               flush=True)
     return {"run": run_dir.name, "strategy": strategy, "epsilon_last_cycle": cfg.gal.epsilon,
+            "step_rule": cfg.gal.step_rule,
             "seed": cfg.experiment.seed, "cycles": cycles}
 
 
