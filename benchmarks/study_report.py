@@ -437,6 +437,12 @@ def wrong_labels(cycles_: list[dict], kind: str) -> int:
     return sum(round(x["images"] * (1 - x[kind]["judged_accuracy"])) for x in cycles_)
 
 
+def change(runs: list[dict], field: str) -> Stat | None:
+    """``field`` of the TextOpt images minus that of their template twins, averaged over each run's cycles."""
+    return stat([sum(x["optimised"][field] - x["template"][field] for x in r["cycles"]) / len(r["cycles"])
+                 for r in runs])
+
+
 def textopt_effect(data: dict | None) -> list[str]:
     """The diagnosis of claim (b): what TextOpt did to the images of the study's runs (benchmarks/textopt_effect.py)."""
     title = "## Why TextOpt adds little here: what it does to the images"
@@ -474,17 +480,13 @@ def textopt_effect(data: dict | None) -> list[str]:
     summary = []
     for eps, rule in sorted(by_setting):
         runs = by_setting[eps, rule]
-        gain = stat([sum(x["template"]["sigma"] - x["optimised"]["sigma"] for x in r["cycles"]) / len(r["cycles"])
-                     for r in runs])  # margin of s' minus margin of s*, per run (σ = −margin)
-        judged = stat([sum(x["template"]["judged_accuracy"] - x["optimised"]["judged_accuracy"] for x in r["cycles"])
-                       / len(r["cycles"]) for r in runs])
+        sigma, judged = change(runs, "sigma"), change(runs, "judged_accuracy")  # margin change = −σ change
         xs = [x for r in runs for x in r["cycles"]]
         hard, wrong = [informative(xs, k) for k in KINDS], [wrong_labels(xs, k) for k in KINDS]
         total = sum(x["images"] for x in xs)
         key = STUDY_KEYS.get(runs[0]["run"].rsplit("-s", 1)[0])
         summary.append([f"{eps:g}", "sign (Eq. 5)" if rule == "sign" else "L2-normalised", str(len(runs)),
-                        f"{gain.mean:+.3f}" + (f" ± {gain.sem:.3f}" if gain.n > 1 else ""),
-                        pp(Stat(-judged.mean, judged.sem, judged.n)), f"{hard[0]} → {hard[1]}",
+                        f"{-sigma.mean:+.3f}" + (f" ± {sigma.sem:.3f}" if sigma.n > 1 else ""), pp(judged), f"{hard[0]} → {hard[1]}",
                         f"{wrong[0]} → {wrong[1]}", str(total), fmt(acc(key)) if key else "n/a"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [c * b_al() for c in cyc]

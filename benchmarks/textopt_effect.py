@@ -33,9 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +63,7 @@ def load_pngs(folder: Path, entries: list[synthetic.ManifestEntry]) -> torch.Ten
         data = (folder / e.file).read_bytes()
         if hashlib.sha256(data).hexdigest() != e.sha256:
             raise SystemExit(f"{folder / e.file}: does not match its manifest hash; the run folder was changed")
-        a = np.array(Image.open(folder / e.file))
-        out.append(torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy()))
+        out.append(synthetic.decode_png(data))
     return torch.stack(out)
 
 
@@ -77,12 +74,6 @@ def generate(t2i, cfg, s: torch.Tensor, entries: list[synthetic.ManifestEntry]) 
         images = t2i.generate(s[[e.label for e in entries]], num_inference_steps=cfg.t2i.steps,
                               guidance_scale=cfg.t2i.guidance_scale, latents=noise)
     return to_uint8(images)
-
-
-def scores(model, images: torch.Tensor, pre, strategy: str) -> torch.Tensor:
-    """σ_GAL of ``model`` on ``images`` (higher = more uncertain), the quantity TextOpt ascends."""
-    logits = predict(model, images, pre)["logits"]
-    return acquisition.objective(strategy, logits)
 
 
 def analyse(run_dir: Path, judge, t2i_cache: dict) -> dict:
@@ -100,16 +91,16 @@ def analyse(run_dir: Path, judge, t2i_cache: dict) -> dict:
     t2i = t2i_cache[key]
     pre = exp.preprocess
     s_star = t2i.encode(exp.prompts()).float()
-    pool = json.loads((run_dir / "pool.json").read_text())
+    pool = exp.pool_state()
     cycles = []
     for cycle in range(2, cfg.experiment.cycles + 1):
         folder = synthetic.cycle_folder(run_dir, cycle)
         entries = [e for e in synthetic.read_manifest(folder) if e.cycle == cycle]
-        model_path = run_dir / "cycles" / f"cycle_{cycle - 1:03d}" / "model.safetensors"
-        if not entries or not model_path.exists():
+        previous = exp.load_model(cycle - 1)  # the classifier TextOpt optimised against
+        if not entries or previous is None:
             break
-        model = load_classifier(model_path)[0].eval().requires_grad_(False)
-        emb = load_file(str(run_dir / "cycles" / f"cycle_{cycle:03d}" / "embeddings.safetensors"))
+        model = previous[0].eval().requires_grad_(False)
+        emb = load_file(str(exp.cycle_dir(cycle) / "embeddings.safetensors"))
         labels = torch.tensor([e.label for e in entries])
         optimised = load_pngs(folder, entries)
         template = torch.cat([generate(t2i, cfg, s_star, entries[i:i + cfg.t2i.batch_size])
@@ -125,19 +116,21 @@ def analyse(run_dir: Path, judge, t2i_cache: dict) -> dict:
                "epsilon": float(emb["epsilon"].max()),
                "distance": float((emb["s"] - s_star).flatten(1).norm(dim=1).mean())}
         for name, images in (("template", template), ("optimised", optimised)):
-            sigma = scores(model, images, pre, strategy)
+            logits = predict(model, images, pre)["logits"]
+            sigma = acquisition.objective(strategy, logits)  # σ_GAL, higher = more uncertain: what TextOpt ascends
             judged = predict(judge, images, pre)["logits"].argmax(1) == labels
-            own = predict(model, images, pre)["logits"].argmax(1) == labels
+            own = logits.argmax(1) == labels
             row[name] = {"sigma": float(sigma.mean()), "judged_accuracy": float(judged.float().mean()),
                          "sigma_judged_correct": float(sigma[judged].mean()) if judged.any() else None,
                          # the classifier's own agreement with the pseudo-label: what it still had to learn
                          "classifier_accuracy": float(own.float().mean()),
                          "classifier_errors_judged_correct": int((~own & judged).sum())}
         # For scale: the real images σ_AL picked from the pool in the same cycle, scored the same way.
-        picked = [i for i, c in zip(pool["labelled"], pool["cycles"]) if c == cycle]
+        picked = [i for i, c in zip(pool.labelled, pool.cycles) if c == cycle]
         if picked:
             real = exp.dataset.pool.images[torch.tensor(picked)]
-            row["real_selected"] = {"images": len(picked), "sigma": float(scores(model, real, pre, strategy).mean())}
+            sigma = acquisition.objective(strategy, predict(model, real, pre)["logits"])
+            row["real_selected"] = {"images": len(picked), "sigma": float(sigma.mean())}
         cycles.append(row)
         print(f"  cycle {cycle:2d}: σ {row['template']['sigma']:.3f} -> {row['optimised']['sigma']:.3f}, "
               f"judged {row['template']['judged_accuracy']:.3f} -> {row['optimised']['judged_accuracy']:.3f}",
