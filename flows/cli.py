@@ -166,10 +166,11 @@ def cmd_pretrain_t2i(args: argparse.Namespace) -> int:
     dataset = load_dataset(cfg.data)
     if dataset.t2i_train is None:
         raise GalotError(f"data.dataset: '{cfg.data.dataset}' has no split reserved for pretraining the embedded "
-                         "model; pretrain-t2i works with mnist5k, other datasets use Stable Diffusion (t2i.model)")
+                         "model; pretrain-t2i works with mnist5k and fashion_mnist, other datasets use Stable Diffusion (t2i.model)")
     print(f"galot: pretraining galot-mini on {len(dataset.t2i_train)} {cfg.data.dataset} images "
           f"(disjoint from pool and test) -> {out}", flush=True)
-    info = pretrain(dataset.t2i_train.images, dataset.t2i_train.labels, dataset.class_names, out, cfg.pretrain)
+    info = pretrain(dataset.t2i_train.images, dataset.t2i_train.labels, dataset.class_names, out, cfg.pretrain,
+                    captions=dataset.t2i_captions)
     print(f"galot: saved {out} after {info['total_seconds'] / 60:.1f} min "
           f"(vae {info['vae_seconds'] / 60:.1f}, unet {info['unet_seconds'] / 60:.1f})")
     return 0

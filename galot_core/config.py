@@ -40,7 +40,7 @@ AL_STRATEGIES = (
 # Differentiable acquisitions that TextOpt can maximise (σ_GAL, paper Fig. 5).
 GAL_STRATEGIES = ("RandomSampling", "EntropySampling", "MarginSampling", "LeastConfidence")
 ARCHITECTURES = ("small_cnn", "resnet18", "vgg16", "densenet121", "mobilenet_v2")
-DATASETS = ("mnist5k", "cifar10", "cifar100", "tinyimagenet", "imagefolder", "folder")
+DATASETS = ("mnist5k", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "imagefolder", "folder")
 MODES = ("al", "gal", "al+gal")
 # Who answers the label queries: the dataset's ground truth (benchmarks) or a person (galot label …).
 ORACLES = ("simulated", "human")
@@ -69,7 +69,7 @@ class ExperimentConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = _field("mnist5k", choices=DATASETS)
-    root: str = _field("data", help="dataset folder (cifar/tinyimagenet/imagefolder/folder)")
+    root: str = _field("data", help="dataset folder (fashion_mnist: its IDX files, else Debian's copy; cifar/tinyimagenet/imagefolder/folder)")
     classes: tuple[str, ...] | None = _field(None, help="folder: the class names (words put into prompts)")
     test_root: str | None = _field(None, help="folder: optional labelled test set, one sub-folder per class "
                                               "named like data.classes; without it test accuracy is not computed")

@@ -15,6 +15,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         from galot_core.data.mnist5k import load_mnist5k
 
         return load_mnist5k()
+    if cfg.dataset == "fashion_mnist":
+        from galot_core.data.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(cfg.root)
     if cfg.dataset in ("cifar10", "cifar100"):
         from galot_core.data.torchvision_sets import load_cifar
 

@@ -41,6 +41,9 @@ class Dataset:
     ``t2i_train`` is only set for datasets that ship a split reserved for pretraining the
     embedded diffusion model; it is disjoint from ``pool`` and ``test``.
     ``natural`` selects crop+flip augmentation; digits get crop-only (a flip changes them).
+    ``val`` is a labelled split disjoint from pool, test and ``t2i_train`` for choosing methods and
+    settings without touching the test set (embedded worlds only). ``t2i_captions`` are the
+    per-class captions the embedded model is pretrained with (default: the digits').
     ``pool_files`` (folder datasets) is each pool image's path relative to ``root``: the id a
     person labelling it sees. Pool labels are ``-1`` where nobody knows them yet (``folder``).
     """
@@ -55,6 +58,8 @@ class Dataset:
     std: tuple[float, ...] = field(default=(0.5,))
     pool_files: tuple[str, ...] | None = None
     root: str | None = None
+    val: ImageSet | None = None
+    t2i_captions: list[list[str]] | None = None
 
     @property
     def num_classes(self) -> int:

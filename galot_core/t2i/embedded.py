@@ -14,8 +14,8 @@ on it runs on Stable Diffusion too:
 * scheduler: DDIM with SD's scaled-linear betas and "trailing" spacing (the last step
   then really denoises, so the paper's last-step gradient is not zero).
 
-It is trained only on the ``t2i_train`` split of ``mnist5k`` (disjoint from the AL pool
-and the test set), with captions drawn from many templates and synonyms and 10% empty
+It is trained only on the ``t2i_train`` split of its world — ``mnist5k`` or ``fashion_mnist``
+(disjoint from the AL pool and the test set) — with captions drawn from many templates and synonyms and 10% empty
 captions for classifier-free guidance. The recipe is the one that worked in the trials
 recorded in FACTS.md (a pixel-space model did not).
 """
@@ -131,8 +131,13 @@ def _warmup_lr(step: int, warmup: int) -> float:
 
 
 def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], out_dir: str | Path,
-             cfg: PretrainConfig = PretrainConfig(), progress: bool = True) -> dict:
-    """Train VAE then UNet on (images, labels) and save a diffusers pipeline folder at ``out_dir``."""
+             cfg: PretrainConfig = PretrainConfig(), progress: bool = True,
+             captions: list[list[str]] | None = None) -> dict:
+    """Train VAE then UNet on (images, labels) and save a diffusers pipeline folder at ``out_dir``.
+
+    ``captions`` are the captions of each class (a world's own, e.g. clothing synonyms); the
+    default is the digits' templates with each class's word and numeral (``captions_for``).
+    """
     from diffusers import StableDiffusionPipeline
 
     out_dir = Path(out_dir)
@@ -166,7 +171,7 @@ def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
 
     # 2. Text: embed every caption once; the encoder is frozen.
     encoder, tokenizer = load_text_encoder()
-    caps = captions_for(class_names)
+    caps = captions if captions is not None else captions_for(class_names)
 
     def encode(texts: list[str]) -> torch.Tensor:
         tok = tokenizer(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
@@ -216,7 +221,8 @@ def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
         shutil.rmtree(tmp)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     info = {"vae_seconds": vae_seconds, "unet_seconds": unet_seconds, "total_seconds": time.perf_counter() - t0,
-            "train_images": n, "class_names": class_names, "templates": list(TEMPLATES),
+            "train_images": n, "class_names": class_names,
+            **({"templates": list(TEMPLATES)} if captions is None else {"captions": caps}),
             "scaling_factor": scaling, "config": asdict(cfg)}
     (tmp / "galot_pretrain.json").write_text(json.dumps(info, indent=2))
     if out_dir.exists():
