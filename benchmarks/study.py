@@ -4,6 +4,7 @@
     python benchmarks/study.py --only table1 fig3  # some experiment groups
     python benchmarks/study.py --jobs 2            # two runs at a time, one torch thread each
     python benchmarks/study.py --list              # what exists and what is missing
+    python benchmarks/study.py --world fashion     # the Fashion world's study (protocol below)
 
 Every run is the real tool: ``galot run`` / ``galot transfer`` in a subprocess, with the
 project's params.yaml plus the overrides below, in ``benchmarks/runs/study/`` (ignored by
@@ -17,6 +18,16 @@ mnist5k (2,000-image pool, 1,000 test images), small_cnn trained from scratch ev
 GALOT with σ_AL = σ_GAL = margin, ε growing linearly to 0.2·‖s*‖, α = ε/5, n = 10, k = 6,
 galot-mini at 10 steps, guidance 3. Seeds 0 and 1 for every cell. One protocol for every
 method; ablations change exactly the key they name.
+
+The Fashion world's protocol (``--world fashion``), fixed before any of its results was looked
+at: worlds/fashion/params.yaml as it stands — fashion_mnist (5,000-image pool, the official
+10,000 test images), small_cnn trained from scratch every cycle (40 epochs, at least 300 SGD
+steps, crop + flip), B_AL = 20 per cycle, N = 10 cycles, B_GAL = |L|, GALOT with σ_AL = σ_GAL =
+margin, ε growing linearly to 0.2·‖s*‖, α = ε/5, n = 10, k = 6, the world's own galot-mini at
+4 DDIM steps (params.yaml's default), guidance 3. Cells: GALOT, GALOT basic (ε = 0), GAL only,
+fully supervised (the whole pool) and the AL baselines RandomSampling, EntropySampling,
+MarginSampling, BADGE and CoreSet; seeds 0, 1 and 2 for every cell. Its raw results go to
+benchmarks/results/study_fashion/.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +78,35 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
     "table3_templates": {f"template_{i}": [f"gal.template='{t}'"] for i, t in enumerate(TEMPLATES)
                          if t != "a realistic photo of a {label}"},
 }
+FASHION_AL = ("RandomSampling", "EntropySampling", "MarginSampling", "BADGE", "CoreSet")
+FASHION_EXPERIMENTS: dict[str, dict[str, list[str]]] = {
+    "table1": {"galot": [], "galot_basic": ["gal.epsilon=0.0"], **{f"al_{s}": _al(s) for s in FASHION_AL}},
+    "fig3": {"gal_only": ["experiment.mode=gal"],
+             "fully_supervised": [*_al("RandomSampling"), "al.budget_per_cycle=5000", "experiment.cycles=1"]},
+}
+
+
+@dataclass(frozen=True)
+class World:
+    """One embedded world's study: where galot runs (its project folder), its cells and seeds."""
+
+    name: str
+    folder: Path              # galot's working directory: params.yaml and models/ are relative to it
+    runs: Path
+    results: Path
+    seeds: tuple[int, ...]
+    experiments: dict[str, dict[str, list[str]]]
+    pinned: tuple[str, ...]   # overrides every run of the world gets (the protocol's)
+    model: str                # the world's galot-mini, relative to folder
+
+
+# t2i.steps=10 in mnist5k: the protocol's, fixed before the results; params.yaml has since moved
+# to 4 steps (docs/performance.md), which the group perf_fewer_steps checks against it.
+MNIST = World("mnist5k", ROOT, RUNS, RESULTS, SEEDS, EXPERIMENTS, ("t2i.steps=10",), "models/galot-mini")
+FASHION = World("fashion", ROOT / "worlds" / "fashion", ROOT / "benchmarks" / "runs" / "study_fashion",
+                ROOT / "benchmarks" / "results" / "study_fashion", (0, 1, 2), FASHION_EXPERIMENTS, (),
+                "models/galot-mini")
+WORLDS = {w.name: w for w in (MNIST, FASHION)}
 TRANSFER_ARCHS = ("small_cnn", "vgg16", "densenet121", "mobilenet_v2")
 # table2: the GALOT dataset and the AL-margin selections, each trained on other architectures.
 TRANSFERS = {"galot": "galot", "al_MarginSampling": "al_MarginSampling"}
@@ -75,38 +116,40 @@ def run_name(name: str, seed: int) -> str:
     return f"{name}-s{seed}"
 
 
-def result_path(group: str, name: str, seed: int) -> Path:
-    return RESULTS / group / name / f"seed{seed}.json"
+def result_path(group: str, name: str, seed: int, world: World = MNIST) -> Path:
+    return world.results / group / name / f"seed{seed}.json"
 
 
-def galot(args: list[str], slot: int, log: Path) -> None:
+def galot(args: list[str], slot: int, log: Path, world: World = MNIST) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1",
-               PREFECT_HOME=str(RUNS / f".prefect-home-{slot}"))  # one ephemeral server database per job slot
+               PREFECT_HOME=str(world.runs / f".prefect-home-{slot}"))  # one ephemeral server database per job slot
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
-        r = subprocess.run([str(Path(sys.executable).parent / "galot"), *args], cwd=ROOT, env=env, stdout=f,
+        r = subprocess.run([str(Path(sys.executable).parent / "galot"), *args], cwd=world.folder, env=env, stdout=f,
                            stderr=subprocess.STDOUT)
     if r.returncode:
         raise RuntimeError(f"galot {' '.join(args)} failed (exit {r.returncode}); see {log}")
 
 
-def common(name: str, seed: int) -> list[str]:
-    # t2i.steps=10: the protocol's, fixed before the results; params.yaml has since moved to 4
-    # steps (docs/performance.md), which the group perf_fewer_steps checks against it.
-    return ["--set", f"experiment.runs_dir={RUNS.relative_to(ROOT)}", "--set", f"experiment.name={run_name(name, seed)}",
-            "--set", f"experiment.seed={seed}", "--set", "tracking.mlflow=false", "--set", "t2i.steps=10"]
+def common(name: str, seed: int, world: World = MNIST) -> list[str]:
+    runs_dir = os.path.relpath(world.runs, world.folder)
+    out = ["--set", f"experiment.runs_dir={runs_dir}", "--set", f"experiment.name={run_name(name, seed)}",
+           "--set", f"experiment.seed={seed}", "--set", "tracking.mlflow=false"]
+    for o in world.pinned:
+        out += ["--set", o]
+    return out
 
 
-def do_run(group: str, name: str, overrides: list[str], seed: int, slot: int) -> str:
-    out = result_path(group, name, seed)
+def do_run(group: str, name: str, overrides: list[str], seed: int, slot: int, world: World = MNIST) -> str:
+    out = result_path(group, name, seed, world)
     if out.exists():
         return f"{group}/{name} seed {seed}: done"
     t = time.perf_counter()
-    args = ["run", *common(name, seed)]
+    args = ["run", *common(name, seed, world)]
     for o in overrides:
         args += ["--set", o]
-    galot(args, slot, RUNS / "logs" / f"{run_name(name, seed)}.log")
-    rows = json.loads((RUNS / run_name(name, seed) / "metrics.json").read_text())
+    galot(args, slot, world.runs / "logs" / f"{run_name(name, seed)}.log", world)
+    rows = json.loads((world.runs / run_name(name, seed) / "metrics.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"group": group, "name": name, "seed": seed, "overrides": overrides, "cycles": rows,
                "wall_seconds": round(time.perf_counter() - t, 1)}
@@ -134,34 +177,42 @@ def do_transfer(name: str, arch: str, seed: int, slot: int) -> str:
     return f"transfer {name}/{arch} seed {seed}: {metrics['test_accuracy']:.4f}"
 
 
-def plan(groups: list[str], seeds: tuple[int, ...]) -> list[tuple]:
+def plan(groups: list[str], seeds: tuple[int, ...], world: World = MNIST) -> list[tuple]:
     """Seed-major, so a partial study already has every method at seed 0."""
     jobs = []
     for seed in seeds:
         for group in groups:
             if group == "table2_transfer":
                 jobs += [("transfer", name, arch, seed) for name in TRANSFERS for arch in TRANSFER_ARCHS]
-            else:
-                jobs += [("run", group, name, ov, seed) for name, ov in EXPERIMENTS[group].items()]
+            elif group in world.experiments:
+                jobs += [("run", group, name, ov, seed) for name, ov in world.experiments[group].items()]
     return jobs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = [*EXPERIMENTS, "table2_transfer"]
-    ap.add_argument("--only", nargs="+", choices=groups, default=groups)
-    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--world", choices=list(WORLDS), default="mnist5k")
+    ap.add_argument("--only", nargs="+", choices=groups, default=None)
+    ap.add_argument("--names", nargs="+", default=None, help="only these cells (e.g. al_BADGE galot)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one torch thread)")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
-    if not (ROOT / "models" / "galot-mini" / "model_index.json").exists():
-        raise SystemExit("models/galot-mini is missing: run `galot pretrain-t2i` (or `dvc repro pretrain_t2i`) first")
-    jobs = plan(args.only, tuple(args.seeds))
+    world = WORLDS[args.world]
+    only = args.only or [*world.experiments, *(["table2_transfer"] if world is MNIST else [])]
+    jobs = plan(only, tuple(args.seeds or world.seeds), world)
+    jobs = [j for j in jobs if args.names is None or j[2] in args.names]
     if args.list:
         for j in jobs:
-            path = result_path(j[1], j[2], j[4]) if j[0] == "run" else result_path("table2_transfer", f"{j[1]}_{j[2]}", j[3])
+            path = (result_path(j[1], j[2], j[4], world) if j[0] == "run"
+                    else result_path("table2_transfer", f"{j[1]}_{j[2]}", j[3]))
             print(("done    " if path.exists() else "missing ") + " ".join(str(x) for x in j[1:] if not isinstance(x, list)))
         return
+    generates = any(j[0] == "run" and "experiment.mode=al" not in j[3] for j in jobs)
+    if generates and not (world.folder / world.model / "model_index.json").exists():
+        raise SystemExit(f"{world.folder / world.model} is missing: run `galot pretrain-t2i` in {world.folder} "
+                         "(or `dvc repro pretrain_t2i`) first")
     # Transfers need their source run: run them after everything else of the same seed.
     runs = [j for j in jobs if j[0] == "run"]
     transfers = [j for j in jobs if j[0] == "transfer"]
@@ -173,7 +224,7 @@ def main() -> None:
     def work(job):
         slot = slots.get()  # each concurrent run gets its own Prefect home
         try:
-            msg = do_run(*job[1:], slot) if job[0] == "run" else do_transfer(*job[1:], slot)
+            msg = do_run(*job[1:], slot, world) if job[0] == "run" else do_transfer(*job[1:], slot)
         except RuntimeError as e:
             msg = f"FAILED: {e}"
         finally:

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import study  # noqa: E402
-from study import EXPERIMENTS, RESULTS, SEEDS, TEMPLATES, TRANSFER_ARCHS, TRANSFERS  # noqa: E402
+from study import EXPERIMENTS, TEMPLATES, TRANSFER_ARCHS, TRANSFERS  # noqa: E402
 
 DOC = ROOT / "docs" / "results.md"
 FIGS = ROOT / "docs" / "results"
@@ -34,13 +34,17 @@ PSEUDO = ROOT / "benchmarks" / "results" / "pseudo_labels.json"
 EFFECT = ROOT / "benchmarks" / "results" / "textopt_effect.json"
 GALOT, BASIC, MARGIN = ("table1", "galot"), ("table1", "galot_basic"), ("table1", "al_MarginSampling")
 GAL_ONLY, FULL = ("fig3", "gal_only"), ("fig3", "fully_supervised")
+# The world whose results the functions below read: mnist5k (the whole report) or fashion (its
+# section and the side-by-side claims). ``use_world`` switches it.
+W: study.World = study.MNIST
 AL_KEYS = [("table1", n) for n in EXPERIMENTS["table1"] if n.startswith("al_")]
+POOL = {"mnist5k": "2,000", "fashion": "5,000"}
 SIGMAS = ("RandomSampling", "EntropySampling", "MarginSampling")
 CHANCE = 0.10
 RULE = ("A comparison **holds** if the mean difference is > 0 and larger than its SEM, √(SEM_a² + SEM_b²) (the two "
         "SEMs combined as independent); otherwise it **does not hold** (\"within 1 SEM\" when the mean difference is "
         "positive but smaller). A \"best of\" claim holds only if its method beats every other one that way. Every "
-        f"cell needs {len(SEEDS)} seeds; with fewer the verdict is **pending** and the numbers are provisional.")
+        "cell needs all of its world's seeds; with fewer the verdict is **pending** and the numbers are provisional.")
 Key = tuple[str, str]
 
 
@@ -78,8 +82,8 @@ def pp(d: Stat | None) -> str:
 
 
 def verdict(d: Stat | None) -> str:
-    if d is None or d.n < len(SEEDS):
-        return f"pending ({0 if d is None else d.n} of {len(SEEDS)} seeds)"
+    if d is None or d.n < len(W.seeds):
+        return f"pending ({0 if d is None else d.n} of {len(W.seeds)} seeds)"
     if d.mean > 0 and d.mean > d.sem:
         return "holds"
     return "does not hold (within 1 SEM)" if d.mean > 0 else "does not hold"
@@ -94,9 +98,16 @@ def combine(verdicts: list[str]) -> str:
 _runs: dict[Key, list[dict]] = {}
 
 
+def use_world(world: study.World) -> None:
+    global W, AL_KEYS
+    W = world
+    AL_KEYS = [("table1", n) for n in world.experiments["table1"] if n.startswith("al_")]
+
+
 def load(key: Key) -> list[dict]:
+    key = (W.name, *key)
     if key not in _runs:
-        _runs[key] = [json.loads(p.read_text()) for p in sorted((RESULTS / key[0] / key[1]).glob("seed*.json"))]
+        _runs[key] = [json.loads(p.read_text()) for p in sorted((W.results / key[1] / key[2]).glob("seed*.json"))]
     return _runs[key]
 
 
@@ -153,7 +164,7 @@ def plot_curves(name: str, rows: list[tuple[str, Key]], title: str, hlines: tupl
             n = min(s.n for _, s in pts)
             ax.errorbar([x for x, _ in pts], [s.mean for _, s in pts], yerr=[0 if s.n < 2 else s.sem for _, s in pts],
                         color=f"C{i}", marker="o", ms=3, capsize=2,
-                        label=label + ("" if n >= len(SEEDS) else f" ({n} seed)"))
+                        label=label + ("" if n >= len(W.seeds) else f" ({n} seed)"))
     for i, (label, s) in enumerate(hlines):
         if s:
             ax.axhline(s.mean, ls="--", color=f"C{len(rows) + i}", label=f"{label} ({100 * s.mean:.1f}%)")
@@ -180,8 +191,8 @@ def per_budget(a: Key, b: Key | None) -> tuple[str, str]:
     ds = [diff(acc(a, c), acc(b, c) if b else best_baseline(c)[1]) for c in cycles()]
     done = [d for d in ds if d]
     text = f"higher at {sum(d.mean > 0 for d in done)} of {len(ds)} budgets"
-    if len(done) < len(ds) or any(d.n < len(SEEDS) for d in done):
-        return text + " (SEM test pending)", f"pending ({min([d.n for d in done] or [0])} of {len(SEEDS)} seeds)"
+    if len(done) < len(ds) or any(d.n < len(W.seeds) for d in done):
+        return text + " (SEM test pending)", f"pending ({min([d.n for d in done] or [0])} of {len(W.seeds)} seeds)"
     vs = [verdict(d) for d in done]
     return text + f", by > 1 SEM at {vs.count('holds')}", "holds" if vs.count("holds") == len(vs) else "does not hold"
 
@@ -202,7 +213,7 @@ def ranked(target: str, stats: dict[str, Stat | None], lowest: bool = False) -> 
 
 
 def transfer_stat(source: str, arch: str) -> Stat | None:
-    folder = RESULTS / "table2_transfer" / f"{source}_{arch}"
+    folder = W.results / "table2_transfer" / f"{source}_{arch}"
     return stat([json.loads(p.read_text())["test_accuracy"] for p in sorted(folder.glob("seed*.json"))])
 
 
@@ -219,7 +230,8 @@ def sigma_key(a: str) -> Key:
     return GALOT if a == "MarginSampling" else ("table7_sigma_al_x_gal", f"al_{a}_gal_{a}")
 
 
-def claims(data: dict | None) -> list[str]:
+def core_claims() -> list[list[str]]:
+    """The claims both worlds test (a–d), plus the headroom they need: [claim, paper, result, verdict]."""
     name, best = best_baseline(None)
     g = acc(GALOT)
     rows = [["(a) GALOT beats the best AL baseline at every budget", "yes, at all 30 budgets of Table 1",
@@ -227,9 +239,9 @@ def claims(data: dict | None) -> list[str]:
             ["(a) … and on average", "+3.8 / +7.7 / +3.4 pp (CIFAR-10 / 100 / TinyImageNet)",
              f"GALOT {fmt(g)} vs {name} {fmt(best)}: {pp(diff(g, best))}", verdict(diff(g, best))]]
     d = diff(g, acc(BASIC))
+    why = (" (why: [below](#why-textopt-adds-little-here-what-it-does-to-the-images))" if W is study.MNIST else "")
     rows.append(["(b) GALOT beats GALOT basic (TextOpt helps), on average", "+2.2 pp (CIFAR-10)",
-                 f"{pp(d)}; {per_budget(GALOT, BASIC)[0]} (why: [below](#why-textopt-adds-little-here-what-it-does-to"
-                 "-the-images))", verdict(d)])
+                 f"{pp(d)}; {per_budget(GALOT, BASIC)[0]}{why}", verdict(d)])
     s = acc(GAL_ONLY)
     lo = min(filter(None, (acc(GAL_ONLY, c) for c in cycles())), key=lambda x: x.mean, default=None)
     rows.append(["(c) GAL only (zero real labels) beats chance (10%), on average", "58.6% (CIFAR-10)",
@@ -237,6 +249,32 @@ def claims(data: dict | None) -> list[str]:
     d = diff(g, acc(MARGIN))
     rows.append(["(d) AL+GAL beats AL only (margin), on average", "yes (Fig. 3)",
                  f"{pp(d)}; {per_budget(GALOT, MARGIN)[0]}", verdict(d)])
+    last = max(cycles())
+    d = diff(acc(FULL), acc(GALOT, last))
+    rows.append(["headroom: GALOT at the last budget is below fully supervised (methods can still differ)", "yes",
+                 f"fully supervised {fmt(acc(FULL))} vs GALOT {fmt(acc(GALOT, last))} at |L| = {last * b_al()}: "
+                 f"{pp(d)}", verdict(d)])
+    return rows
+
+
+def side_by_side() -> list[str]:
+    """The shared claims of both worlds in one table: where a world can tell methods apart."""
+    out = {}
+    for world in study.WORLDS.values():
+        use_world(world)
+        out[world.name] = core_claims()
+    use_world(study.MNIST)
+    rows = [[a[0], f"{a[2]} — **{a[3]}**", f"{b[2]} — **{b[3]}**"] for a, b in zip(out["mnist5k"], out["fashion"])]
+    return ["## Both worlds, side by side", "",
+            f"The claims both embedded worlds test, with their verdicts (rule below). mnist5k: {len(study.MNIST.seeds)} "
+            f"seeds, 2,000-image pool; Fashion: {len(study.FASHION.seeds)} seeds, 5,000-image pool "
+            "([its section](#the-fashion-world)).", "",
+            *md_table(["claim", "mnist5k", "Fashion"], rows, 3)]
+
+
+def claims(data: dict | None) -> list[str]:
+    g = acc(GALOT)
+    rows = core_claims()[:-1]
     ds = {a: diff(transfer_stat("galot", a), transfer_stat("al_MarginSampling", a)) for a in TRANSFER_ARCHS[1:]}
     rows.append([f"(e) {', '.join(ds)} trained on the GALOT data beat the same architectures on the AL-only data "
                  "(final budget)", "all four beat the ResNet18 AL baselines on average",
@@ -276,8 +314,14 @@ def claims(data: dict | None) -> list[str]:
 # --------------------------------------------------------------------------- sections
 
 
+def protocol(start: str) -> str:
+    """The paragraph of study.py's docstring that begins with ``start`` (each world's protocol)."""
+    text = study.__doc__.split(start, 1)[1].split("\n\n", 1)[0]
+    return start + (" " if text[:1].isspace() else "") + " ".join(text.split())
+
+
 def header() -> list[str]:
-    jobs = study.plan([*EXPERIMENTS, "table2_transfer"], SEEDS)
+    jobs = study.plan([*EXPERIMENTS, "table2_transfer"], W.seeds)
     paths = [study.result_path(*j[1:3], j[4]) if j[0] == "run" else
              study.result_path("table2_transfer", f"{j[1]}_{j[2]}", j[3]) for j in jobs]
     runs = [json.loads(p.read_text()) for p in paths if p.exists()]
@@ -287,10 +331,10 @@ def header() -> list[str]:
              *(("table2_transfer", f"{s}_{a}") for s in TRANSFERS for a in TRANSFER_ARCHS)]
     short: dict[int, list[str]] = {}
     for g, n in cells:
-        if (k := len(list((RESULTS / g / n).glob("seed*.json")))) < len(SEEDS):
+        if (k := len(list((W.results / g / n).glob("seed*.json")))) < len(W.seeds):
             short.setdefault(k, []).append(f"{g}/{n}")
-    pending = " ".join(f"With {k} of {len(SEEDS)} seeds: {', '.join(v)}." for k, v in sorted(short.items())[::-1])
-    return ["# Results in the embedded world", "",
+    pending = " ".join(f"With {k} of {len(W.seeds)} seeds: {', '.join(v)}." for k, v in sorted(short.items())[::-1])
+    return ["# Results in the embedded worlds", "",
             "Generated by `python benchmarks/study_report.py` from the raw results committed in "
             "[benchmarks/results/study/](../benchmarks/results/study/) (written by `python benchmarks/study.py`) and "
             "[benchmarks/results/pseudo_labels.json](../benchmarks/results/pseudo_labels.json) (written by "
@@ -304,7 +348,7 @@ def header() -> list[str]:
             f"study takes about half that, {(wall + transfer) / 7200:.1f} h, from start to end (two runs sharing the "
             "machine each run a little slower). Runs went one or two at a time; every timing below is from that "
             "setting.", "", pending or "Every cell has all its seeds.", "",
-            "## Protocol", "", "The protocol" + " ".join(study.__doc__.split("The protocol", 1)[1].split()), "",
+            "## Protocol", "", protocol("The protocol"), "",
             "Scaled to the embedded world (the paper's Sec. 4, App. A and Table 8, against this study):", "",
             *md_table(["", "paper", "here"], [
                 ["data", "CIFAR-10 (50,000 train / 10,000 test); also CIFAR-100, TinyImageNet",
@@ -314,12 +358,12 @@ def header() -> list[str]:
                 ["T2I model", "Stable Diffusion 2.1 base, 50 steps", "galot-mini (embedded), 10 DDIM steps"],
                 ["ε (last cycle)", "0.5, absolute (CLIP embedding)", "0.2·‖s*‖₂ per class (‖s*‖ ≈ 36)"],
                 ["ablations", "N = 5 cycles, some with B_GAL = 0.5|L|", "the full protocol (N = 10, B_GAL = |L|)"],
-                ["seeds", "2 (SEM in Table 3, Fig. 5, 6)", f"{len(SEEDS)} for every cell"]], 3),
+                ["seeds", "2 (SEM in Table 3, Fig. 5, 6)", f"{len(W.seeds)} for every cell"]], 3),
             "Budgets (table columns) are real labels |L| = cycle × B_AL; accuracies are test accuracy in %, "
             "mean ± SEM over seeds.", ""]
 
 
-def table1() -> list[str]:
+def table1(prefix: str = "") -> list[str]:
     rows = [(k[1].removeprefix("al_"), k) for k in AL_KEYS] + [("GALOT (basic, ε = 0)", BASIC), ("GALOT", GALOT)]
     imp = []
     for c in [*cycles(), None]:
@@ -330,21 +374,21 @@ def table1() -> list[str]:
     note = [f"Identical results, seed for seed: {'; '.join(same)}." + (
         " galot's VarRatio is 1 − max p, which ranks the pool exactly as LeastConfidence does."
         if "LeastConfidence and VarRatio" in same else ""), ""] if same else []
-    return ["## Table 1: GALOT vs AL strategies", "",
-            f"Fully supervised (the whole 2,000-image pool): {fmt(acc(FULL))}. The last row is GALOT minus the best "
+    return [f"## {prefix.replace('_', ' ').title()}Table 1: GALOT vs AL strategies", "",
+            f"Fully supervised (the whole {POOL[W.name]}-image pool): {fmt(acc(FULL))}. The last row is GALOT minus the best "
             "AL mean at each budget (named), in pp. GALOT basic differs from GALOT only by ε = 0 (the paper's Table 8 "
             "also gives its basic version the template \"{label}\").", "",
             *curve_table(rows)[:-1], "| Improvement (GALOT − best AL) | " + " | ".join(imp) + " |", "", *note,
-            plot_curves("table1.png", [("GALOT", GALOT), ("GALOT basic", BASIC), ("MarginSampling", MARGIN)],
+            plot_curves(f"{prefix}table1.png", [("GALOT", GALOT), ("GALOT basic", BASIC), ("MarginSampling", MARGIN)],
                         "Table 1: GALOT vs AL strategies", grey=tuple(k for k in AL_KEYS if k != MARGIN)), ""]
 
 
-def fig3() -> list[str]:
+def fig3(prefix: str = "") -> list[str]:
     rows = [("AL only (margin)", MARGIN), ("GAL only (0 real labels)", GAL_ONLY), ("AL+GAL (GALOT)", GALOT)]
-    return ["## Figure 3: AL only, GAL only, AL+GAL, fully supervised", "",
+    return [f"## {prefix.replace('_', ' ').title()}Figure 3: AL only, GAL only, AL+GAL, fully supervised", "",
             "GAL only trains on generated images alone; its x value is the |L| an AL run would have, which sets its "
-            f"B_GAL. Fully supervised (the whole 2,000-image pool, one training; dashed line): {fmt(acc(FULL))}.", "",
-            plot_curves("fig3.png", rows, "Figure 3: baselines",
+            f"B_GAL. Fully supervised (the whole {POOL[W.name]}-image pool, one training; dashed line): {fmt(acc(FULL))}.", "",
+            plot_curves(f"{prefix}fig3.png", rows, "Figure 3: baselines",
                         hlines=(("fully supervised", acc(FULL)), ("chance", Stat(CHANCE, 0, 99)))), "",
             *curve_table(rows)]
 
@@ -354,7 +398,7 @@ def table2() -> list[str]:
     for a in TRANSFER_ARCHS:
         y, x = transfer_stat("galot", a), transfer_stat("al_MarginSampling", a)
         rows.append([a, fmt(y), fmt(x), fmt(diff(y, x), True), verdict(diff(y, x))])
-    files = sorted((RESULTS / "table2_transfer").glob("*/seed*.json"))
+    files = sorted((W.results / "table2_transfer").glob("*/seed*.json"))
     t = json.loads(files[0].read_text())["settings"]["transfer"] if files else None
     return ["## Table 2: transfer to other architectures", "",
             f"Each architecture trains once on a finished run's final dataset (|L| = {n * b_al()} real labels, plus "
@@ -615,12 +659,28 @@ def cost() -> list[str]:
             *md_table(["|L|", "ε", *(f"{s} s" for s in stages[:4]), "UNet TextOpt", "UNet generation"], per_cycle)]
 
 
+def fashion() -> list[str]:
+    """The Fashion world's study: its status, protocol, claims (in the side-by-side table), Table 1, Fig. 3."""
+    use_world(study.FASHION)
+    jobs = study.plan(list(study.FASHION.experiments), study.FASHION.seeds, study.FASHION)
+    runs = [json.loads(p.read_text()) for j in jobs if (p := study.result_path(*j[1:3], j[4], study.FASHION)).exists()]
+    wall = sum(r.get("wall_seconds", 0.0) for r in runs)
+    lines = ["## The Fashion world", "",
+             "Raw results in [benchmarks/results/study_fashion/](../benchmarks/results/study_fashion/) (written by "
+             "`python benchmarks/study.py --world fashion`).", "",
+             f"**Status: {len(runs)} of {len(jobs)} planned runs are done** ({wall / 3600:.1f} h of one-thread run "
+             "time so far). Cells with fewer seeds are marked; their verdicts in the side-by-side table are pending.",
+             "", protocol("The Fashion world's protocol"), "", *table1("fashion_"), *fig3("fashion_")]
+    use_world(study.MNIST)
+    return lines
+
+
 def main() -> None:
     FIGS.mkdir(parents=True, exist_ok=True)
     data = json.loads(PSEUDO.read_text()) if PSEUDO.exists() else None
     effect = json.loads(EFFECT.read_text()) if EFFECT.exists() else None
-    lines = [*header(), *claims(data), *table1(), *fig3(), *table2(), *fig4(data), *textopt_effect(effect),
-             *ablations(), *cost()]
+    lines = [*header(), *side_by_side(), *claims(data), *table1(), *fig3(), *table2(), *fig4(data),
+             *textopt_effect(effect), *ablations(), *cost(), *fashion()]
     DOC.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOC} and {len(list(FIGS.glob('*.png')))} plots in {FIGS}")
 

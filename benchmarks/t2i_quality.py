@@ -1,21 +1,32 @@
-"""How good is the embedded text-to-image model? Pseudo-label accuracy, speed, diversity, and ε.
+"""How good is each embedded world's text-to-image model? Pseudo-labels, CAS, speed, diversity, ε.
 
-    python benchmarks/t2i_quality.py            # writes benchmarks/results/t2i_quality.json,
-                                                # docs/t2i.md and docs/img/galot-mini-grid.png
+    python benchmarks/t2i_quality.py                       # mnist5k: benchmarks/results/t2i_quality.json
+    python benchmarks/t2i_quality.py --world fashion       # benchmarks/results/t2i_quality_fashion.json
+    python benchmarks/t2i_quality.py --world fashion --only cas   # recompute one part, keep the rest
+    python benchmarks/t2i_quality.py --report              # docs/t2i.md from both JSON files
 
-1. Judged pseudo-label accuracy at ε = 0 on 50 images per class, prompted with the
-   paper's template "a realistic photo of a {label}", which galot-mini never saw in
-   pretraining. The judge is the fully-supervised classifier (whole real pool).
-2. Generation throughput (images/s, classifier-free guidance, default steps and batch).
-3. A 10 × 8 sample grid.
-4. Judged accuracy as ε grows (paper Fig. 4): (a) random directions s* + ε·u/‖u‖;
-   (b) TextOpt's directions — sign-PGD maximising the margin acquisition of a weak
-   classifier (trained on 20 real labels, like an early AL cycle), n = 10, k = 6.
+Each world is a galot project folder (the repository for mnist5k, worlds/fashion/ for the
+Fashion world); its params.yaml names the dataset, the galot-mini folder and the judge.
+
+1. ``eps0``: judged pseudo-label accuracy at ε = 0, overall and per class, on 50 images per
+   class prompted with the paper's template "a realistic photo of a {label}", which galot-mini
+   never saw in pretraining. The judge is the fully-supervised classifier (whole real pool);
+   also the generation throughput (images/s, classifier-free guidance).
+2. ``grid``: a 10 × 8 sample grid (docs/img/).
+3. ``sweep``: judged accuracy as ε grows (paper Fig. 4): (a) random directions s* + ε·u/‖u‖;
+   (b) TextOpt's directions — sign-PGD maximising the margin acquisition of a weak classifier
+   (trained on 20 real labels, like an early AL cycle), n = 10, k = 6.
+4. ``cas``: the Classification Accuracy Score (Ravuri & Vinyals, NeurIPS 2019): the study's
+   classifier (small_cnn, train.* of the world's params.yaml) trained on N generated images only
+   (ε = 0, N/10 per class, the world's t2i.steps and guidance) and tested on the real test set,
+   against the same classifier trained on N real pool images (N/10 per class, drawn at random);
+   N = 1,000 and 5,000 (mnist5k's pool has 2,000 images: N = 1,000 and 2,000 there).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -29,16 +40,22 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from galot_core import acquisition, textopt  # noqa: E402
-from galot_core.config import TrainConfig  # noqa: E402
-from galot_core.data.mnist5k import load_mnist5k  # noqa: E402
+from galot_core.config import TrainConfig, load_config  # noqa: E402
+from galot_core.data import load_dataset  # noqa: E402
 from galot_core.judge import judged_accuracy, load_or_train_judge, preprocess_for  # noqa: E402
 from galot_core.models import build_model  # noqa: E402
-from galot_core.synthetic import save_grid  # noqa: E402
+from galot_core.synthetic import resize_uint8, save_grid  # noqa: E402
 from galot_core.t2i import DiffusersT2I  # noqa: E402
-from galot_core.train import fit  # noqa: E402
+from galot_core.train import accuracy, fit  # noqa: E402
 from galot_core.transforms import to_uint8  # noqa: E402
 
 TEMPLATE = "a realistic photo of a {label}"
+WORLDS = {  # name -> (project folder, results file, grid image)
+    "mnist5k": (ROOT, ROOT / "benchmarks/results/t2i_quality.json", "galot-mini-grid.png"),
+    "fashion": (ROOT / "worlds" / "fashion", ROOT / "benchmarks/results/t2i_quality_fashion.json",
+                "galot-mini-fashion-grid.png"),
+}
+PARTS = ("eps0", "grid", "sweep", "cas")
 
 
 def generate_per_class(t2i, s, per_class, seed, steps, guidance, batch=100):
@@ -53,57 +70,32 @@ def generate_per_class(t2i, s, per_class, seed, steps, guidance, batch=100):
     return torch.cat(out), labels
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=str(ROOT / "models/galot-mini"))
-    ap.add_argument("--judge", default=str(ROOT / "models/judge-mnist5k.safetensors"))
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--guidance", type=float, default=3.0)
-    ap.add_argument("--per-class", type=int, default=50)
-    ap.add_argument("--sweep-per-class", type=int, default=20)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/t2i_quality.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-
-    d = load_mnist5k()
-    judge = load_or_train_judge(d, args.judge)
-    judge_test = judged_accuracy(judge, d.test.images, d.test.labels, d)
-    t2i = DiffusersT2I.from_pretrained(args.model, device="cpu", dtype="fp32")
-    prompts = [TEMPLATE.format(label=n) for n in d.class_names]
-    s_star = t2i.encode(prompts)
-    result: dict = {"template": TEMPLATE, "steps": args.steps, "guidance": args.guidance,
-                    "judge_test_accuracy": judge_test, "s_star_norm_per_class": s_star.flatten(1).norm(dim=1).tolist()}
-
-    # 1 + 2: accuracy at ε = 0 and throughput.
+def eps0(t2i, s_star, judge, d, args) -> dict:
     t = time.perf_counter()
     images, labels = generate_per_class(t2i, s_star, args.per_class, 0, args.steps, args.guidance)
     seconds = time.perf_counter() - t
-    result["eps0"] = {"images": len(images), "judged_accuracy": judged_accuracy(judge, images, labels, d),
-                      "images_per_second": len(images) / seconds}
-    print(json.dumps(result["eps0"]), flush=True)
+    per_class = [judged_accuracy(judge, images[labels == c], labels[labels == c], d) for c in range(len(s_star))]
+    return {"images": len(images), "judged_accuracy": judged_accuracy(judge, images, labels, d),
+            "per_class": per_class, "images_per_second": len(images) / seconds}
 
-    # 3: grid, 8 samples per class (rows = classes).
-    grid_imgs, _ = generate_per_class(t2i, s_star, 8, 1, args.steps, args.guidance)
-    save_grid(to_uint8(grid_imgs), nrow=8, path=ROOT / "docs/img/galot-mini-grid.png")
 
-    # 4: ε sweep.
+def sweep(t2i, s_star, judge, d, args) -> list[dict]:
     norm = float(s_star.flatten(1).norm(dim=1).mean())
-    rel = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6]
     g = torch.Generator().manual_seed(7)
     u = torch.randn(s_star.shape, generator=g)
     u = u / u.flatten(1).norm(dim=1).view(-1, 1, 1)
     torch.manual_seed(0)
-    weak = build_model("small_cnn", 1, 10)
-    idx = torch.cat([torch.nonzero(d.pool.labels == c).flatten()[:2] for c in range(10)])
-    fit(weak, d.pool.images[idx], d.pool.labels[idx], preprocess_for(d), TrainConfig(device="cpu"), natural=False, seed=0)
-    weak.eval().requires_grad_(False)
     pre = preprocess_for(d)
+    weak = build_model("small_cnn", d.channels, d.num_classes)
+    idx = torch.cat([torch.nonzero(d.pool.labels == c).flatten()[:2] for c in range(d.num_classes)])
+    fit(weak, d.pool.images[idx], d.pool.labels[idx], pre, TrainConfig(device="cpu"), natural=d.natural, seed=0)
+    weak.eval().requires_grad_(False)
 
     def objective(images):
         return acquisition.objective("MarginSampling", weak(pre(images)))
 
-    sweep = []
-    for r in rel:
+    rows = []
+    for r in (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6):
         eps = r * norm
         s_rand = s_star + eps * u
         step_seed = iter(range(100))
@@ -119,52 +111,142 @@ def main() -> None:
             imgs, labs = generate_per_class(t2i, s, args.sweep_per_class, 2, args.steps, args.guidance)
             row[f"{name}_judged_accuracy"] = judged_accuracy(judge, imgs, labs, d)
             row[f"{name}_weak_margin"] = float(objective(imgs).mean())
-        sweep.append(row)
+        rows.append(row)
         print(json.dumps(row), flush=True)
-    result["sweep"] = sweep
-    result["pretrain"] = json.loads((Path(args.model) / "galot_pretrain.json").read_text())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    write_report(result, ROOT / "docs/t2i.md")
+    return rows
 
 
-def write_report(r: dict, path: Path) -> None:
-    p = r["pretrain"]
+def cas(t2i, s_star, judge, d, cfg) -> dict:
+    """CAS at each N: generated-only vs real-only training of the study's classifier, real test set."""
+    pre = preprocess_for(d)
+    sizes = [n for n in (1000, 5000) if n <= len(d.pool)] or [len(d.pool)]
+    sizes += [len(d.pool)] if len(d.pool) < 5000 else []
+    out: dict = {"steps": cfg.t2i.steps, "guidance": cfg.t2i.guidance_scale, "train": dataclasses.asdict(cfg.train), "rows": []}
+    gen_all, gen_labels = generate_per_class(t2i, s_star, max(sizes) // d.num_classes, 3, cfg.t2i.steps,
+                                             cfg.t2i.guidance_scale)
+    gen_all = resize_uint8(to_uint8(gen_all), d.image_size, d.channels)  # what a PNG on disk gives training
+    g = torch.Generator().manual_seed(0)
+    real_order = [torch.nonzero(d.pool.labels == c).flatten() for c in range(d.num_classes)]
+    real_order = [idx[torch.randperm(len(idx), generator=g)] for idx in real_order]
+    for n in sizes:
+        per = n // d.num_classes
+        gi = torch.cat([torch.nonzero(gen_labels == c).flatten()[:per] for c in range(d.num_classes)])
+        ri = torch.cat([idx[:per] for idx in real_order])
+        row = {"n": n}
+        for name, (x, y) in (("generated", (gen_all[gi], gen_labels[gi])), ("real", (d.pool.images[ri], d.pool.labels[ri]))):
+            torch.manual_seed(0)
+            model = build_model(cfg.model.arch, d.channels, d.num_classes, dropout=cfg.model.dropout)
+            t = time.perf_counter()
+            fit(model, x, y, pre, cfg.train, natural=d.natural, seed=0)
+            row[name] = accuracy(model, d.test.images, d.test.labels, pre)
+            row[f"{name}_judged"] = judged_accuracy(judge, x, y, d)
+            row[f"{name}_seconds"] = time.perf_counter() - t
+        row["cas_ratio"] = row["generated"] / row["real"]
+        out["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world", choices=list(WORLDS), default="mnist5k")
+    ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to (re)compute")
+    ap.add_argument("--report", action="store_true", help="only write docs/t2i.md from the JSON files")
+    ap.add_argument("--steps", type=int, default=10, help="DDIM steps of eps0, grid and sweep")
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--per-class", type=int, default=50)
+    ap.add_argument("--sweep-per-class", type=int, default=20)
+    args = ap.parse_args()
+    if not args.report:
+        measure(args)
+    write_report({w: json.loads(f.read_text()) for w, (_, f, _) in WORLDS.items() if f.exists()}, ROOT / "docs/t2i.md")
+
+
+def measure(args) -> None:
+    folder, out, grid = WORLDS[args.world]
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    os.chdir(folder)  # the world's params.yaml names its paths relative to its folder
+    cfg = load_config("params.yaml", [])
+    d = load_dataset(cfg.data)
+    judge = load_or_train_judge(d, cfg.experiment.judge)
+    t2i = DiffusersT2I.from_pretrained(cfg.t2i.model, device="cpu", dtype="fp32")
+    s_star = t2i.encode([TEMPLATE.format(label=n) for n in d.class_names])
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result.update({"world": args.world, "dataset": d.name, "class_names": d.class_names, "template": TEMPLATE,
+                   "steps": args.steps, "guidance": args.guidance,
+                   "judge_test_accuracy": judged_accuracy(judge, d.test.images, d.test.labels, d),
+                   "s_star_norm_per_class": s_star.flatten(1).norm(dim=1).tolist(),
+                   "pretrain": json.loads((Path(cfg.t2i.model) / "galot_pretrain.json").read_text())})
+    if "eps0" in args.only:
+        result["eps0"] = eps0(t2i, s_star, judge, d, args)
+        print(json.dumps(result["eps0"]), flush=True)
+    if "grid" in args.only:  # 8 samples per class (rows = classes)
+        grid_imgs, _ = generate_per_class(t2i, s_star, 8, 1, args.steps, args.guidance)
+        save_grid(to_uint8(grid_imgs), nrow=8, path=ROOT / "docs/img" / grid)
+    if "sweep" in args.only:
+        result["sweep"] = sweep(t2i, s_star, judge, d, args)
+    if "cas" in args.only:
+        result["cas"] = cas(t2i, s_star, judge, d, cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
+def world_section(world: str, r: dict) -> list[str]:
+    p, names = r["pretrain"], r.get("class_names") or r["pretrain"]["class_names"]
     lines = [
-        "# galot-mini: the embedded text-to-image model",
-        "",
-        "Generated by `python benchmarks/t2i_quality.py` from `benchmarks/results/t2i_quality.json`; "
-        "do not edit by hand.",
-        "",
-        f"Pretraining: {p['train_images']} images of the `mnist5k` T2I split (disjoint from pool and test), "
+        f"## {world}: galot-mini-{'fashion' if world == 'fashion' else 'mnist'}", "",
+        f"Pretraining: {p['train_images']} images of the `{r.get('dataset', 'mnist5k')}` T2I split (disjoint from pool and test), "
         f"{p['total_seconds'] / 60:.1f} min on this machine (VAE {p['vae_seconds'] / 60:.1f}, UNet "
-        f"{p['unet_seconds'] / 60:.1f}).",
+        f"{p['unet_seconds'] / 60:.1f}; {p['config']['vae_steps']} VAE and {p['config']['unet_steps']} UNet steps).",
         "",
         f"Judge (fully-supervised small CNN on the whole pool): {r['judge_test_accuracy']:.1%} on the real test set.",
         "",
-        f"At ε = 0, prompt template \"{r['template']}\" (never seen in pretraining), {r['steps']} DDIM steps, "
-        f"guidance {r['guidance']}: **{r['eps0']['judged_accuracy']:.1%}** of {r['eps0']['images']} images judged "
-        f"as their prompted class; **{r['eps0']['images_per_second']:.1f} images/s** on this machine.",
-        "",
-        "![samples: one row per class, zero to nine](img/galot-mini-grid.png)",
-        "",
-        "## Pseudo-label accuracy vs ε (paper Fig. 4)",
-        "",
-        "ε is the L2 radius over the whole embedding (16 tokens × 384); ‖s*‖ ≈ "
-        f"{sum(r['s_star_norm_per_class']) / len(r['s_star_norm_per_class']):.1f}. Random: s* + ε·u/‖u‖. "
-        "TextOpt: 10 sign-PGD steps (α = ε/5, k = 6) maximising the margin acquisition of a classifier "
-        "trained on 20 real labels. `weak margin` is that acquisition on the generated images (higher = more "
-        "uncertain).",
-        "",
-        "| ε / ‖s*‖ | ε | random: judged acc | TextOpt: judged acc | random: weak margin | TextOpt: weak margin |",
-        "|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in r["sweep"]:
-        lines.append(f"| {row['epsilon_relative']:.2f} | {row['epsilon']:.2f} | {row['random_judged_accuracy']:.1%} | "
-                     f"{row['textopt_judged_accuracy']:.1%} | {row['random_weak_margin']:.3f} | "
-                     f"{row['textopt_weak_margin']:.3f} |")
+    if "eps0" in r:
+        e = r["eps0"]
+        lines += [f"At ε = 0, prompt template \"{r['template']}\" (never seen in pretraining), {r['steps']} DDIM "
+                  f"steps, guidance {r['guidance']}: **{e['judged_accuracy']:.1%}** of {e['images']} images judged as "
+                  f"their prompted class; **{e['images_per_second']:.1f} images/s** on this machine.", ""]
+        if "per_class" in e:
+            lines += ["| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
+                      "| " + " | ".join(f"{a:.0%}" for a in e["per_class"]) + " |", ""]
+    lines += [f"![samples: one row per class, {names[0]} to {names[-1]}](img/{WORLDS[world][2]})", ""]
+    if "cas" in r:
+        c = r["cas"]
+        lines += ["Classification Accuracy Score: the study's classifier trained on N images only, tested on the "
+                  f"real test set; generated at ε = 0 with {c['steps']} steps, guidance {c['guidance']}; real drawn "
+                  "at random from the pool (N/10 per class). Target: generated ≥ 75% of real.", "",
+                  "| N | trained on generated | trained on real | CAS ratio | judged, generated |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {row['n']} | {row['generated']:.1%} | {row['real']:.1%} | {row['cas_ratio']:.2f} | "
+                  f"{row['generated_judged']:.1%} |" for row in c["rows"]]
+        lines.append("")
+    if "sweep" in r:
+        lines += [
+            "Pseudo-label accuracy vs ε (paper Fig. 4). ε is the L2 radius over the whole embedding (16 tokens × "
+            f"384); ‖s*‖ ≈ {sum(r['s_star_norm_per_class']) / len(r['s_star_norm_per_class']):.1f}. Random: "
+            "s* + ε·u/‖u‖. TextOpt: 10 sign-PGD steps (α = ε/5, k = 6) maximising the margin acquisition of a "
+            "classifier trained on 20 real labels. `weak margin` is that acquisition on the generated images "
+            "(higher = more uncertain).", "",
+            "| ε / ‖s*‖ | ε | random: judged acc | TextOpt: judged acc | random: weak margin | TextOpt: weak margin |",
+            "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {row['epsilon_relative']:.2f} | {row['epsilon']:.2f} | {row['random_judged_accuracy']:.1%} | "
+                  f"{row['textopt_judged_accuracy']:.1%} | {row['random_weak_margin']:.3f} | "
+                  f"{row['textopt_weak_margin']:.3f} |" for row in r["sweep"]]
+        lines.append("")
+    return lines
+
+
+def write_report(results: dict[str, dict], path: Path) -> None:
+    lines = ["# galot-mini: the embedded text-to-image models", "",
+             "Generated by `python benchmarks/t2i_quality.py [--world fashion]` from "
+             "`benchmarks/results/t2i_quality.json` (mnist5k) and `benchmarks/results/t2i_quality_fashion.json` "
+             "(Fashion); do not edit by hand. Each world has its own galot-mini, pretrained by `galot pretrain-t2i` "
+             "on a split disjoint from its AL pool and test set.", ""]
+    for world, r in results.items():
+        lines += world_section(world, r)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,21 @@ class GALConfig:
     common_noise: bool = _field(False, help="same k noise samples at every PGD step (common random numbers)")
     budget_factor: float = _field(1.0, min=0.0, help="B_GAL = budget_factor·|L| (gal mode: ·B_AL·c)")
     accumulate: bool = _field(False, help="keep earlier cycles' synthetic images in training")
+    # Beyond the paper (issue 15; docs/results.md "Generated images that teach"). Defaults = the paper.
+    step_scale: str = _field("paper", choices=("paper", "ball"),
+                             help="paper: α = alpha_ratio·ε per coordinate (a sign step then has L2 norm α·√D and "
+                                  "leaves the ball); ball: α = alpha_ratio·ε in L2 norm (sign steps of α/√D)")
+    diversity: float = _field(0.0, min=0.0, max=2.0,
+                              help="per-image embedding offset, a random direction of this length relative to "
+                                   "‖s*‖ (0 = every image of a class from the same embedding, as the paper)")
+    anchor_strength: float = _field(0.0, min=0.0, max=1.0,
+                                    help="0: text-to-image from noise (paper); >0: image-to-image from the labelled "
+                                         "real images of the class (SDEdit strength; 1 = pure noise)")
+    candidates: int = _field(1, min=1, max=32, help="m: generate m·B_GAL candidates and keep the B_GAL the classifier "
+                                                    "is least sure of by σ_GAL (1 = keep all, as the paper)")
+    label_check: str = _field("none", choices=("none", "diffusion"),
+                              help="diffusion: drop generated images that the T2I model itself, as a zero-shot "
+                                   "classifier (Diffusion Classifier), does not put in their prompted class")
 
 
 @dataclass(frozen=True)

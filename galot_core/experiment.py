@@ -41,7 +41,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,18 @@ class Experiment:
     def epsilon(self, cycle: int) -> float:
         g = self.cfg.gal
         return textopt.epsilon_for_cycle(cycle, self.cfg.experiment.cycles, g.epsilon, g.epsilon_schedule)
+
+    def alpha(self, eps: torch.Tensor, s_star: torch.Tensor) -> torch.Tensor:
+        """PGD step size per class: α = alpha_ratio·ε (the paper's Table 8), per coordinate or per ball.
+
+        With ``gal.step_scale: paper`` a sign step moves every one of the D coordinates by α, an
+        L2 step of α·√D ≫ ε, so each step leaves the ball and the projection throws it back
+        onto the sphere (issue 15). ``ball`` divides a sign step by √D so that its L2 length is
+        alpha_ratio·ε, as the ``l2`` step's already is.
+        """
+        g = self.cfg.gal
+        scale = 1.0 / s_star[0].numel() ** 0.5 if g.step_scale == "ball" and g.step_rule == "sign" else 1.0
+        return g.alpha_ratio * eps * scale
 
     def gal_budget(self, cycle: int) -> int:
         """B_GAL: budget_factor·|L| (al+gal); in gal mode the |L| an AL run would have by this cycle."""
@@ -309,7 +321,7 @@ class Experiment:
             walk = textopt.random_direction_grad(torch.Generator().manual_seed(
                 cycle_seed(self.cfg.experiment.seed, cycle, 4)))
             full = torch.empty(s_star.shape)
-            s = textopt.optimize(s_star[rows], lambda _: walk(full)[rows], eps_t[rows], g.alpha_ratio * eps_t[rows],
+            s = textopt.optimize(s_star[rows], lambda _: walk(full)[rows], eps_t[rows], self.alpha(eps_t[rows], s_star),
                                  g.steps, step=g.step_rule, momentum=g.momentum)
         else:
             model = previous[0].to(t2i.device).eval().requires_grad_(False)
@@ -344,7 +356,7 @@ class Experiment:
                             calls += t2i.num_unet_calls - calls_before
                     return grad
 
-            s = textopt.optimize(s_star[rows], grad_fn, eps_t[rows], g.alpha_ratio * eps_t[rows], g.steps,
+            s = textopt.optimize(s_star[rows], grad_fn, eps_t[rows], self.alpha(eps_t[rows], s_star), g.steps,
                                  step=g.step_rule, momentum=g.momentum)
         tensors = {"s": s.float().cpu().contiguous(), "epsilon": eps_t[rows].cpu().contiguous()}
         atomic_write_bytes(path, safetensors_bytes(tensors, {"unet_calls": str(calls)}))
@@ -381,11 +393,15 @@ class Experiment:
     # over processes or machines (tasks/, flows/). Every image has its own seed, so a shard's
     # images do not depend on which worker makes them or what else it makes; each shard keeps
     # its progress in a part file and :meth:`merge_generated` folds the parts into the manifest.
-    def generation_items(self, cycle: int) -> list[tuple[int, int]]:
-        """Every image of the cycle's synthetic set as (class, index), classes split B_GAL evenly."""
+    def per_class_budget(self, cycle: int) -> list[int]:
+        """B_GAL split evenly over the classes (the first classes get the remainder)."""
         n_total, n_classes = self.gal_budget(cycle), len(self.dataset.class_names)
-        per_class = [n_total // n_classes + (1 if c < n_total % n_classes else 0) for c in range(n_classes)]
-        return [(c, i) for c in range(n_classes) for i in range(per_class[c])]
+        return [n_total // n_classes + (1 if c < n_total % n_classes else 0) for c in range(n_classes)]
+
+    def generation_items(self, cycle: int) -> list[tuple[int, int]]:
+        """Every image the cycle generates as (class, index): B_GAL, or m·B_GAL candidates (gal.candidates)."""
+        m = self.cfg.gal.candidates
+        return [(c, i) for c, n in enumerate(self.per_class_budget(cycle)) for i in range(m * n)]
 
     def generation_shards(self, cycle: int) -> list[int]:
         """Shard ids of the cycle; shard k holds items ``[k·S, (k+1)·S)`` with S = runner.shard_size."""
@@ -405,6 +421,8 @@ class Experiment:
         for c, i in items:  # a write that a crash cut short; never listed, so never used
             for tmp in (folder / name[c, i]).parent.glob(f".{i:06d}.png.*.tmp"):
                 tmp.unlink()
+        if self._selection_path(cycle).exists():
+            return 0  # candidates were generated and selected: the rejected ones are not to be made again
         part_path = self._part_path(cycle, shard)
         part = read_json(part_path) if part_path.exists() else {"entries": [], "unet_calls": 0}
         done = {e.file for e in synthetic.read_manifest(folder)} | {e["file"] for e in part["entries"]}
@@ -421,17 +439,17 @@ class Experiment:
         size = min(tc.batch_size, self._generate_batch or tc.batch_size)
         queue = [todo[i:i + size] for i in range(0, len(todo), size)]
         bar = tqdm(total=len(todo), desc=f"generate cycle {cycle}", unit="img", leave=False)
+        anchors = self.anchors(cycle)
         while queue:
             batch = queue.pop(0)
             seeds = [cycle_seed(self.cfg.experiment.seed, cycle, 5, c, i) for c, i in batch]
+            cond = self.conditioning(cycle, batch, s)
             with self.t2i_lock:  # one model per process: concurrent tasks take turns on it
                 calls_before = t2i.num_unet_calls
                 noise = torch.cat([t2i.initial_noise(1, torch.Generator(t2i.device).manual_seed(sd)) for sd in seeds])
                 try:
                     simulated_oom(len(batch))
-                    with torch.no_grad():
-                        images = t2i.generate(s[[c for c, _ in batch]], num_inference_steps=tc.steps,
-                                              guidance_scale=tc.guidance_scale, latents=noise)
+                    images = self._generate_images(t2i, cond, noise, [anchors.get(item) for item in batch])
                 except torch.cuda.OutOfMemoryError:
                     # Per-image seeds make the images independent of the batch they are made in.
                     size = self._halve_batch("generation", len(batch))
@@ -444,17 +462,69 @@ class Experiment:
                 atomic_write_bytes(folder / name[c, i], data)
                 if k == len(batch) // 2:
                     failpoint("generate.mid_batch")  # some PNGs on disk, the part file not yet updated
-            part["entries"] += [asdict(synthetic.ManifestEntry(
+            part["entries"] += [synthetic.entry_dict(synthetic.ManifestEntry(
                 file=name[c, i], sha256=hashlib.sha256(data).hexdigest(), label=c, class_name=classes[c],
-                prompt=prompts[c], cycle=cycle, epsilon=float(eps[c]), embedding_sha256=synthetic.tensor_sha256(s[c]),
+                prompt=prompts[c], cycle=cycle, epsilon=float(eps[c]), embedding_sha256=synthetic.tensor_sha256(e),
                 seed=sd, model_id=t2i.model_id, revision=t2i.revision, scheduler=sched, steps=tc.steps,
-                guidance_scale=tc.guidance_scale)) for (c, i), sd, data in zip(batch, seeds, pngs)]
+                guidance_scale=tc.guidance_scale, source=self._source(anchors.get((c, i)))))
+                for (c, i), sd, data, e in zip(batch, seeds, pngs, cond)]
             part["unet_calls"] += calls
             atomic_write_json(part_path, part)
             bar.update(len(batch))
             failpoint("generate.after_batch")
         bar.close()
         return len(todo)
+
+    def conditioning(self, cycle: int, items: list[tuple[int, int]], s: torch.Tensor) -> torch.Tensor:
+        """Each image's text embedding: its class's (optimised) row of ``s``, plus, with
+        ``gal.diversity > 0``, its own random offset of length diversity·‖s_c‖ (seeded per image).
+
+        One embedding per class makes a class's images alike; random offsets keep the judged
+        class up to 1.6·‖s*‖ on the embedded worlds (docs/results.md), so they buy variety for free.
+        """
+        cond = s[[c for c, _ in items]].clone()
+        r = self.cfg.gal.diversity
+        if r > 0:
+            for k, (c, i) in enumerate(items):
+                u = torch.randn(s[c].shape, generator=torch.Generator().manual_seed(
+                    cycle_seed(self.cfg.experiment.seed, cycle, 6, c, i)))
+                cond[k] += r * s[c].norm() * u / u.norm()
+        return cond
+
+    def anchors(self, cycle: int) -> dict[tuple[int, int], int]:
+        """Image-to-image anchors (``gal.anchor_strength > 0``): item (c, i) → a labelled pool index of class c.
+
+        The real images σ_AL picked and the oracle labelled, cycled through in pool order: the
+        generated images then vary the informative real ones instead of drawing the prompt's
+        most typical picture (ActGen, ECCV 2024; DA-Fusion, ICLR 2024). A class without a
+        labelled image yet is generated from noise.
+        """
+        if self.cfg.gal.anchor_strength <= 0 or self.cfg.experiment.mode == "gal":
+            return {}
+        state = self.pool_state()
+        by_class: dict[int, list[int]] = {}
+        for idx, label in sorted(zip(state.labelled, state.labels)):
+            by_class.setdefault(label, []).append(idx)
+        return {(c, i): by_class[c][i % len(by_class[c])] for c, i in self.generation_items(cycle) if c in by_class}
+
+    def _source(self, anchor: int | None) -> str | None:
+        return None if anchor is None else f"pool[{anchor}] strength {self.cfg.gal.anchor_strength}"
+
+    def _generate_images(self, t2i, cond: torch.Tensor, noise: torch.Tensor, anchors: list[int | None]) -> torch.Tensor:
+        """Text-to-image for items without an anchor, image-to-image from their anchor for the others."""
+        tc, out = self.cfg.t2i, None
+        groups = [[k for k, a in enumerate(anchors) if a is None], [k for k, a in enumerate(anchors) if a is not None]]
+        with torch.no_grad():
+            for rows, anchored in zip(groups, (False, True)):
+                if not rows:
+                    continue
+                image = (self.dataset.pool.images[[anchors[k] for k in rows]].float() / 255) if anchored else None
+                images = t2i.generate(cond[rows], num_inference_steps=tc.steps, guidance_scale=tc.guidance_scale,
+                                      latents=noise[rows], image=image, strength=self.cfg.gal.anchor_strength)
+                if out is None:
+                    out = images.new_empty((len(anchors), *images.shape[1:]))
+                out[rows] = images
+        return out
 
     def merge_generated(self, cycle: int) -> int:
         """Fold the shards' part files into manifest.jsonl (sorted by file) and the UNet-call count."""
@@ -464,7 +534,7 @@ class Experiment:
         parts = sorted(folder.glob(".part-*.json")) if folder.exists() else []
         entries = synthetic.read_manifest(folder)
         if not parts:
-            return len(entries)
+            return self.select_generated(cycle) if entries else 0
         calls_path = self.cycle_dir(cycle) / "generate_unet_calls.json"
         calls = read_json(calls_path)["unet_calls"] if calls_path.exists() else 0
         known = {e.file for e in entries}
@@ -477,11 +547,82 @@ class Experiment:
         atomic_write_json(calls_path, {"unet_calls": calls + sum(part["unet_calls"] for part in loaded)})
         for p in parts:  # only now: a crash before this line merges the same parts again
             p.unlink()
-        return len(entries)
+        return self.select_generated(cycle)
+
+    def _selection_path(self, cycle: int) -> Path:
+        return self.cycle_dir(cycle) / "selection.json"
+
+    def select_generated(self, cycle: int) -> int:
+        """Keep B_GAL of the cycle's candidates: those the label check confirms (``gal.label_check``),
+        the ones the last classifier is least sure of first (``gal.candidates`` > 1).
+
+        Over-generating and selecting by the exact σ_GAL of the final images needs no gradient
+        estimate at all; the label check keeps the selection from buying uncertainty with
+        wrong pseudo-labels. The decision is written first (selection.json), then the manifest
+        lists only the kept images and the rejected ones move to ``cycles/cycle_NNN/rejected/``,
+        so a crash anywhere resumes to the same result. Returns the number kept.
+        """
+        g, folder, path = self.cfg.gal, synthetic.cycle_folder(self.dir, cycle), self._selection_path(cycle)
+        entries = synthetic.read_manifest(folder)
+        if not path.exists():
+            if g.candidates == 1 and g.label_check == "none":
+                return len(entries)
+            atomic_write_json(path, self._choose_generated(cycle, entries))
+        decision = read_json(path)
+        kept = set(decision["kept"])
+        if any(e.file not in kept for e in entries):
+            synthetic.write_manifest(folder, [e for e in entries if e.file in kept])
+        for file in decision["rejected"]:
+            if (folder / file).exists():
+                (self.cycle_dir(cycle) / "rejected" / file).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(folder / file, self.cycle_dir(cycle) / "rejected" / file)
+        return len(kept)
+
+    def _choose_generated(self, cycle: int, entries: list[synthetic.ManifestEntry]) -> dict[str, Any]:
+        from galot_core.t2i.zero_shot import diffusion_classify
+        from galot_core.train import predict
+
+        g, d = self.cfg.gal, self.dataset
+        folder = synthetic.cycle_folder(self.dir, cycle)
+        labels_ = torch.tensor([e.label for e in entries], dtype=torch.int64)
+        confirmed = torch.ones(len(entries), dtype=torch.bool)
+        zero_shot: list[int] | None = None
+        calls = 0
+        if g.label_check == "diffusion":
+            raw = torch.stack([synthetic.decode_png(folder / e.file) for e in entries]).float() / 255
+            with self.t2i_lock:
+                t2i = self.t2i
+                calls_before = t2i.num_unet_calls
+                gen = torch.Generator(t2i.device).manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 7))
+                zero_shot = diffusion_classify(t2i, raw, t2i.encode(self.prompts()), generator=gen).cpu().tolist()
+                calls = t2i.num_unet_calls - calls_before
+            confirmed = torch.tensor(zero_shot) == labels_
+        score = torch.zeros(len(entries))
+        previous = self.load_model(cycle - 1)
+        if previous is not None and g.candidates > 1:
+            images, _ = synthetic.load_synthetic_entries(folder, entries, d.image_size, d.channels)
+            logits = predict(previous[0], images, self.preprocess, device=self.device,
+                             batch_size=self.cfg.train.eval_batch_size)["logits"]
+            score = (torch.rand(len(entries), generator=torch.Generator().manual_seed(
+                cycle_seed(self.cfg.experiment.seed, cycle, 8))) if g.strategy == "RandomSampling"
+                else acquisition.objective(g.strategy, logits))
+        kept: list[str] = []
+        for c, n in enumerate(self.per_class_budget(cycle)):
+            rows = [k for k in range(len(entries)) if labels_[k] == c and confirmed[k]]
+            rows.sort(key=lambda k: (-float(score[k]), entries[k].file))
+            kept += [entries[k].file for k in rows[:n]]
+        kept_set = set(kept)
+        return {"kept": sorted(kept), "rejected": [e.file for e in entries if e.file not in kept_set],
+                "candidates": len(entries), "label_check": g.label_check, "confirmed": int(confirmed.sum()),
+                "unet_calls": calls,
+                "zero_shot_class": zero_shot, "score": [round(float(v), 6) for v in score],
+                "files": [e.file for e in entries]}
 
     def generate(self, cycle: int) -> int:
         """Line 9: B_GAL images from the optimised embeddings, pseudo-labelled by their class, to disk."""
-        if len(synthetic.read_manifest(synthetic.cycle_folder(self.dir, cycle))) < self.gal_budget(cycle):
+        if self._selection_path(cycle).exists():
+            return self.select_generated(cycle)
+        if len(synthetic.read_manifest(synthetic.cycle_folder(self.dir, cycle))) < len(self.generation_items(cycle)):
             for shard in self.generation_shards(cycle):
                 self.generate_shard(cycle, shard)
         return self.merge_generated(cycle)
@@ -495,6 +636,8 @@ class Experiment:
         gen = self.cycle_dir(cycle) / "generate_unet_calls.json"
         if gen.exists():
             out["generate"] = int(read_json(gen)["unet_calls"])
+        if self._selection_path(cycle).exists() and self.cfg.gal.label_check != "none":
+            out["label_check"] = int(read_json(self._selection_path(cycle)).get("unet_calls", 0))
         return out
 
     @cached_property

@@ -49,6 +49,15 @@ class ManifestEntry:
     scheduler: str
     steps: int
     guidance_scale: float
+    source: str | None = None  # what else the image came from, e.g. "pool[12] strength 0.5" (image-to-image)
+
+
+def entry_dict(entry: ManifestEntry) -> dict:
+    """A manifest line's fields; ``source`` only when set, so text-to-image manifests keep their v1 form."""
+    d = asdict(entry)
+    if d["source"] is None:
+        del d["source"]
+    return d
 
 
 def safe_dirname(index: int, class_name: str, max_len: int = 48) -> str:
@@ -87,7 +96,7 @@ def read_manifest(folder: str | Path) -> list[ManifestEntry]:
 
 
 def write_manifest(folder: str | Path, entries: list[ManifestEntry]) -> None:
-    atomic_write_text(Path(folder) / "manifest.jsonl", "".join(json.dumps(asdict(e)) + "\n" for e in entries))
+    atomic_write_text(Path(folder) / "manifest.jsonl", "".join(json.dumps(entry_dict(e)) + "\n" for e in entries))
 
 
 def decode_png(source: Path | bytes) -> torch.Tensor:
@@ -98,6 +107,14 @@ def decode_png(source: Path | bytes) -> torch.Tensor:
     return arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
 
 
+def resize_uint8(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """uint8 images (N, C, H, W) → uint8 (N, channels, size, size) with the classifier's antialiased resize."""
+    from galot_core.transforms import Preprocess
+
+    to_size = Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels)
+    return (to_size(images).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def decode_entries(items: list[tuple[ManifestEntry, bytes]], size: int,
                    channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(entry, PNG bytes) pairs → uint8 (N, channels, size, size) and pseudo-labels.
@@ -105,11 +122,7 @@ def decode_entries(items: list[tuple[ManifestEntry, bytes]], size: int,
     Resized once here, with the same antialiased resize the classifier's preprocessing
     uses, so training never decodes or resizes a PNG again.
     """
-    from galot_core.transforms import Preprocess
-
-    to_size = Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels)
-    images = [(to_size(decode_png(data).unsqueeze(0)).clamp(0, 1) * 255).round().to(torch.uint8)
-              for _, data in items]
+    images = [resize_uint8(decode_png(data).unsqueeze(0), size, channels) for _, data in items]
     if not images:
         return torch.zeros((0, channels, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
     return torch.cat(images), torch.tensor([e.label for e, _ in items], dtype=torch.int64)

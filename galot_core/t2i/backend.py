@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
+import torch.nn.functional as F
 import diffusers
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
@@ -216,24 +217,61 @@ class DiffusersT2I:
         *,
         height: int | None = None,
         width: int | None = None,
+        image: Tensor | None = None,
+        strength: float = 1.0,
     ) -> Tensor:
         """Images (B, C, H, W) in [0, 1], one per row of ``prompt_embeds`` (B, L, D).
 
         Same result as ``pipe(prompt_embeds=..., negative_prompt_embeds=uncond, ...,
         output_type="pt").images`` for the same generator state. ``latents`` is the initial
         noise before scaling by ``scheduler.init_noise_sigma``, as in the pipeline.
+
+        With ``image`` (B, C, H, W in [0, 1], any size and channel count) this is
+        image-to-image (SDEdit, as ``StableDiffusionImg2ImgPipeline``): the image's latents
+        are noised to the timestep that ``strength`` picks and only the remaining
+        ``int(steps·strength)`` steps are denoised, so the result stays near the image
+        (strength → 0) or forgets it (strength → 1). Latents are the encoder's mean, not a
+        sample: the same image and noise always give the same result.
         """
         cond = prompt_embeds.to(self.device, self.compute_dtype)
         if latents is None:
             latents = self.initial_noise(cond.shape[0], generator, height=height, width=width)
+        latents = latents.to(self.device, self.compute_dtype)
+        start = None
+        if image is not None:
+            self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+            start = num_inference_steps - max(1, min(int(num_inference_steps * strength), num_inference_steps))
+            latents = self.scheduler.add_noise(self.encode_images(image), latents, self.scheduler.timesteps[start:start + 1])
         latents = self._denoise(
             cond,
-            latents.to(self.device, self.compute_dtype),
+            latents,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             extra_step_kwargs=self._extra_step_kwargs(generator, eta),
+            start=start,
         )
         return self._decode(latents)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Images (B, C, H, W) in [0, 1] → the model's scaled latents, at the model's own size and channels.
+
+        Grey images are repeated to RGB and RGB images averaged to grey as the VAE needs; the
+        size becomes the UNet's sample size (antialiased bilinear resize).
+        """
+        x = images.to(self.device, self.compute_dtype)
+        sample_size = self.unet.config.sample_size
+        h, w = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+        size = (h * self.vae_scale_factor, w * self.vae_scale_factor)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        channels = self.vae.config.in_channels if self.vae is not None else self.unet.config.in_channels
+        if x.shape[1] != channels:
+            x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1) if channels in (1, 3) else x
+        if self.vae is None:
+            return x * 2 - 1
+        z = self.vae.encode((x * 2 - 1).to(self.vae.dtype)).latent_dist.mean
+        return z.to(self.compute_dtype) * self.vae.config.scaling_factor
 
     def initial_noise(
         self,
@@ -394,16 +432,21 @@ class DiffusersT2I:
         extra_step_kwargs: dict[str, Any],
         grad_from: int = 0,
         tweedie_at: int | None = None,
+        start: int | None = None,
     ) -> Tensor:
         """The pipeline's denoising loop. Returns the final latents, or, when ``tweedie_at`` is
         given, the Tweedie x0-prediction at that step index (the loop stops there).
 
         Steps before ``grad_from`` run without autograd (when grad is enabled at all), so
-        only the window [grad_from, end] is differentiated.
+        only the window [grad_from, end] is differentiated. With ``start`` (image-to-image),
+        ``noise`` is already the noised latent of step ``start`` and the steps before it are skipped.
         """
         # set_timesteps also resets stateful schedulers (PNDM's history, Euler's step index).
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        latents = noise * self.scheduler.init_noise_sigma
+        if start is not None and hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        latents = noise * self.scheduler.init_noise_sigma if start is None else noise
+        start = start or 0
         grad_enabled = torch.is_grad_enabled()
         # As the pipeline does: the [uncond, cond] conditioning is built once, not per step.
         unet_dtype = self.unet.dtype
@@ -412,6 +455,8 @@ class DiffusersT2I:
         else:
             hidden = cond.to(unet_dtype)
         for i, t in enumerate(self.scheduler.timesteps):
+            if i < start:
+                continue
             with torch.set_grad_enabled(grad_enabled and i >= grad_from):
                 model_output, x_t = self._model_output(latents, t, hidden, guidance_scale, unet_dtype)
                 if i == tweedie_at:
