@@ -49,6 +49,7 @@ class ManifestEntry:
     scheduler: str
     steps: int
     guidance_scale: float
+    variant: str = ""        # weight variant (t2i.variant); absent in manifests written before it existed
 
 
 def safe_dirname(index: int, class_name: str, max_len: int = 48) -> str:
