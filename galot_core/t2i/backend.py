@@ -33,6 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from galot_core.errors import GalotError
+from galot_core.t2i.conditioning import Conditioning
 from galot_core.t2i.hub import local_folder
 
 Objective = Callable[[Tensor], Tensor]
@@ -277,6 +278,15 @@ class DiffusersT2I:
         output = self.text_encoder(text_inputs.input_ids.to(self.device), attention_mask=attention_mask)
         return output[0].to(torch.float32)
 
+    def encode_conditioning(self, prompts: list[str]) -> Conditioning:
+        """The typed conditioning of ``prompts``; for SD 1/2 only token embeddings (its ``pack()`` is
+        :meth:`encode`'s tensor). Families with more parts override this, ``encode`` and ``unpack``."""
+        return Conditioning(self.encode(prompts))
+
+    def unpack(self, packed: Tensor) -> Conditioning:
+        """The parts of a packed conditioning (what :meth:`encode` returns and TextOpt moves)."""
+        return Conditioning(packed)
+
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()
@@ -292,7 +302,8 @@ class DiffusersT2I:
         height: int | None = None,
         width: int | None = None,
     ) -> Tensor:
-        """Images (B, C, H, W) in [0, 1], one per row of ``prompt_embeds`` (B, L, D).
+        """Images (B, C, H, W) in [0, 1], one per row of ``prompt_embeds`` (B, L, D) — for SDXL and
+        FLUX the packed conditioning (B, 1, N) that their :meth:`encode` returns.
 
         Same result as ``pipe(prompt_embeds=..., negative_prompt_embeds=uncond, ...,
         output_type="pt").images`` for the same generator state. ``latents`` is the initial

@@ -148,8 +148,9 @@ class FluxT2I(DiffusersT2I):
         sigmas = None if config.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_inference_steps,
                                                                          num_inference_steps)
         image_seq_len = (noise.shape[-2] // 2) * (noise.shape[-1] // 2)
-        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                             config.get("max_shift", 1.15))
         if sigmas is None:
             self.scheduler.set_timesteps(num_inference_steps, device=self.device, mu=mu)
         else:
