@@ -134,6 +134,13 @@ class T2IConfig:
     device: str = _field("auto")
     batch_size: int = _field(100, min=1, help="images per generation batch (halved on out-of-memory)")
     allow_download: bool = _field(False, help="fetch t2i.model from the Hugging Face hub if it is not local")
+    revision: str = _field("", help="hub revision to pin (branch, tag or commit); empty = the default branch")
+    variant: str = _field("", help="weight variant on the hub/in the folder, e.g. fp16; empty = the default weights")
+    text_encoder_dtype: str = _field("fp32", choices=("fp32", "fp16", "bf16"),
+                                     help="bf16 halves the text encoders' memory (T5-XXL: 9.5 GB in fp32)")
+    resolution: int | None = _field(None, min=8, help="image height = width in pixels; null = the model's default")
+    gradient_checkpointing: bool = _field(False, help="recompute denoiser activations in TextOpt's backward pass "
+                                                      "(less memory, more time)")
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,12 @@ class Experiment:
         return DiffusersT2I.from_pretrained(model, device=self.cfg.t2i.device, dtype=self.cfg.t2i.dtype,
                                             timestep_spacing=self.cfg.t2i.timestep_spacing,
                                             scheduler=self.cfg.t2i.scheduler,
-                                            local_files_only=not self.cfg.t2i.allow_download)
+                                            local_files_only=not self.cfg.t2i.allow_download,
+                                            revision=self.cfg.t2i.revision or None,
+                                            variant=self.cfg.t2i.variant or None,
+                                            text_encoder_dtype=self.cfg.t2i.text_encoder_dtype,
+                                            resolution=self.cfg.t2i.resolution,
+                                            gradient_checkpointing=self.cfg.t2i.gradient_checkpointing)
 
     @property
     def human_oracle(self) -> bool:
@@ -465,8 +470,8 @@ class Experiment:
             part["entries"] += [synthetic.entry_dict(synthetic.ManifestEntry(
                 file=name[c, i], sha256=hashlib.sha256(data).hexdigest(), label=c, class_name=classes[c],
                 prompt=prompts[c], cycle=cycle, epsilon=float(eps[c]), embedding_sha256=synthetic.tensor_sha256(e),
-                seed=sd, model_id=t2i.model_id, revision=t2i.revision, scheduler=sched, steps=tc.steps,
-                guidance_scale=tc.guidance_scale, source=self._source(anchors.get((c, i)))))
+                seed=sd, model_id=t2i.model_id, revision=t2i.revision, variant=t2i.variant, scheduler=sched,
+                steps=tc.steps, guidance_scale=tc.guidance_scale, source=self._source(anchors.get((c, i)))))
                 for (c, i), sd, data, e in zip(batch, seeds, pngs, cond)]
             part["unet_calls"] += calls
             atomic_write_json(part_path, part)

@@ -49,11 +49,12 @@ class ManifestEntry:
     scheduler: str
     steps: int
     guidance_scale: float
+    variant: str = ""        # weight variant (t2i.variant); absent in manifests written before it existed
     source: str | None = None  # what else the image came from, e.g. "pool[12] strength 0.5" (image-to-image)
 
 
 def entry_dict(entry: ManifestEntry) -> dict:
-    """A manifest line's fields; ``source`` only when set, so text-to-image manifests keep their v1 form."""
+    """A manifest line's fields; ``source`` only when set (image-to-image), so text-to-image lines do not carry it."""
     d = asdict(entry)
     if d["source"] is None:
         del d["source"]

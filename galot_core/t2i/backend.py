@@ -10,6 +10,12 @@ module re-writes the pipeline's denoising loop step for step (``generate`` repro
 pipeline's images) and adds :meth:`DiffusersT2I.acquisition_grad`, which estimates that
 gradient with one of several estimators (see its docstring). Gradients flow only into the
 conditional prompt embedding; the UNet, VAE and text encoder are frozen.
+
+``DiffusersT2I`` itself is the Stable Diffusion 1.x/2.x family (one text encoder, a UNet, ε/v
+prediction). The other families (SDXL, FLUX.1, ...) subclass it in their own modules and
+override a few hooks (conditioning, one denoiser call, latent packing); :data:`PIPELINES` maps
+``model_index.json``'s ``_class_name`` to the family, and :meth:`DiffusersT2I.from_pretrained`
+dispatches on it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from galot_core.errors import GalotError
+from galot_core.t2i.conditioning import Conditioning
+from galot_core.t2i.hub import local_folder
 
 Objective = Callable[[Tensor], Tensor]
 """Maps images (N, C, H, W) in [0, 1] (differentiably) to per-image values (N,); higher = more informative."""
@@ -42,6 +50,22 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "
 _REQUIRED_COMPONENTS = ("unet", "scheduler", "text_encoder", "tokenizer")
 _LAYOUT = "model_index.json plus unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 
+# model_index.json's _class_name -> (family, module, backend class). The family decides which
+# components are loaded and how the denoiser is called; anything else is refused in one line.
+PIPELINES: dict[str, tuple[str, str, str]] = {
+    "StableDiffusionPipeline": ("sd", "galot_core.t2i.backend", "DiffusersT2I"),
+    "StableDiffusionXLPipeline": ("sdxl", "galot_core.t2i.sdxl", "SDXLT2I"),
+    "FluxPipeline": ("flux", "galot_core.t2i.flux", "FluxT2I"),
+}
+
+
+def is_flow_matching(scheduler: Any) -> bool:
+    """Rectified-flow schedulers (FLUX, SD3, Z-Image): x_t = (1 - sigma) x0 + sigma eps, the model predicts
+    the velocity eps - x0; DPM-Solver/UniPC run in that mode with ``prediction_type="flow_prediction"``."""
+    config = scheduler.config
+    return (type(scheduler).__name__.startswith("FlowMatch") or config.get("prediction_type") == "flow_prediction"
+            or bool(config.get("use_flow_sigmas", False)))
+
 
 class DiffusersT2I:
     """Frozen diffusers/transformers components plus a readable, differentiable sampling loop.
@@ -54,11 +78,20 @@ class DiffusersT2I:
         vae: an ``AutoencoderKL``; ``None`` means a pixel-space model whose UNet sample IS the image in [-1, 1].
         device: where all components live; default: the UNet's device.
         unet_dtype: dtype of the UNet and VAE (e.g. fp16 on CUDA); default: leave as they are.
-        model_id, revision: provenance only (recorded by callers in their metadata).
+        model_id, revision, variant: provenance only (recorded by callers in their metadata).
+        text_encoder_dtype: dtype of the text encoder(s); default fp32. bf16 halves their memory
+            (T5-XXL alone is 9.5 GB in fp32) at the price of slightly different embeddings.
+        resolution: default image height and width in pixels; ``None`` = the family's default
+            (SD/SDXL: the UNet's sample_size times the VAE factor).
+        gradient_checkpointing: recompute the denoiser's activations in the backward pass
+            instead of storing them (memory for time, for 4-12 B transformers on one GPU).
 
-    ``num_unet_calls`` counts UNet forward passes (a classifier-free-guidance batch of
+    ``unet`` is the family's denoiser (a UNet for SD/SDXL, a transformer for FLUX);
+    ``num_unet_calls`` counts its forward passes (a classifier-free-guidance batch of
     [uncond, cond] is one call), so benchmarks can report cost independently of hardware.
     """
+
+    family = "sd"
 
     def __init__(
         self,
@@ -72,22 +105,43 @@ class DiffusersT2I:
         unet_dtype: torch.dtype | None = None,
         model_id: str = "",
         revision: str = "",
+        variant: str = "",
+        text_encoder_dtype: torch.dtype = torch.float32,
+        resolution: int | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         self.device = torch.device(device) if device is not None else unet.device
-        self.text_encoder = _moved(text_encoder, self.device, torch.float32)
+        self.text_encoder_dtype = text_encoder_dtype
+        self.text_encoder = _moved(text_encoder, self.device, text_encoder_dtype)
         self.tokenizer = tokenizer
         self.unet = _moved(unet, self.device, unet_dtype)
         self.scheduler = scheduler
         self.vae = _moved(vae, self.device, unet_dtype) if vae is not None else None
         # We never train these here: only the prompt embedding receives gradients.
-        for module in (self.text_encoder, self.unet, self.vae):
+        self._freeze(self.text_encoder, self.unet, self.vae)
+        if gradient_checkpointing:
+            if not getattr(self.unet, "_supports_gradient_checkpointing", False):
+                raise GalotError(f"t2i.gradient_checkpointing: {type(self.unet).__name__} does not support it: "
+                                 "set it to false")
+            self.unet.enable_gradient_checkpointing()
+        self.resolution = resolution
+        self.model_id = model_id
+        self.revision = revision
+        self.variant = variant
+        self.num_unet_calls = 0
+        self._uncond: Tensor | None = None
+
+    @staticmethod
+    def _freeze(*modules: torch.nn.Module | None) -> None:
+        for module in modules:
             if module is not None:
                 module.eval()
                 module.requires_grad_(False)
-        self.model_id = model_id
-        self.revision = revision
-        self.num_unet_calls = 0
-        self._uncond: Tensor | None = None
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet or transformer that predicts noise / velocity (the attribute is ``unet`` for history)."""
+        return self.unet
 
     # ------------------------------------------------------------------ construction
 
@@ -107,60 +161,82 @@ class DiffusersT2I:
         local_files_only: bool | None = None,
         revision: str | None = None,
         scheduler: str | None = None,
+        variant: str | None = None,
+        text_encoder_dtype: str = "fp32",
+        resolution: int | None = None,
+        gradient_checkpointing: bool = False,
     ) -> DiffusersT2I:
-        """Load a diffusers-format Stable Diffusion checkpoint: a local folder or a hub id.
+        """Load a diffusers-format checkpoint of a supported family: a local folder or a hub id.
 
-        The component classes come from the folder's ``model_index.json``, so the text encoder
-        may be CLIP or e.g. a MiniLM ``BertModel``, and ``vae`` may be absent (pixel space).
+        The family comes from ``model_index.json``'s ``_class_name`` (:data:`PIPELINES`); the
+        component classes from its entries, so an SD text encoder may be CLIP or e.g. a MiniLM
+        ``BertModel``, and ``vae`` may be absent (pixel space). Called on ``DiffusersT2I`` it
+        returns the family's subclass.
 
         Args:
             device: "auto" (cuda if available, else cpu) or a torch device string.
             dtype: "auto" (fp16 UNet/VAE on CUDA, fp32 on CPU) or "fp32" / "fp16" / "bf16".
-                The text encoder always stays fp32.
             timestep_spacing: overrides the scheduler config ("leading", "trailing", "linspace").
                 "trailing" ends the schedule at a noisy timestep, which matters for the last-step
                 gradient (see :meth:`acquisition_grad`).
             local_files_only: for hub ids; ``None`` follows ``HF_HUB_OFFLINE``.
-            revision: hub revision (branch, tag or commit).
+            revision: hub revision (branch, tag or commit) to pin.
             scheduler: replace the folder's scheduler by one of :data:`SCHEDULERS` built from its
                 config (same noise schedule): e.g. "dpm++" reaches the quality of DDIM at fewer
                 steps (docs/performance.md measures it on galot-mini).
+            variant: weight variant ("fp16", "bf16"): load ``*.fp16.safetensors`` files.
+            text_encoder_dtype: "fp32" (default), "fp16" or "bf16" for the text encoder(s).
+            resolution, gradient_checkpointing: see the class docstring.
         """
+        # 1. Check the options before touching the disk or the network.
         torch_device = _resolve_device(device)
         model_dtype = _resolve_dtype(dtype, torch_device)
+        if text_encoder_dtype not in _DTYPES:
+            raise GalotError(f"t2i.text_encoder_dtype: {text_encoder_dtype!r} is not one of {', '.join(_DTYPES)}: "
+                             "fix the value")
         if timestep_spacing is not None and timestep_spacing not in ("leading", "trailing", "linspace"):
             raise GalotError(
                 f"t2i.timestep_spacing: {timestep_spacing!r} is not one of leading, trailing, linspace: fix the value"
             )
-        folder = _local_folder(str(id_or_path), revision=revision, local_files_only=local_files_only)
-        index = _read_model_index(folder)
-
-        def load(name: str, **kwargs: Any) -> Any:
-            library, class_name = index[name]
-            return _load_component(folder, name, library, class_name, **kwargs)
-
-        unet = load("unet", torch_dtype=model_dtype)
-        vae = load("vae", torch_dtype=model_dtype) if "vae" in index else None
-        text_encoder = load("text_encoder", dtype=torch.float32)
-        tokenizer = load("tokenizer")
-        sched = load("scheduler")
+        if scheduler is not None and scheduler not in SCHEDULERS:
+            raise GalotError(f"t2i.scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}: fix the value")
+        # 2. The folder (local, cached or downloaded) and its family.
+        folder = local_folder(str(id_or_path), revision=revision, variant=variant, local_files_only=local_files_only)
+        family_class = _family_class(folder)
+        # 3. The family loads its components; the scheduler options apply to every family.
+        components = family_class._load_components(folder, model_dtype=model_dtype, variant=variant or None,
+                                                   text_encoder_dtype=_DTYPES[text_encoder_dtype])
+        sched = components.pop("scheduler")
         if scheduler is not None:
-            if scheduler not in SCHEDULERS:
-                raise GalotError(f"t2i.scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}: fix the value")
             sched = getattr(diffusers, SCHEDULERS[scheduler]).from_config(sched.config)
         if timestep_spacing is not None:
             sched = type(sched).from_config(sched.config, timestep_spacing=timestep_spacing)
-        return cls(
-            text_encoder,
-            tokenizer,
-            unet,
-            sched,
-            vae,
+        return family_class(
+            **components,
+            scheduler=sched,
             device=torch_device,
             unet_dtype=model_dtype,
             model_id=str(id_or_path),
             revision=revision or "",
+            variant=variant or "",
+            text_encoder_dtype=_DTYPES[text_encoder_dtype],
+            resolution=resolution,
+            gradient_checkpointing=gradient_checkpointing,
         )
+
+    @classmethod
+    def _load_components(cls, folder: Path, *, model_dtype: torch.dtype, variant: str | None,
+                         text_encoder_dtype: torch.dtype) -> dict[str, Any]:
+        """This family's components from ``folder`` as constructor keyword arguments (plus "scheduler")."""
+        index = _read_model_index(folder)
+        load = _loader(folder, index, variant)
+        return {
+            "unet": load("unet", torch_dtype=model_dtype),
+            "vae": load("vae", torch_dtype=model_dtype) if "vae" in index else None,
+            "text_encoder": load("text_encoder", dtype=text_encoder_dtype),
+            "tokenizer": load("tokenizer"),
+            "scheduler": load("scheduler"),
+        }
 
     # ------------------------------------------------------------------ properties
 
@@ -203,6 +279,15 @@ class DiffusersT2I:
         output = self.text_encoder(text_inputs.input_ids.to(self.device), attention_mask=attention_mask)
         return output[0].to(torch.float32)
 
+    def encode_conditioning(self, prompts: list[str]) -> Conditioning:
+        """The typed conditioning of ``prompts``; for SD 1/2 only token embeddings (its ``pack()`` is
+        :meth:`encode`'s tensor). Families with more parts override this, ``encode`` and ``unpack``."""
+        return Conditioning(self.encode(prompts))
+
+    def unpack(self, packed: Tensor) -> Conditioning:
+        """The parts of a packed conditioning (what :meth:`encode` returns and TextOpt moves)."""
+        return Conditioning(packed)
+
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()
@@ -220,7 +305,8 @@ class DiffusersT2I:
         image: Tensor | None = None,
         strength: float = 1.0,
     ) -> Tensor:
-        """Images (B, C, H, W) in [0, 1], one per row of ``prompt_embeds`` (B, L, D).
+        """Images (B, C, H, W) in [0, 1], one per row of ``prompt_embeds`` (B, L, D) — for SDXL and
+        FLUX the packed conditioning (B, 1, N) that their :meth:`encode` returns.
 
         Same result as ``pipe(prompt_embeds=..., negative_prompt_embeds=uncond, ...,
         output_type="pt").images`` for the same generator state. ``latents`` is the initial
@@ -239,7 +325,10 @@ class DiffusersT2I:
         latents = latents.to(self.device, self.compute_dtype)
         start = None
         if image is not None:
-            self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+            if type(self) is not DiffusersT2I:
+                raise GalotError(f"gal.anchor_strength: image-to-image is implemented for Stable Diffusion 1/2 "
+                                 f"folders only, not {type(self).__name__}; set gal.anchor_strength: 0")
+            self._set_timesteps(num_inference_steps, latents)
             start = num_inference_steps - max(1, min(int(num_inference_steps * strength), num_inference_steps))
             latents = self.scheduler.add_noise(self.encode_images(image), latents, self.scheduler.timesteps[start:start + 1])
         latents = self._denoise(
@@ -286,10 +375,7 @@ class DiffusersT2I:
         Drawn in ``compute_dtype`` (fp32 for fp32/fp16/bf16 UNets), so the same seed gives the
         same noise for every estimator and for those dtypes ("common random numbers").
         """
-        sample_size = self.unet.config.sample_size
-        default_h, default_w = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
-        height = height or default_h * self.vae_scale_factor
-        width = width or default_w * self.vae_scale_factor
+        height, width = self._image_size(height, width)
         shape = (
             batch_size,
             self.unet.config.in_channels,
@@ -297,6 +383,15 @@ class DiffusersT2I:
             width // self.vae_scale_factor,
         )
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self.compute_dtype)
+
+    def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """(height, width) in pixels: the arguments, else ``resolution``, else the UNet's sample_size
+        times the VAE factor (the pipeline's default)."""
+        if self.resolution is not None:
+            return height or self.resolution, width or self.resolution
+        sample_size = self.unet.config.sample_size
+        default_h, default_w = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+        return height or default_h * self.vae_scale_factor, width or default_w * self.vae_scale_factor
 
     # ------------------------------------------------------------------ the acquisition gradient
 
@@ -361,14 +456,13 @@ class DiffusersT2I:
             raise GalotError(f"estimator: {estimator!r} is not one of {', '.join(ESTIMATORS)}: fix the value")
         if k < 1 or m < 1:
             raise GalotError(f"k={k}, m={m}: both must be >= 1")
-        grad_from, tweedie_at, scale = self._gradient_window(estimator, num_inference_steps, m, tweedie_t)
-
         embeds = prompt_embeds.detach().to(self.device, torch.float32).requires_grad_(True)
         n_samples = embeds.shape[0] * k
         if noise is None:
             noise = self.initial_noise(n_samples, generator, height=height, width=width)
         elif noise.shape[0] != n_samples:
             raise ValueError(f"noise has {noise.shape[0]} rows, expected {n_samples} ({embeds.shape[0]} embeddings × k={k})")
+        grad_from, tweedie_at, scale = self._gradient_window(estimator, num_inference_steps, m, tweedie_t, noise)
         extra_step_kwargs = self._extra_step_kwargs(generator, eta=0.0)
         chunk = batch_size or n_samples
         values = []
@@ -399,11 +493,11 @@ class DiffusersT2I:
         return embeds.grad * scale, mean_values
 
     def _gradient_window(
-        self, estimator: str, num_inference_steps: int, m: int, tweedie_t: int | None
+        self, estimator: str, num_inference_steps: int, m: int, tweedie_t: int | None, noise: Tensor
     ) -> tuple[int, int | None, float]:
         """(first step index that is differentiated, step index whose Tweedie x0 ends sampling
         or None to run the full loop, factor that puts the estimate on the full gradient's scale)."""
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self._set_timesteps(num_inference_steps, noise)
         timesteps = self.scheduler.timesteps
         last = len(timesteps) - 1
         if estimator == "full":
@@ -441,44 +535,67 @@ class DiffusersT2I:
         only the window [grad_from, end] is differentiated. With ``start`` (image-to-image),
         ``noise`` is already the noised latent of step ``start`` and the steps before it are skipped.
         """
-        # set_timesteps also resets stateful schedulers (PNDM's history, Euler's step index).
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        # 1. set_timesteps also resets stateful schedulers (PNDM's history, Euler's step index).
+        self._set_timesteps(num_inference_steps, noise)
         if start is not None and hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(start)
-        latents = noise * self.scheduler.init_noise_sigma if start is None else noise
+        latents = self._pack(noise) * (getattr(self.scheduler, "init_noise_sigma", 1.0) if start is None else 1.0)
         start = start or 0
         grad_enabled = torch.is_grad_enabled()
-        # As the pipeline does: the [uncond, cond] conditioning is built once, not per step.
+        # 2. As the pipeline does: the [uncond, cond] conditioning is built once, not per step.
         unet_dtype = self.unet.dtype
-        if guidance_scale > 1.0:
-            hidden = torch.cat([self.uncond.expand(cond.shape[0], -1, -1).to(cond.dtype), cond]).to(unet_dtype)
-        else:
-            hidden = cond.to(unet_dtype)
+        inputs = self._model_inputs(cond, guidance_scale, unet_dtype, noise)
+        # 3. The loop; only steps from grad_from on are recorded for autograd.
         for i, t in enumerate(self.scheduler.timesteps):
             if i < start:
                 continue
             with torch.set_grad_enabled(grad_enabled and i >= grad_from):
-                model_output, x_t = self._model_output(latents, t, hidden, guidance_scale, unet_dtype)
+                model_output, x_t = self._model_output(latents, t, inputs, guidance_scale, unet_dtype)
                 if i == tweedie_at:
-                    return self._predict_x0(model_output, x_t, i, t)
+                    return self._unpack(self._predict_x0(model_output, x_t, i, t), noise)
                 latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs, return_dict=False)[0]
+        return self._unpack(latents, noise)
+
+    # ------------------------------------------------------------------ family hooks (SD 1/2 here)
+
+    def _set_timesteps(self, num_inference_steps: int, noise: Tensor) -> None:
+        """The scheduler's timesteps for this run; ``noise`` (B, C, h, w) gives the image size to
+        families whose schedule depends on it (FLUX's resolution-dependent shift)."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+
+    def _pack(self, noise: Tensor) -> Tensor:
+        """Latents (B, C, h, w) as the denoiser takes them (FLUX packs 2x2 patches into tokens)."""
+        return noise
+
+    def _unpack(self, latents: Tensor, noise: Tensor) -> Tensor:
+        """The inverse of :meth:`_pack`; ``noise`` gives the unpacked shape."""
         return latents
 
-    def _model_output(self, latents: Tensor, t: Tensor, hidden: Tensor, guidance_scale: float,
+    def _model_inputs(self, cond: Tensor, guidance_scale: float, dtype: torch.dtype, noise: Tensor) -> Any:
+        """Everything the denoiser needs besides x_t and t, built once per loop: for SD the
+        cross-attention states, [uncond, cond] stacked when guidance is on, in ``dtype``."""
+        if guidance_scale > 1.0:
+            return torch.cat([self.uncond.expand(cond.shape[0], -1, -1).to(cond.dtype), cond]).to(dtype)
+        return cond.to(dtype)
+
+    def _denoiser_call(self, model_input: Tensor, t: Tensor, inputs: Any) -> Tensor:
+        """One raw forward pass of the denoiser on ``model_input`` (already in its dtype)."""
+        return self.unet(model_input, t, encoder_hidden_states=inputs, return_dict=False)[0]
+
+    def _model_output(self, latents: Tensor, t: Tensor, inputs: Any, guidance_scale: float,
                       dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """One UNet call with classifier-free guidance, as in the pipeline.
 
-        ``hidden`` is the UNet conditioning in ``dtype``: [uncond, cond] stacked when guidance
-        is on. Returns the guided model output and the scaled model input x_t (the
-        variance-preserving sample the UNet sees), both in ``compute_dtype``.
+        ``inputs`` is the UNet conditioning from :meth:`_model_inputs`, in ``dtype``: [uncond,
+        cond] stacked when guidance is on. Returns the guided model output and the scaled model
+        input x_t (the variance-preserving sample the UNet sees), both in ``compute_dtype``.
         """
-        x_t = self.scheduler.scale_model_input(latents, t)
+        x_t = self.scheduler.scale_model_input(latents, t) if hasattr(self.scheduler, "scale_model_input") else latents
         do_cfg = guidance_scale > 1.0
         model_input = torch.cat([x_t] * 2) if do_cfg else x_t
         # compute_dtype from the UNet dtype passed in: the property walks every parameter of the
         # UNet, which at one call per step cost ~3-5 % of generation against diffusers' own loop.
-        output = self.unet(model_input.to(dtype), t, encoder_hidden_states=hidden, return_dict=False)[0].to(
-            torch.promote_types(dtype, torch.float32))
+        output = self._denoiser_call(model_input.to(dtype), t, inputs).to(torch.promote_types(dtype, torch.float32))
         self.num_unet_calls += 1
         if do_cfg:
             output_uncond, output_text = output.chunk(2)
@@ -492,8 +609,14 @@ class DiffusersT2I:
         (Eq. 3), which is what the UNet sees after ``scale_model_input``. Sigma-parameterised
         schedulers (Euler, DPM-Solver) keep sigma^2 = (1 - abar) / abar per step, so abar comes
         from their ``sigmas``; the others index ``alphas_cumprod`` by the timestep.
+        Flow-matching models are different: x_t = (1 - sigma) x0 + sigma eps and the output is
+        the velocity eps - x0, so x0 = x_t - sigma * output (not the VP formula with
+        abar = 1 / (1 + sigma^2)).
         No clipping: the decoder's clamp to [0, 1] plays that role.
         """
+        if is_flow_matching(self.scheduler):
+            sigma = self.scheduler.sigmas[step_index].to(x_t.device, x_t.dtype)
+            return x_t - sigma * model_output
         sigmas = getattr(self.scheduler, "sigmas", None)
         if sigmas is not None:
             alpha_bar = 1.0 / (1.0 + sigmas[step_index].to(x_t.device, x_t.dtype) ** 2)
@@ -513,8 +636,21 @@ class DiffusersT2I:
         if self.vae is None:
             image = latents
         else:
-            image = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype), return_dict=False)[0]
+            image = self.vae.decode(self._vae_latents(latents).to(self.vae.dtype), return_dict=False)[0]
         return (image.to(self.compute_dtype) * 0.5 + 0.5).clamp(0, 1)
+
+    def _vae_latents(self, latents: Tensor) -> Tensor:
+        """Denoiser latents -> the VAE's latent space: undo ``scaling_factor`` and, where the VAE
+        config has them, ``shift_factor`` (FLUX, SD3) or per-channel ``latents_mean``/``latents_std``."""
+        config = self.vae.config
+        mean, std = config.get("latents_mean"), config.get("latents_std")
+        if mean is not None and std is not None:
+            view = (1, len(mean), 1, 1)
+            return (latents * torch.tensor(std, dtype=latents.dtype, device=latents.device).view(view)
+                    / config.scaling_factor + torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(view))
+        latents = latents / config.scaling_factor
+        shift = config.get("shift_factor")
+        return latents + shift if shift is not None else latents
 
     def _extra_step_kwargs(self, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
         """``eta`` / ``generator`` for schedulers whose ``step`` accepts them (the pipeline's rule)."""
@@ -557,31 +693,50 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _local_folder(id_or_path: str, *, revision: str | None, local_files_only: bool | None) -> Path:
-    """A local diffusers folder: the path itself, or the hub snapshot (downloaded or cached)."""
-    path = Path(id_or_path).expanduser()
-    if path.is_dir():
-        return path
-    kwargs: dict[str, Any] = {"revision": revision}
-    if local_files_only is not None:
-        kwargs["local_files_only"] = local_files_only
-    try:
-        return Path(DiffusionPipeline.download(id_or_path, **kwargs))
-    except (OSError, ValueError):
-        if local_files_only:
-            raise GalotError(
-                f"t2i.model: {id_or_path!r} is not a local folder nor in the local hub cache, and downloads are off; "
-                "set t2i.allow_download: true on a machine with network, or point t2i.model at a local diffusers "
-                "folder"
-            ) from None
+def _family_class(folder: Path) -> type[DiffusersT2I]:
+    """The backend class for the pipeline that ``folder/model_index.json`` names; others are refused."""
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
         raise GalotError(
-            f"t2i.model: model {id_or_path!r} is not a local folder and could not be fetched from the hub "
-            "(offline?): download it once with network, or point t2i.model at a local diffusers folder"
-        ) from None
+            f"t2i.model: folder '{folder}' is missing model_index.json: point t2i.model at a diffusers folder "
+            f"({_LAYOUT}), e.g. one written by pipeline.save_pretrained()"
+        )
+    try:
+        class_name = json.loads(index_file.read_text()).get("_class_name")
+    except (ValueError, AttributeError):
+        raise GalotError(f"t2i.model: '{index_file}' is not a JSON object: re-save the model with "
+                         "pipeline.save_pretrained()") from None
+    if class_name not in PIPELINES:
+        raise GalotError(
+            f"t2i.model: '{folder}' holds a {class_name} (model_index.json _class_name), which galot does not "
+            f"support: use a model of one of {', '.join(PIPELINES)}"
+        )
+    _, module, backend = PIPELINES[class_name]
+    return getattr(importlib.import_module(module), backend)
 
 
-def _read_model_index(folder: Path) -> dict[str, tuple[str, str]]:
-    """The components listed in ``model_index.json`` as {name: (library, class)}; checks the folders exist."""
+def _loader(folder: Path, index: dict[str, tuple[str, str]], variant: str | None) -> Callable[..., Any]:
+    """``load(name, **kwargs)``: the component ``folder/name`` with the class model_index.json names;
+    weights of ``variant`` (e.g. fp16) for models (tokenizers and schedulers have no variants)."""
+
+    def load(name: str, **kwargs: Any) -> Any:
+        library, class_name = index[name]
+        if variant and name.split("_")[0] not in ("tokenizer", "scheduler"):
+            kwargs["variant"] = variant
+        return _load_component(folder, name, library, class_name, **kwargs)
+
+    return load
+
+
+def _read_model_index(folder: Path, required: tuple[str, ...] = _REQUIRED_COMPONENTS,
+                      optional: tuple[str, ...] = ("vae",), layout: str = _LAYOUT,
+                      order: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                      ) -> dict[str, tuple[str, str]]:
+    """The components listed in ``model_index.json`` as {name: (library, class)}; checks the folders exist.
+
+    ``required`` must be listed and present; ``optional`` ones (SD's vae/ for pixel-space models)
+    only when listed; ``order`` is the order in which missing folders are named.
+    """
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise GalotError(
@@ -591,17 +746,17 @@ def _read_model_index(folder: Path) -> dict[str, tuple[str, str]]:
     index = {
         name: (entry[0], entry[1])
         for name, entry in json.loads(index_file.read_text()).items()
-        if name in (*_REQUIRED_COMPONENTS, "vae") and isinstance(entry, list) and entry[0] and entry[1]
+        if name in (*required, *optional) and isinstance(entry, list) and entry[0] and entry[1]
     }
-    # vae/ is optional (pixel-space models list it as [null, null]); the rest must be there.
-    expected = [name for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-                if name in _REQUIRED_COMPONENTS or name in index]
+    # Optional components (pixel-space models list vae as [null, null]) are checked only when listed.
+    expected = [name for name in order if name in required or name in index]
     problems = [f"{name}/" for name in expected if not (folder / name).is_dir()]
-    problems += [f"{name} in model_index.json" for name in _REQUIRED_COMPONENTS if name not in index]
+    problems += [f"{name} in model_index.json" for name in required if name not in index]
     if problems:
+        optional_note = f" ({', '.join(f'{name}/' for name in optional)} optional)" if optional else ""
         raise GalotError(
             f"t2i.model: local folder '{folder}' is missing {', '.join(problems)}: a diffusers folder needs "
-            f"{_LAYOUT} (vae/ optional for pixel-space models); re-save it with pipeline.save_pretrained()"
+            f"{layout}{optional_note}; re-save it with pipeline.save_pretrained()"
         )
     return index
 

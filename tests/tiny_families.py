@@ -1,0 +1,100 @@
+"""Tiny random pipelines of the other model families, built fully offline from configs.
+
+Like ``tests/tiny_sd.py``: the shapes follow each family's real layout (SDXL's two CLIP encoders
+with pooled embeddings and time ids; FLUX's CLIP-pooled + T5 tokens, packed 2x2 latents,
+flow matching), only every width is tiny; tokenizers are written locally, weights come from
+``torch.manual_seed(seed)``.
+"""
+
+from __future__ import annotations
+
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+import torch
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
+
+from tests.tiny_sd import tiny_tokenizer
+
+
+def _clip_config(tokenizer, **overrides) -> CLIPTextConfig:
+    settings = dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                    num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextConfig(**{**settings, **overrides})
+
+
+def tiny_t5_tokenizer() -> T5Tokenizer:
+    """A unigram T5 tokenizer over single letters and a few words, with T5's special tokens."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *((c, -2.0) for c in "▁abcdefghijklmnopqrstuvwxyz"),
+              *((f"▁{w}", -1.0) for w in ("a", "photo", "of", "cat", "drawing", "seven", "digit"))]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def tiny_sdxl_pipeline(seed: int = 0, force_zeros_for_empty_prompt: bool = True) -> StableDiffusionXLPipeline:
+    """SDXL's layout: CLIP-L + CLIP-G (with projection) → 64-d tokens + 32-d pooled; 8x8x4 latents."""
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64),
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4, sample_size=16,
+                        scaling_factor=0.13025)
+    text_encoder = CLIPTextModel(_clip_config(tokenizer, hidden_act="gelu", projection_dim=32))
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer, hidden_act="gelu", projection_dim=32))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(), tokenizer=tokenizer,
+        tokenizer_2=tiny_tokenizer(), unet=unet.eval(), scheduler=scheduler,
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=False,
+    )
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, dynamic_shift: bool = True) -> FluxPipeline:
+    """FLUX.1's layout: CLIP pooled (32) + T5 tokens (32-d, 16 positions), 2x2-packed latents, flow matching.
+
+    ``guidance_embeds=False`` is schnell-like (no guidance input), ``True`` dev-like; the scheduler
+    uses the real FLUX.1 config's dynamic (resolution-dependent) shift.
+    """
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 4, 8),
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4, norm_num_groups=8,
+                        sample_size=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                        scaling_factor=0.3611)
+    text_encoder = CLIPTextModel(_clip_config(tokenizer, hidden_act="gelu", projection_dim=32))
+    t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, num_train_timesteps=1000,
+        shift=1.0 if dynamic_shift else 3.0, use_dynamic_shifting=dynamic_shift,
+    )
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+                        text_encoder_2=t5.eval(), tokenizer_2=tiny_t5_tokenizer(), transformer=transformer.eval())
