@@ -37,7 +37,6 @@ ifeq ($(WORLD),mnist5k)
 	dvc repro
 	galot report
 else ifeq ($(WORLD),fashion)
-	cp dvc.yaml worlds/fashion/dvc.yaml
 	cd worlds/fashion && dvc repro && galot report
 else
 	$(error WORLD must be mnist5k or fashion, got '$(WORLD)')

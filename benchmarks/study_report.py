@@ -675,12 +675,41 @@ def fashion() -> list[str]:
     return lines
 
 
+def variants() -> list[str]:
+    """Issue 15's one-cycle probes (benchmarks/gal_probe.py) and PGD step measurement (benchmarks/pgd_steps.py)."""
+    import gal_probe
+
+    lines = ["## Generated images that teach: one-cycle probes", "",
+             "Written by `python benchmarks/gal_probe.py --world <world>` into "
+             "`benchmarks/results/gal_probe_<world>.json`; protocol (fixed before any result) in that script's "
+             "docstring. Each arm makes one cycle's synthetic set from the same labelled set and previous "
+             "classifier of a GALOT basic run, then 5 classifiers are trained on L ∪ G and scored on the "
+             "**validation** split (never the test set). \"vs basic\" is the arm's mean minus basic's at the same "
+             "|L|, in pp. judged: the judge's agreement with the pseudo-labels; informative & correct: images the "
+             "judge accepts and the previous classifier gets wrong; wrong: images the judge rejects; clf error: the "
+             "previous classifier's error on the generated images and on real validation images.", ""]
+    for world in gal_probe.WORLDS:
+        path = ROOT / "benchmarks" / "results" / f"gal_probe_{world}.json"
+        if path.exists():
+            lines += [f"### {world}", "", gal_probe.report(json.loads(path.read_text())), ""]
+        steps = ROOT / "benchmarks" / "results" / f"pgd_steps_{world}.json"
+        if steps.exists():
+            summary = json.loads(steps.read_text())["summary"]
+            lines += [f"PGD step size ({world}, `python benchmarks/pgd_steps.py --world {world}`): cos(s′ − s*, expected "
+                      "gradient), distance/ε, and the change of σ_GAL (margin objective, higher = less sure) on 60 "
+                      "images, per class, mean over classes and 3 seeds:", "",
+                      *md_table(["step", "cosine", "‖s′ − s*‖/ε", "σ_GAL change", "per 1,000 UNet calls"],
+                                [[k, f"{v['cosine']:.3f}", f"{v['distance_over_eps']:.2f}", f"{v['sigma_change']:+.4f}",
+                                  f"{v['sigma_change_per_1000_calls']:+.4f}"] for k, v in summary.items()])]
+    return lines
+
+
 def main() -> None:
     FIGS.mkdir(parents=True, exist_ok=True)
     data = json.loads(PSEUDO.read_text()) if PSEUDO.exists() else None
     effect = json.loads(EFFECT.read_text()) if EFFECT.exists() else None
     lines = [*header(), *side_by_side(), *claims(data), *table1(), *fig3(), *table2(), *fig4(data),
-             *textopt_effect(effect), *ablations(), *cost(), *fashion()]
+             *textopt_effect(effect), *ablations(), *cost(), *fashion(), *variants()]
     DOC.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOC} and {len(list(FIGS.glob('*.png')))} plots in {FIGS}")
 

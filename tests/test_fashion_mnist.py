@@ -114,3 +114,9 @@ def test_world_params_differ_from_the_default_only_in_world_keys():
     diff = {f"{s}.{k}" for s in default for k in default[s] if world[s].get(k) != default[s][k]}
     assert diff <= {"experiment.judge", "data.dataset", "pretrain.vae_steps", "pretrain.unet_steps"}
     assert set(world) == set(default) and all(set(world[s]) == set(default[s]) for s in default)
+
+
+def test_world_pipeline_is_the_default_pipeline():
+    """DVC reads dvc.yaml from the folder it runs in (and refuses an ignored one), so the world keeps a
+    copy of the repository's pipeline; the two must never drift apart."""
+    assert (ROOT / "worlds" / "fashion" / "dvc.yaml").read_bytes() == (ROOT / "dvc.yaml").read_bytes()
