@@ -16,6 +16,8 @@ Fashion world); its params.yaml names the dataset, the galot-mini folder and the
 3. ``sweep``: judged accuracy as ε grows (paper Fig. 4): (a) random directions s* + ε·u/‖u‖;
    (b) TextOpt's directions — sign-PGD maximising the margin acquisition of a weak classifier
    (trained on 20 real labels, like an early AL cycle), n = 10, k = 6.
+5. ``guidance``: judged accuracy at ε = 0 for guidance scales 1, 3, 5 and 7.5 (50 images per
+   class, the world's t2i.steps): how much class fidelity classifier-free guidance buys.
 4. ``cas``: the Classification Accuracy Score (Ravuri & Vinyals, NeurIPS 2019): the study's
    classifier (small_cnn, train.* of the world's params.yaml) trained on N generated images only
    (ε = 0, N/10 per class, the world's t2i.steps and guidance) and tested on the real test set,
@@ -55,7 +57,7 @@ WORLDS = {  # name -> (project folder, results file, grid image)
     "fashion": (ROOT / "worlds" / "fashion", ROOT / "benchmarks/results/t2i_quality_fashion.json",
                 "galot-mini-fashion-grid.png"),
 }
-PARTS = ("eps0", "grid", "sweep", "cas")
+PARTS = ("eps0", "grid", "sweep", "cas", "guidance")
 
 
 def generate_per_class(t2i, s, per_class, seed, steps, guidance, batch=100):
@@ -147,6 +149,17 @@ def cas(t2i, s_star, judge, d, cfg) -> dict:
     return out
 
 
+def guidance_sweep(t2i, s_star, judge, d, cfg) -> list[dict]:
+    rows = []
+    for w in (1.0, 3.0, 5.0, 7.5):
+        images, labels = generate_per_class(t2i, s_star, 50, 4, cfg.t2i.steps, w)
+        per_class = [judged_accuracy(judge, images[labels == c], labels[labels == c], d) for c in range(len(s_star))]
+        rows.append({"guidance": w, "steps": cfg.t2i.steps, "judged_accuracy": judged_accuracy(judge, images, labels, d),
+                     "per_class": per_class})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", choices=list(WORLDS), default="mnist5k")
@@ -187,6 +200,8 @@ def measure(args) -> None:
         result["sweep"] = sweep(t2i, s_star, judge, d, args)
     if "cas" in args.only:
         result["cas"] = cas(t2i, s_star, judge, d, cfg)
+    if "guidance" in args.only:
+        result["guidance"] = guidance_sweep(t2i, s_star, judge, d, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 
@@ -220,6 +235,13 @@ def world_section(world: str, r: dict) -> list[str]:
                   "|---:|---:|---:|---:|---:|"]
         lines += [f"| {row['n']} | {row['generated']:.1%} | {row['real']:.1%} | {row['cas_ratio']:.2f} | "
                   f"{row['generated_judged']:.1%} |" for row in c["rows"]]
+        lines.append("")
+    if "guidance" in r:
+        lines += [f"Judged accuracy at ε = 0 by classifier-free guidance scale ({r['guidance'][0]['steps']} steps, 500 "
+                  "images), overall and per class:", "",
+                  "| guidance | judged | " + " | ".join(names) + " |", "|---:|---:|" + "---:|" * len(names)]
+        lines += [f"| {g['guidance']} | {g['judged_accuracy']:.1%} | " + " | ".join(f"{a:.0%}" for a in g["per_class"])
+                  + " |" for g in r["guidance"]]
         lines.append("")
     if "sweep" in r:
         lines += [
