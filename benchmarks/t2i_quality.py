@@ -201,7 +201,7 @@ def measure(args) -> None:
     if "cas" in args.only:
         result["cas"] = cas(t2i, s_star, judge, d, cfg)
     if "guidance" in args.only:
-        result["guidance"] = guidance_sweep(t2i, s_star, judge, d, cfg)
+        result["guidance_sweep"] = guidance_sweep(t2i, s_star, judge, d, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 
@@ -211,7 +211,8 @@ def world_section(world: str, r: dict) -> list[str]:
     lines = [
         f"## {world}: galot-mini-{'fashion' if world == 'fashion' else 'mnist'}", "",
         f"Pretraining: {p['train_images']} images of the `{r.get('dataset', 'mnist5k')}` T2I split (disjoint from pool and test), "
-        f"{p['total_seconds'] / 60:.1f} min on this machine (VAE {p['vae_seconds'] / 60:.1f}, UNet "
+        f"{p['total_seconds'] / 60:.1f} min on this machine"
+        + (f" with {p['torch_threads']} torch thread(s)" if "torch_threads" in p else "") + f" (VAE {p['vae_seconds'] / 60:.1f}, UNet "
         f"{p['unet_seconds'] / 60:.1f}; {p['config']['vae_steps']} VAE and {p['config']['unet_steps']} UNet steps).",
         "",
         f"Judge (fully-supervised small CNN on the whole pool): {r['judge_test_accuracy']:.1%} on the real test set.",
@@ -236,12 +237,12 @@ def world_section(world: str, r: dict) -> list[str]:
         lines += [f"| {row['n']} | {row['generated']:.1%} | {row['real']:.1%} | {row['cas_ratio']:.2f} | "
                   f"{row['generated_judged']:.1%} |" for row in c["rows"]]
         lines.append("")
-    if "guidance" in r:
-        lines += [f"Judged accuracy at ε = 0 by classifier-free guidance scale ({r['guidance'][0]['steps']} steps, 500 "
+    if "guidance_sweep" in r:
+        lines += [f"Judged accuracy at ε = 0 by classifier-free guidance scale ({r['guidance_sweep'][0]['steps']} steps, 500 "
                   "images), overall and per class:", "",
                   "| guidance | judged | " + " | ".join(names) + " |", "|---:|---:|" + "---:|" * len(names)]
         lines += [f"| {g['guidance']} | {g['judged_accuracy']:.1%} | " + " | ".join(f"{a:.0%}" for a in g["per_class"])
-                  + " |" for g in r["guidance"]]
+                  + " |" for g in r["guidance_sweep"]]
         lines.append("")
     if "sweep" in r:
         lines += [

@@ -221,6 +221,7 @@ def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
         shutil.rmtree(tmp)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     info = {"vae_seconds": vae_seconds, "unet_seconds": unet_seconds, "total_seconds": time.perf_counter() - t0,
+            "torch_threads": torch.get_num_threads(),
             "train_images": n, "class_names": class_names,
             **({"templates": list(TEMPLATES)} if captions is None else {"captions": caps}),
             "scaling_factor": scaling, "config": asdict(cfg)}
