@@ -691,7 +691,10 @@ def variants() -> list[str]:
     for world in gal_probe.WORLDS:
         path = ROOT / "benchmarks" / "results" / f"gal_probe_{world}.json"
         if path.exists():
-            lines += [f"### {world}", "", gal_probe.report(json.loads(path.read_text())), ""]
+            rows = json.loads(path.read_text())
+            lines += [f"### {world}", "", "Summary: each arm against basic, averaged over the probed budgets "
+                      "(\"better\"/\"worse\": by more than 2 combined SEM):", "", gal_probe.summary(rows), "",
+                      "Per budget:", "", gal_probe.report(rows), ""]
         steps = ROOT / "benchmarks" / "results" / f"pgd_steps_{world}.json"
         if steps.exists():
             summary = json.loads(steps.read_text())["summary"]
