@@ -590,7 +590,7 @@ class Experiment:
         model = build_model(cfg.model.arch, d.channels, d.num_classes, cfg.model.dropout)
         head = LossPredictionHead(model.feature_dim) if cfg.al.strategy == "LossPrediction" else None
         result = fit(model, images, labels, self.preprocess, cfg.train, natural=d.natural, seed=seed,
-                     loss_head=head, progress=True)
+                     loss_head=head, progress=True, flip=d.auto_flip)
         save_classifier(model, path, arch=cfg.model.arch, in_channels=d.channels, loss_head=head)
         info = {"train_images": len(images), "steps": result.steps, "epochs": result.epochs,
                 "final_loss": result.final_loss, "seconds": result.seconds}
