@@ -34,10 +34,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from galot_core.config import ARCHITECTURES, load_config
 from galot_core.errors import GalotError
-from flows.labelling import wait_for_labels
-from tasks import cycle as steps
-from tasks.tracking import track_experiment, track_transfer, tracked_run
-from tasks.transfer import train_transfer
+from galot.flows.labelling import wait_for_labels
+from galot.tasks import cycle as steps
+from galot.tasks.tracking import track_experiment, track_transfer, tracked_run
+from galot.tasks.transfer import train_transfer
 
 TABLE_COLUMNS = ("cycle", "labelled", "generated", "epsilon", "test_accuracy", "judged_accuracy")
 
