@@ -24,12 +24,7 @@ from tests.tiny_families import tiny_flux_pipeline, tiny_sdxl_pipeline  # noqa: 
 PROMPTS = ["a photo of a cat", "a drawing of a seven"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models run fastest on one thread
 
 
 def seeded(seed: int = 0) -> torch.Generator:

@@ -28,7 +28,7 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import Tensor
 
-from galot_core.t2i.backend import DiffusersT2I, _loader, _moved, _read_model_index
+from galot_core.t2i.backend import PackedT2I, _loader, _moved, _read_model_index
 from galot_core.t2i.conditioning import Conditioning
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -43,7 +43,7 @@ class _TransformerInputs(NamedTuple):
     guidance: Tensor | None
 
 
-class FluxT2I(DiffusersT2I):
+class FluxT2I(PackedT2I):
     """FLUX.1 (``FluxPipeline`` folders). ``unet`` holds the ``FluxTransformer2DModel``;
     ``max_sequence_length`` is the T5 prompt length (the pipeline's default 512)."""
 
@@ -57,7 +57,6 @@ class FluxT2I(DiffusersT2I):
         self.tokenizer_2 = tokenizer_2
         self._freeze(self.text_encoder_2)
         self.max_sequence_length = max_sequence_length
-        self._layout: tuple[tuple[int, int], int | None] | None = None
 
     @classmethod
     def from_pipeline(cls, pipe: DiffusionPipeline, **kwargs: Any) -> FluxT2I:
@@ -96,24 +95,6 @@ class FluxT2I(DiffusersT2I):
                                   truncation=True, return_tensors="pt").input_ids.to(self.device)
         tokens = self.text_encoder_2(t5_ids, output_hidden_states=False)[0]
         return Conditioning(tokens.to(torch.float32), pooled.to(torch.float32))
-
-    def encode(self, prompts: list[str]) -> Tensor:
-        """The packed optimised conditioning (B, 1, L·D + P) of ``prompts`` (TextOpt's variable)."""
-        return self.encode_conditioning(prompts).pack()
-
-    @property
-    def uncond(self) -> Tensor:
-        """The packed encoding of "" (FLUX has no guidance batch; kept for the layout and the API)."""
-        if self._uncond is None:
-            empty = self.encode_conditioning([""])
-            self._layout = empty.layout()
-            self._uncond = empty.pack()
-        return self._uncond
-
-    def unpack(self, packed: Tensor) -> Conditioning:
-        if self._layout is None:
-            self.uncond  # noqa: B018 - computes the layout
-        return Conditioning.unpack(packed, self._layout)
 
     # ------------------------------------------------------------------ sizes and noise
 

@@ -25,7 +25,7 @@ from diffusers import DiffusionPipeline
 from torch import Tensor
 
 from galot_core.errors import GalotError
-from galot_core.t2i.backend import DiffusersT2I, _loader, _moved, _read_model_index
+from galot_core.t2i.backend import PackedT2I, _loader, _moved, _read_model_index
 from galot_core.t2i.conditioning import Conditioning
 
 _REQUIRED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -38,7 +38,7 @@ class _UNetInputs(NamedTuple):
     time_ids: Tensor
 
 
-class SDXLT2I(DiffusersT2I):
+class SDXLT2I(PackedT2I):
     """SDXL (``StableDiffusionXLPipeline`` folders). Extra args: the second encoder and tokenizer,
     and ``force_zeros_for_empty_prompt`` (the pipeline's config flag)."""
 
@@ -62,7 +62,6 @@ class SDXLT2I(DiffusersT2I):
         if passed != expected:
             raise GalotError(f"t2i.model: this SDXL UNet's added embedding takes {expected} features, but 6 size "
                              f"ids and the pooled vector give {passed} (a refiner?): use an SDXL base model")
-        self._layout: tuple[tuple[int, int], int | None] | None = None
 
     @classmethod
     def from_pipeline(cls, pipe: DiffusionPipeline, **kwargs: Any) -> SDXLT2I:
@@ -106,26 +105,12 @@ class SDXLT2I(DiffusersT2I):
                              "be a CLIPTextModelWithProjection")
         return Conditioning(torch.cat(states, dim=-1).to(torch.float32), pooled.to(torch.float32))
 
-    def encode(self, prompts: list[str]) -> Tensor:
-        """The packed optimised conditioning (B, 1, 77·D + P) of ``prompts`` (TextOpt's variable)."""
-        return self.encode_conditioning(prompts).pack()
-
-    @property
-    def uncond(self) -> Tensor:
-        """The packed unconditional conditioning (1, 1, N): zeros (force_zeros_for_empty_prompt) or ""."""
-        if self._uncond is None:
-            empty = self.encode_conditioning([""])
-            if self.force_zeros_for_empty_prompt:
-                empty = Conditioning(torch.zeros_like(empty.tokens), torch.zeros_like(empty.pooled))
-            self._layout = empty.layout()
-            self._uncond = empty.pack()
-        return self._uncond
-
-    def unpack(self, packed: Tensor) -> Conditioning:
-        """Tokens and pooled of a packed conditioning (views: gradients reach ``packed``)."""
-        if self._layout is None:
-            self.uncond  # noqa: B018 - computes the layout
-        return Conditioning.unpack(packed, self._layout)
+    def unconditional(self) -> Conditioning:
+        """Zeros (force_zeros_for_empty_prompt, as the pipeline) or the encoding of ""."""
+        empty = self.encode_conditioning([""])
+        if self.force_zeros_for_empty_prompt:
+            empty = Conditioning(torch.zeros_like(empty.tokens), torch.zeros_like(empty.pooled))
+        return empty
 
     # ------------------------------------------------------------------ family hooks
 
