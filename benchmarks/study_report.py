@@ -687,7 +687,9 @@ def variants() -> list[str]:
              "**validation** split (never the test set). \"vs basic\" is the arm's mean minus basic's at the same "
              "|L|, in pp. judged: the judge's agreement with the pseudo-labels; informative & correct: images the "
              "judge accepts and the previous classifier gets wrong; wrong: images the judge rejects; clf error: the "
-             "previous classifier's error on the generated images and on real validation images.", ""]
+             "previous classifier's error on the generated images and on real validation images. The 5 trainings "
+             "share one synthetic set per arm, so the SEM covers training noise, not a second draw of the images. "
+             "The guidance arms were added after the first arms' results (chosen on validation data).", ""]
     for world in gal_probe.WORLDS:
         path = ROOT / "benchmarks" / "results" / f"gal_probe_{world}.json"
         if path.exists():
