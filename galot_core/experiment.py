@@ -593,19 +593,20 @@ class Experiment:
         confirmed = torch.ones(len(entries), dtype=torch.bool)
         zero_shot: list[int] | None = None
         calls = 0
+        raw = torch.stack([synthetic.decode_png(folder / e.file) for e in entries])  # decoded once, two uses
         if g.label_check == "diffusion":
-            raw = torch.stack([synthetic.decode_png(folder / e.file) for e in entries]).float() / 255
             with self.t2i_lock:
                 t2i = self.t2i
                 calls_before = t2i.num_unet_calls
                 gen = torch.Generator(t2i.device).manual_seed(cycle_seed(self.cfg.experiment.seed, cycle, 7))
-                zero_shot = diffusion_classify(t2i, raw, t2i.encode(self.prompts()), generator=gen).cpu().tolist()
+                zero_shot = diffusion_classify(t2i, raw.float() / 255, t2i.encode(self.prompts()),
+                                               generator=gen).cpu().tolist()
                 calls = t2i.num_unet_calls - calls_before
             confirmed = torch.tensor(zero_shot) == labels_
         score = torch.zeros(len(entries))
         previous = self.load_model(cycle - 1)
         if previous is not None and g.candidates > 1:
-            images, _ = synthetic.load_synthetic_entries(folder, entries, d.image_size, d.channels)
+            images = torch.cat([synthetic.resize_uint8(x.unsqueeze(0), d.image_size, d.channels) for x in raw])
             logits = predict(previous[0], images, self.preprocess, device=self.device,
                              batch_size=self.cfg.train.eval_batch_size)["logits"]
             score = (torch.rand(len(entries), generator=torch.Generator().manual_seed(

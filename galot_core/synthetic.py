@@ -17,6 +17,7 @@ dataset's size with the same antialiased resize the classifier's preprocessing u
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -108,12 +109,16 @@ def decode_png(source: Path | bytes) -> torch.Tensor:
     return arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
 
 
-def resize_uint8(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
-    """uint8 images (N, C, H, W) → uint8 (N, channels, size, size) with the classifier's antialiased resize."""
+@functools.lru_cache(maxsize=8)
+def _resizer(size: int, channels: int):
     from galot_core.transforms import Preprocess
 
-    to_size = Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels)
-    return (to_size(images).clamp(0, 1) * 255).round().to(torch.uint8)
+    return Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels)
+
+
+def resize_uint8(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """uint8 images (N, C, H, W) → uint8 (N, channels, size, size) with the classifier's antialiased resize."""
+    return (_resizer(size, channels)(images).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def decode_entries(items: list[tuple[ManifestEntry, bytes]], size: int,
