@@ -73,11 +73,11 @@ def _prepare_run(args: argparse.Namespace, overrides: list[str]):
         moved = replace_if_changed(cfg)
         if moved:
             print(f"galot: parameters changed; moved the old run folder to {moved} and starting afresh", flush=True)
-    from tasks.cycle import experiment
+    from tasks.cycle import context
 
-    # The flow's tasks reuse this Experiment (same parameters, same process), so the dataset
+    # The flow's tasks reuse this context (same parameters, same process), so the dataset
     # and the diffusion model loaded for these checks are loaded once.
-    exp = experiment(cfg.to_dict())
+    exp = context(cfg.to_dict())
     # Everything that can be wrong is checked before the first byte is written.
     exp.dataset  # noqa: B018  (a bad dataset path fails here, with one line)
     exp.check()
@@ -107,16 +107,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_cycle(args: argparse.Namespace) -> int:
     from flows.galot import galot_cycle
+    from galot_core.context import describe
+    from galot_core.cycle import next_cycle
 
     overrides = _run_overrides(args)
     cfg, exp = _prepare_run(args, overrides)
-    if exp.completed_cycles() >= cfg.experiment.cycles:
-        raise GalotError(f"experiment.cycles: all {cfg.experiment.cycles} cycles of '{cfg.experiment.name}' are "
-                         "complete; raise experiment.cycles to go on")
+    next_cycle(exp)  # one line when every cycle is complete
     m = galot_cycle(str(Path(args.params).resolve()), overrides)
     print(format_table(exp.all_metrics()))
-    acc = "n/a (no labelled test set)" if m["test_accuracy"] is None else f"{m['test_accuracy']:.4f}"
-    print(f"galot: cycle {m['cycle']} complete, test accuracy {acc}")
+    print(f"galot: cycle {m['cycle']} complete, test accuracy {describe(m['test_accuracy'])}")
     return 0
 
 

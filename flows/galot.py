@@ -22,7 +22,6 @@ Prefect's ephemeral mode (that is how the CLI, ``dvc repro`` and the tests call 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,9 +32,13 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from galot_core.config import ARCHITECTURES, load_config
+from galot_core.context import Context, describe
+from galot_core.cycle import next_cycle, run_cycle
 from galot_core.errors import GalotError
+from galot_core.steps import export_cycle
+from galot_core.steps.evaluate import write_summary
 from flows.labelling import wait_for_labels
-from tasks import cycle as steps
+from tasks.cycle import TASKS, context
 from tasks.tracking import track_experiment, track_transfer
 from tasks.transfer import train_transfer
 
@@ -48,14 +51,10 @@ def _artifact_key(name: str, what: str) -> str:
     return f"galot-{slug}-{what}"[:100]
 
 
-def _acc(value: float | None) -> str:
-    return "n/a (no labelled test set)" if value is None else f"{value:.4f}"
-
-
 def _summary_markdown(cfg_dict: dict[str, Any], rows: list[dict[str, Any]], last: dict[str, Any]) -> str:
     e = cfg_dict["experiment"]
     lines = [f"# {e['name']}: cycle {last['cycle']} of {e['cycles']} ({e['mode']}, {cfg_dict['data']['dataset']})",
-             "", f"- test accuracy **{_acc(last['test_accuracy'])}** with |L| = {last['labelled']} real labels"
+             "", f"- test accuracy **{describe(last['test_accuracy'])}** with |L| = {last['labelled']} real labels"
              f" and |G| = {last['generated']} generated images (ε = {last['epsilon']:.3f})"]
     if last.get("judged_accuracy") is not None:
         lines.append(f"- judged pseudo-label accuracy of this cycle's images: {last['judged_accuracy']:.3f}")
@@ -63,42 +62,45 @@ def _summary_markdown(cfg_dict: dict[str, Any], rows: list[dict[str, Any]], last
     if last.get("unet_calls"):
         lines.append("- UNet calls: " + ", ".join(f"{k} {v}" for k, v in last["unet_calls"].items()))
     lines += ["", "| cycle | labelled | generated | ε | test accuracy |", "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['cycle']} | {r['labelled']} | {r['generated']} | {r['epsilon']:.3f} | {_acc(r['test_accuracy'])} |"
+    lines += [f"| {r['cycle']} | {r['labelled']} | {r['generated']} | {r['epsilon']:.3f} | {describe(r['test_accuracy'])} |"
               for r in rows]
     return "\n".join(lines)
 
 
+class PrefectSteps:
+    """The executor galot_core.cycle.run_cycle gets in a flow: every step a Prefect task
+    (tasks/cycle.py), fan-outs a ``galot-fanout`` subflow on the configured task runner."""
+
+    def __init__(self, cfg: dict[str, Any], pause_for_labels: bool) -> None:
+        self.cfg, self.pause_for_labels = cfg, pause_for_labels
+
+    def one(self, step, ctx: Context, cycle: int, *args: Any) -> Any:
+        return TASKS[step](self.cfg, cycle, *args)
+
+    def each(self, step, ctx: Context, cycle: int, keys: list[int]) -> list[Any]:
+        remote = _absolute(self.cfg) if self.cfg["runner"]["task_runner"] == "dask" else self.cfg
+        return fan_out.with_options(task_runner=task_runner(self.cfg))(step.__name__, remote, cycle, keys)
+
+    def wait_for_labels(self, ctx: Context, cycle: int) -> None:
+        wait_for_labels(ctx.dir, cycle, self.pause_for_labels)
+
+
+@flow(name="galot-fanout", log_prints=True)
+def fan_out(step: str, cfg: dict[str, Any], cycle: int, keys: list[int]) -> list[Any]:
+    """One task per TextOpt group or generation shard, placed by the task runner; all their records."""
+    task_ = next(t for fn, t in TASKS.items() if fn.__name__ == step)
+    return [f.result() for f in [task_.submit(cfg, cycle, k) for k in keys]]
+
+
 def run_one_cycle(cfg: dict[str, Any], pause_for_labels: bool = False) -> dict[str, Any]:
-    """Select → (labels) → (TextOpt → generate) → train → export → evaluate, timing each step."""
-    exp = steps.experiment(cfg)
-    exp.start()
-    cycle = exp.completed_cycles() + 1
-    if cycle > exp.cfg.experiment.cycles:
-        raise GalotError(f"experiment.cycles: all {exp.cfg.experiment.cycles} cycles of '{exp.cfg.experiment.name}' "
-                         "are complete; raise experiment.cycles to go on")
-    seconds: dict[str, float] = {}
-
-    def timed(name: str, task_, *args):
-        t = time.perf_counter()
-        out = task_(*args)
-        seconds[name] = round(time.perf_counter() - t, 3)
-        return out
-
-    timed("select", steps.select_real_batch, cfg, cycle)
-    if exp.human_oracle:
-        # Waiting for a person is not work: it is not timed, and the labels step then only commits.
-        wait_for_labels(exp.dir, cycle, pause_for_labels)
-        timed("labels", steps.receive_labels, cfg, cycle)
-    if exp.uses_generation:
-        seconds.update(diffusion_steps.with_options(task_runner=task_runner(cfg))(cfg, cycle))
-    timed("train", steps.train, cfg, cycle)
-    timed("export", steps.export_dataset, cfg, cycle)
-    metrics = steps.evaluate(cfg, cycle, seconds)
-    rows = exp.all_metrics()
-    create_table_artifact([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows],
-                          key=_artifact_key(exp.cfg.experiment.name, "accuracy"),
-                          description=f"Accuracy by cycle of experiment '{exp.cfg.experiment.name}'")
-    create_markdown_artifact(_summary_markdown(cfg, rows, metrics), key=_artifact_key(exp.cfg.experiment.name, "summary"),
+    """The experiment's next cycle (galot_core.cycle.run_cycle, steps as tasks), then its artifacts."""
+    ctx = context(cfg)
+    ctx.start()
+    metrics = run_cycle(ctx, next_cycle(ctx), PrefectSteps(cfg, pause_for_labels))
+    rows, name = ctx.folder.all_metrics(), ctx.cfg.experiment.name
+    create_table_artifact([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], key=_artifact_key(name, "accuracy"),
+                          description=f"Accuracy by cycle of experiment '{name}'")
+    create_markdown_artifact(_summary_markdown(cfg, rows, metrics), key=_artifact_key(name, "summary"),
                              description="Latest cycle")
     track_experiment(cfg)
     return metrics
@@ -157,27 +159,6 @@ def _absolute(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@flow(name="galot-diffusion", log_prints=True)
-def diffusion_steps(cfg: dict[str, Any], cycle: int) -> dict[str, float]:
-    """Lines 6–9 fanned out: TextOpt per group of classes, then generation per shard, each a task
-    the configured task runner places; the merges run here. Returns seconds per stage."""
-    exp = steps.experiment(cfg)
-    remote = _absolute(cfg) if cfg["runner"]["task_runner"] == "dask" else cfg
-    seconds = {}
-    t = time.perf_counter()
-    if not (exp.cycle_dir(cycle) / "embeddings.safetensors").exists():
-        futures = [steps.optimize_embeddings.submit(remote, cycle, g) for g in range(len(exp.textopt_groups()))]
-        [f.result() for f in futures]
-    steps.merge_embeddings(cfg, cycle)
-    seconds["textopt"] = round(time.perf_counter() - t, 3)
-    t = time.perf_counter()
-    futures = [steps.generate_images.submit(remote, cycle, k) for k in exp.generation_shards(cycle)]
-    [f.result() for f in futures]
-    steps.merge_generated(cfg, cycle)
-    seconds["generate"] = round(time.perf_counter() - t, 3)
-    return seconds
-
-
 @flow(name="galot", log_prints=True)
 def galot_cycle(params: str = "params.yaml", overrides: list[str] | None = None,
                 pause_for_labels: bool = False) -> dict[str, Any]:
@@ -194,21 +175,21 @@ def galot_run(params: str = "params.yaml", overrides: list[str] | None = None,
               pause_for_labels: bool = False) -> list[dict[str, Any]]:
     """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
     cfg = load_config(params, overrides or [])
-    exp = steps.experiment(cfg.to_dict())
-    exp.start()
-    if exp.completed_cycles() < cfg.experiment.cycles:
+    ctx = context(cfg.to_dict())
+    ctx.start()
+    if ctx.folder.completed_cycles() < cfg.experiment.cycles:
         with local_dask_cluster(cfg.to_dict()) as address:
             # One cluster for every cycle, so its workers keep the diffusion model loaded.
             extra = [f"runner.dask_address={address}"] if address else []
-            for _ in range(exp.completed_cycles(), cfg.experiment.cycles):
+            for _ in range(ctx.folder.completed_cycles(), cfg.experiment.cycles):
                 galot_cycle(params, [*(overrides or []), *extra], pause_for_labels)
-    if exp.completed_cycles():
+    if ctx.folder.completed_cycles():
         # The deliverables (exported dataset, summary, classifier copy) exist even when every
         # cycle was already done, e.g. after `dvc repro` removed them to rerun the stage.
-        steps.export_dataset(cfg.to_dict(), exp.completed_cycles())
-        exp.write_summary()
+        export_cycle(ctx, ctx.folder.completed_cycles())
+        write_summary(ctx)
     track_experiment(cfg.to_dict())  # catch up cycles completed by an earlier, interrupted run
-    return exp.all_metrics()
+    return ctx.folder.all_metrics()
 
 
 @flow(name="galot-transfer", log_prints=True)

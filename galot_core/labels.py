@@ -385,18 +385,18 @@ class LabelFileError(GalotError):
         return (type(self), (self.problems,))
 
 
-def commit(batch: Batch, answers: list[dict[str, Any]]) -> tuple[list[int], list[int], list[int]]:
-    """(labelled indices, their class indices, skipped indices), in the batch's selection order."""
+def split_answers(batch: Batch, answers: list[dict[str, Any]]) -> tuple[list[int], list[int], list[int]]:
+    """(labelled indices, their class indices, skipped indices), in the batch's selection order; writes nothing."""
     by_index = {a["index"]: a["answer"] for a in answers}
-    labelled, labels, skipped = [], [], []
+    labelled, classes, skipped = [], [], []
     for it in batch.items:
         ans = by_index[it.index]
         if ans == SKIP:
             skipped.append(it.index)
         else:
             labelled.append(it.index)
-            labels.append(batch.classes.index(ans))
-    return labelled, labels, skipped
+            classes.append(batch.classes.index(ans))
+    return labelled, classes, skipped
 
 
 def status(run_dir: str | Path) -> dict[str, Any]:

@@ -218,3 +218,25 @@ def random_direction_grad(generator: torch.Generator) -> GradFn:
         return g.to(device=s.device, dtype=torch.float32)
 
     return grad_fn
+
+
+def sigma_gal_gradient(t2i, classifier: torch.nn.Module, preprocess: torch.nn.Module, strategy: str, s: Tensor, *,
+                       samples: int, generator: torch.Generator, num_inference_steps: int, guidance_scale: float,
+                       estimator: str = "last_step", noise: Tensor | None = None,
+                       batch_size: int | None = None) -> Tensor:
+    """∇_s E_{x ~ p(x|s)} σ_GAL(x, f_θ) (Eq. 5, Proposition 1): the gradient TextOpt ascends.
+
+    ``t2i`` is a :class:`galot_core.t2i.DiffusersT2I` (any object with its ``acquisition_grad``);
+    ``classifier`` is f_θ, fed the generated images through ``preprocess``; ``strategy`` is a
+    differentiable σ_GAL (``gal.strategy``, galot_core.acquisition). Each row of ``s`` gets
+    ``samples`` (k) images, from ``noise`` if given, else drawn from ``generator``. Wrap it in
+    a ``lambda s: ...`` to pass it to :func:`optimize` as ``grad_fn``.
+    """
+    from galot_core import acquisition
+
+    def objective(images: Tensor) -> Tensor:
+        return acquisition.objective(strategy, classifier(preprocess(images)))
+
+    return t2i.acquisition_grad(s, objective, k=samples, generator=generator, noise=noise,
+                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                estimator=estimator, batch_size=batch_size)[0]

@@ -1,8 +1,10 @@
-"""The steps of one GALOT cycle (Algorithm 1, lines 5–10) as Prefect tasks.
+"""The steps of one GALOT cycle (galot_core.steps) as Prefect tasks, one task per step function.
 
-Thin on purpose: each task rebuilds the experiment from its parameters (a plain dict, so
-Prefect can hash and show it), calls one step of :class:`galot_core.experiment.Experiment`,
-and returns a small record — paths and numbers, never tensors or models.
+Thin on purpose: each task gets the experiment's :class:`~galot_core.context.Context` for its
+parameters (a plain dict, so Prefect can show it and Dask can ship it), calls the step
+function of the same name, and returns a small record — paths and numbers, never tensors
+or models. :data:`TASKS` maps each step function to its task, which is how the flow's
+executor (flows/galot.py) runs galot_core.cycle.run_cycle's steps as tasks.
 
 Caching: the run folder is the cache. Every step skips work whose outputs are already on
 disk, so a rerun after a crash continues where it stopped. Prefect's own result cache is
@@ -24,24 +26,24 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from galot_core import steps
 from galot_core.config import config_from_dict
 from galot_core.errors import GalotError
 from galot_core.experiment import Experiment
-
 
 _lock = threading.Lock()
 
 
 @lru_cache(maxsize=4)
-def _experiment(cfg_json: str) -> Experiment:
-    # One Experiment per process and configuration: the dataset and the diffusion model
-    # are loaded once and shared by the tasks of every cycle this process runs.
+def _context(cfg_json: str) -> Experiment:
+    # One context per process and configuration: the dataset and the diffusion model are
+    # loaded once and shared by the tasks of every cycle this process runs.
     return Experiment(config_from_dict(json.loads(cfg_json), source="flow parameters"))
 
 
-def experiment(cfg: dict[str, Any]) -> Experiment:
-    with _lock:  # tasks in threads must share one Experiment (and its one copy of the model)
-        return _experiment(json.dumps(cfg, sort_keys=True))
+def context(cfg: dict[str, Any]) -> Experiment:
+    with _lock:  # tasks in threads must share one context (and its one copy of the model)
+        return _context(json.dumps(cfg, sort_keys=True))
 
 
 def on_worker(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -69,70 +71,68 @@ def transient(task_, task_run, state) -> bool:
 @task(name="select_real_batch", cache_policy=NO_CACHE)
 def select_real_batch(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
     """Line 5: the most informative unlabelled images by σ_AL, labelled by the oracle."""
-    exp = experiment(cfg)
-    picked = exp.select(cycle)
-    return {"cycle": cycle, "selected": len(picked), "labelled": len(exp.pool_state().labelled)}
+    ctx = context(cfg)
+    picked = steps.select_real_batch(ctx, cycle)
+    return {"cycle": cycle, "selected": len(picked), "labelled": len(ctx.pool_state().labelled)}
 
 
 @task(name="receive_labels", cache_policy=NO_CACHE)
 def receive_labels(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
     """The human oracle's answers for the batch, committed to the pool (raises WaitingForLabels until complete)."""
-    exp = experiment(cfg)
-    return {"cycle": cycle, **exp.receive_labels(cycle)}
+    return {"cycle": cycle, **steps.receive_labels(context(cfg), cycle)}
 
 
-@task(name="optimize_embeddings", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
-      retry_condition_fn=transient, task_run_name="optimize_embeddings-c{cycle}-g{group}")
-def optimize_embeddings(cfg: dict[str, Any], cycle: int, group: int) -> dict[str, Any]:
+@task(name="optimize_group", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
+      retry_condition_fn=transient, task_run_name="optimize_group-c{cycle}-g{group}")
+def optimize_group(cfg: dict[str, Any], cycle: int, group: int) -> dict[str, Any]:
     """Lines 6–8 for one group of classes: TextOpt, PGD on their text embeddings against the last classifier."""
-    experiment(on_worker(cfg)).optimize_group(cycle, group)
-    return {"cycle": cycle, "group": group}
+    return {"cycle": cycle, "group": group, "unet_calls": steps.optimize_group(context(on_worker(cfg)), cycle, group)}
 
 
 @task(name="merge_embeddings", cache_policy=NO_CACHE)
 def merge_embeddings(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
     """Every class's optimised embedding in one file, the input of generation."""
-    exp = experiment(cfg)
-    info = exp.merge_embeddings(cycle)
-    return {"cycle": cycle, "embeddings": str(exp.cycle_dir(cycle) / "embeddings.safetensors"), **info}
+    ctx = context(cfg)
+    info = steps.merge_embeddings(ctx, cycle)
+    return {"cycle": cycle, "embeddings": str(ctx.folder.embeddings_path(cycle)), **info}
 
 
-@task(name="generate_images", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
-      retry_condition_fn=transient, task_run_name="generate_images-c{cycle}-s{shard}")
-def generate_images(cfg: dict[str, Any], cycle: int, shard: int) -> dict[str, Any]:
+@task(name="generate_shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
+      retry_condition_fn=transient, task_run_name="generate_shard-c{cycle}-s{shard}")
+def generate_shard(cfg: dict[str, Any], cycle: int, shard: int) -> dict[str, Any]:
     """Line 9 for one shard: its images from the optimised embeddings, to disk."""
-    return {"cycle": cycle, "shard": shard, "images": experiment(on_worker(cfg)).generate_shard(cycle, shard)}
+    return {"cycle": cycle, "shard": shard, "images": steps.generate_shard(context(on_worker(cfg)), cycle, shard)}
 
 
 @task(name="merge_generated", cache_policy=NO_CACHE)
 def merge_generated(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
-    """The shards' images in the cycle's manifest."""
-    from galot_core import synthetic
-
-    exp = experiment(cfg)
-    n = exp.merge_generated(cycle)
-    return {"cycle": cycle, "folder": str(synthetic.cycle_folder(exp.dir, cycle)), "images": n}
+    """The shards' images in the cycle's manifest (and the B_GAL kept of the candidates)."""
+    ctx = context(cfg)
+    n = steps.merge_generated(ctx, cycle)
+    return {"cycle": cycle, "folder": str(ctx.folder.synthetic_dir(cycle)), "images": n}
 
 
-@task(name="train", cache_policy=NO_CACHE)
-def train(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+@task(name="train_classifier", cache_policy=NO_CACHE)
+def train_classifier(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
     """Line 10: a fresh classifier on the real labelled ∪ generated images."""
-    exp = experiment(cfg)
-    info = exp.train(cycle)
-    return {"cycle": cycle, "model": str(exp.cycle_dir(cycle) / "model.safetensors"), **info}
+    ctx = context(cfg)
+    info = steps.train_classifier(ctx, cycle)
+    return {"cycle": cycle, "model": str(ctx.folder.model_path(cycle)), **info}
 
 
-@task(name="export_dataset", cache_policy=NO_CACHE)
-def export_dataset(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
-    """Pack real selections + synthetic shards for DVC and the transfer flow."""
-    exp = experiment(cfg)
-    return {"cycle": cycle, "dataset": str(exp.export(cycle))}
+@task(name="export_cycle", cache_policy=NO_CACHE)
+def export_cycle(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+    """The cycle's shard of the exported dataset, for DVC and the transfer flow."""
+    return {"cycle": cycle, "dataset": str(steps.export_cycle(context(cfg), cycle))}
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(cfg: dict[str, Any], cycle: int, seconds: dict[str, float]) -> dict[str, Any]:
+@task(name="evaluate_cycle", cache_policy=NO_CACHE)
+def evaluate_cycle(cfg: dict[str, Any], cycle: int, seconds: dict[str, float]) -> dict[str, Any]:
     """Test accuracy (and judged pseudo-label accuracy); writing the metrics completes the cycle."""
-    exp = experiment(cfg)
-    metrics = exp.evaluate(cycle, seconds).to_dict()
-    grid = exp.sample_grid(cycle)
-    return {**metrics, "grid": str(grid) if grid else None}
+    return steps.evaluate_cycle(context(cfg), cycle, seconds)
+
+
+# Each step function of galot_core.steps and the task that runs it.
+TASKS = {getattr(steps, t.name): t for t in (select_real_batch, receive_labels, optimize_group, merge_embeddings,
+                                             generate_shard, merge_generated, train_classifier, export_cycle,
+                                             evaluate_cycle)}

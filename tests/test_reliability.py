@@ -91,7 +91,7 @@ def test_out_of_memory_halves_the_batch_and_images_are_unchanged(tmp_path, tiny_
     with caplog.at_level("WARNING", logger="galot"):
         exp.run()
     assert "out of GPU memory during generation" in caplog.text and "out of GPU memory during TextOpt" in caplog.text
-    assert exp._generate_batch <= 3 and exp._textopt_batch <= 3
+    assert exp.batch_limit["generation"] <= 3 and exp.batch_limit["TextOpt"] <= 3
     for c in (1, 2):
         a = synthetic.read_manifest(synthetic.cycle_folder(ref.dir, c))
         b = synthetic.read_manifest(synthetic.cycle_folder(exp.dir, c))
@@ -117,8 +117,8 @@ def test_retries_only_where_they_can_help():
 
     from tasks import cycle
 
-    assert cycle.generate_images.retries == 2 and cycle.optimize_embeddings.retries == 2
-    assert cycle.select_real_batch.retries == 0 and cycle.train.retries == 0
+    assert cycle.generate_shard.retries == 2 and cycle.optimize_group.retries == 2
+    assert cycle.select_real_batch.retries == 0 and cycle.train_classifier.retries == 0
     assert cycle.transient(None, None, Failed(data=RuntimeError("CUDA error: unspecified launch failure")))
     assert not cycle.transient(None, None, Failed(data=GalotError("t2i.model: missing")))
 

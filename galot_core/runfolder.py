@@ -1,0 +1,216 @@
+"""The run folder: every path of a run, and one reader (and writer) for each of its files.
+
+One experiment is one folder; the steps of a cycle (galot_core/steps/) communicate only
+through it, so a run killed at any point continues where it stopped. Layout::
+
+    runs/<name>/
+      config.json                 parameters the experiment was started with (its ε schedule too)
+      pool.json                   labelled pool indices, labels, cycle bought
+      labels/                     human oracle only: each cycle's batch, thumbnails, answers
+      cycles/cycle_003/
+        .textopt-000.safetensors  one TextOpt group's result, until merged
+        embeddings.safetensors    s* and the TextOpt-optimised s, one row per class
+        generate_unet_calls.json  UNet calls generation spent (across resumes)
+        selection.json            kept / rejected candidates (gal.candidates, gal.label_check)
+        rejected/                 the rejected candidates' PNGs
+        model.safetensors         classifier trained in cycle 3
+        train.json                how it was trained
+        metrics.json              test accuracy, |L|, |G|, ε, seconds per step: the cycle is complete
+        grid.png                  what the cycle added, for people
+      synthetic/cycle_003/        generated images + manifest.jsonl (galot_core.synthetic)
+      dataset/                    the export DVC versions (galot_core.export)
+      metrics.json, accuracy.csv, summary.json, classifier.safetensors   run-level deliverables
+
+Every write is atomic (galot_core.io); a reader returns None (or an empty list) for a file
+that does not exist yet, and raises a one-line :class:`GalotError` for one that is corrupt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from galot_core import synthetic
+from galot_core.data.pool import PoolState
+from galot_core.io import atomic_write_bytes, atomic_write_json, read_json, safetensors_bytes, safetensors_metadata
+
+
+class RunFolder:
+    """Paths and file access of one run folder (``runs/<experiment.name>``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ----- paths --------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def pool_path(self) -> Path:
+        return self.path / "pool.json"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.path / "labels"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.path / "dataset"
+
+    def cycle_dir(self, cycle: int) -> Path:
+        return self.path / "cycles" / f"cycle_{cycle:03d}"
+
+    def synthetic_dir(self, cycle: int) -> Path:
+        return self.path / "synthetic" / f"cycle_{cycle:03d}"
+
+    def embeddings_path(self, cycle: int) -> Path:
+        return self.cycle_dir(cycle) / "embeddings.safetensors"
+
+    def group_path(self, cycle: int, group: int) -> Path:
+        return self.cycle_dir(cycle) / f".textopt-{group:03d}.safetensors"
+
+    def part_path(self, cycle: int, shard: int) -> Path:
+        return self.synthetic_dir(cycle) / f".part-{shard:05d}.json"
+
+    def generate_calls_path(self, cycle: int) -> Path:
+        return self.cycle_dir(cycle) / "generate_unet_calls.json"
+
+    def selection_path(self, cycle: int) -> Path:
+        return self.cycle_dir(cycle) / "selection.json"
+
+    def rejected_dir(self, cycle: int) -> Path:
+        return self.cycle_dir(cycle) / "rejected"
+
+    def model_path(self, cycle: int) -> Path:
+        return self.cycle_dir(cycle) / "model.safetensors"
+
+    def train_info_path(self, cycle: int) -> Path:
+        return self.cycle_dir(cycle) / "train.json"
+
+    def metrics_path(self, cycle: int) -> Path:
+        return self.cycle_dir(cycle) / "metrics.json"
+
+    def grid_path(self, cycle: int) -> Path:
+        return self.cycle_dir(cycle) / "grid.png"
+
+    def label_batch_path(self, cycle: int) -> Path:
+        return self.labels_dir / f"cycle_{cycle:03d}.json"
+
+    def label_answers_path(self, cycle: int) -> Path:
+        return self.labels_dir / f"cycle_{cycle:03d}.answers.json"
+
+    # ----- config and pool ----------------------------------------------------------------
+    def read_config(self) -> dict[str, Any] | None:
+        """The parameters the run was started with, as written (validate with galot_core.config)."""
+        return read_json(self.config_path) if self.config_path.exists() else None
+
+    def write_config(self, params: dict[str, Any]) -> None:
+        atomic_write_json(self.config_path, params)
+
+    def read_pool(self, pool_size: int) -> PoolState:
+        return PoolState.load_or_new(self.pool_path, pool_size)
+
+    def read_pool_json(self) -> dict[str, Any] | None:
+        """pool.json as stored, without knowing the dataset (labelling tools, verify)."""
+        return read_json(self.pool_path) if self.pool_path.exists() else None
+
+    def write_pool(self, state: PoolState) -> None:
+        state.save(self.pool_path)
+
+    # ----- embeddings ---------------------------------------------------------------------
+    def read_embeddings(self, cycle: int) -> dict[str, torch.Tensor] | None:
+        """``s_star``, ``s`` and ``epsilon`` (one row per class) of the cycle, or None before TextOpt."""
+        path = self.embeddings_path(cycle)
+        return load_file(str(path)) if path.exists() else None
+
+    def embeddings_calls(self, cycle: int) -> int | None:
+        path = self.embeddings_path(cycle)
+        return int(safetensors_metadata(path).get("unet_calls", 0)) if path.exists() else None
+
+    def write_embeddings(self, cycle: int, tensors: dict[str, torch.Tensor], prompts: list[str], calls: int) -> None:
+        atomic_write_bytes(self.embeddings_path(cycle),
+                           safetensors_bytes(tensors, {"prompts": "\n".join(prompts), "unet_calls": str(calls)}))
+
+    def read_group(self, cycle: int, group: int) -> tuple[dict[str, torch.Tensor], int] | None:
+        path = self.group_path(cycle, group)
+        if not path.exists():
+            return None
+        return load_file(str(path)), int(safetensors_metadata(path).get("unet_calls", 0))
+
+    def write_group(self, cycle: int, group: int, tensors: dict[str, torch.Tensor], calls: int) -> None:
+        atomic_write_bytes(self.group_path(cycle, group), safetensors_bytes(tensors, {"unet_calls": str(calls)}))
+
+    # ----- generated images ---------------------------------------------------------------
+    def read_manifest(self, cycle: int) -> list[synthetic.ManifestEntry]:
+        return synthetic.read_manifest(self.synthetic_dir(cycle))
+
+    def write_manifest(self, cycle: int, entries: list[synthetic.ManifestEntry]) -> None:
+        synthetic.write_manifest(self.synthetic_dir(cycle), entries)
+
+    def read_part(self, cycle: int, shard: int) -> dict[str, Any]:
+        path = self.part_path(cycle, shard)
+        return read_json(path) if path.exists() else {"entries": [], "unet_calls": 0}
+
+    def write_part(self, cycle: int, shard: int, part: dict[str, Any]) -> None:
+        atomic_write_json(self.part_path(cycle, shard), part)
+
+    def part_paths(self, cycle: int) -> list[Path]:
+        folder = self.synthetic_dir(cycle)
+        return sorted(folder.glob(".part-*.json")) if folder.exists() else []
+
+    def read_generate_calls(self, cycle: int) -> int | None:
+        path = self.generate_calls_path(cycle)
+        return int(read_json(path)["unet_calls"]) if path.exists() else None
+
+    def write_generate_calls(self, cycle: int, calls: int) -> None:
+        atomic_write_json(self.generate_calls_path(cycle), {"unet_calls": calls})
+
+    def read_selection(self, cycle: int) -> dict[str, Any] | None:
+        path = self.selection_path(cycle)
+        return read_json(path) if path.exists() else None
+
+    def write_selection(self, cycle: int, decision: dict[str, Any]) -> None:
+        atomic_write_json(self.selection_path(cycle), decision)
+
+    # ----- classifiers, training and metrics ----------------------------------------------
+    def read_classifier(self, cycle: int):
+        """(classifier, loss-prediction head or None) trained in ``cycle``, or None (cycle 0, not trained yet)."""
+        from galot_core.checkpoint import load_classifier
+
+        path = self.model_path(cycle)
+        if cycle < 1 or not path.exists():
+            return None
+        model, head, _ = load_classifier(path)
+        return model, head
+
+    def read_train_info(self, cycle: int) -> dict[str, Any] | None:
+        """How the cycle's classifier was trained; None until both it and its weights are on disk."""
+        path = self.train_info_path(cycle)
+        return read_json(path) if path.exists() and self.model_path(cycle).exists() else None
+
+    def write_train_info(self, cycle: int, info: dict[str, Any]) -> None:
+        atomic_write_json(self.train_info_path(cycle), info)
+
+    def read_metrics(self, cycle: int) -> dict[str, Any] | None:
+        path = self.metrics_path(cycle)
+        return read_json(path) if path.exists() else None
+
+    def write_metrics(self, cycle: int, row: dict[str, Any]) -> None:
+        atomic_write_json(self.metrics_path(cycle), row)
+
+    def completed_cycles(self) -> int:
+        """Cycles 1..c all have their metrics (the mark of a complete cycle)."""
+        c = 0
+        while self.metrics_path(c + 1).exists():
+            c += 1
+        return c
+
+    def all_metrics(self) -> list[dict[str, Any]]:
+        return [read_json(self.metrics_path(c)) for c in range(1, self.completed_cycles() + 1)]
