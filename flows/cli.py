@@ -268,7 +268,7 @@ def _continue_command(args: argparse.Namespace, run: Path) -> list[str]:
 
 def cmd_label_serve(args: argparse.Namespace) -> int:
     from flows.labelling import Continuation
-    from galot_core.labelpage import LabelServer
+    from flows.labelpage import LabelServer
 
     run = _run_folder(args.run)
     cont = Continuation(run, _continue_command(args, run))

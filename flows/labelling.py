@@ -11,7 +11,7 @@ missing it either
   ``galot run --wait-for-labels`` against a Prefect server): Prefect's
   ``pause_flow_run(wait_for_input=LabelsInput)`` keeps the flow run alive in state
   *Paused*. It is resumed by the labelling page's "done" (``galot label serve``), by
-  ``galot label resume``, or from the Prefect UI's Resume form, whose ``labels`` field
+  ``galot label import`` of the last answers, or from the Prefect UI's Resume form, whose ``labels`` field
   takes ``{"image": "class name"}`` answers. The paused run's id is written to
   ``labels/paused.json`` so that those tools can find it.
 

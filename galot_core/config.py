@@ -1,11 +1,15 @@
 """The schema of ``params.yaml``: typed, validated parameters for one experiment.
 
-``params.yaml`` is the single source of parameters — DVC reads the same file for its
-stage dependencies and ``dvc exp run -S section.key=value`` edits it — so every key used
-anywhere in galot is declared here, once, with its default, type and allowed range.
-Defaults follow the paper's Table 8 where it applies (σ = MarginSampling, ε growing
-linearly from 0 to 0.5, α = ε/5, k = 6 samples, n = 10 PGD steps, B_GAL = |L|); budgets,
-epochs and image counts are scaled to the embedded default (MNIST digits on a laptop CPU).
+Every key used anywhere in galot is declared here, once, with its default, type and
+allowed range; ``params.yaml`` (which DVC reads for its stage dependencies and ``dvc exp
+run -S section.key=value`` edits) sets values for them. Two layers, stated once here:
+
+- the schema's defaults are the paper's Table 8 where it applies (σ = MarginSampling, ε
+  growing linearly from 0 to 0.5, α = ε/5, k = 6 samples, n = 10 PGD steps, B_GAL = |L|),
+  with budgets, epochs and image counts scaled to MNIST digits on a laptop CPU;
+- the repository's ``params.yaml`` is the embedded preset: those defaults with exactly the
+  keys of :data:`EMBEDDED_PRESET` changed for the embedded model galot-mini
+  (tests/test_config.py checks that the file and this table agree).
 
 A mistake is reported as one line naming the key and what is allowed, e.g.
 ``params.yaml: al.strategy must be one of [...], got 'Margin'``.
@@ -249,6 +253,17 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.experiment.runs_dir) / self.experiment.name
+
+
+# params.yaml = Config() with these values (why: the comments next to them in params.yaml).
+EMBEDDED_PRESET: dict[tuple[str, str], Any] = {
+    ("experiment", "judge"): "models/judge-mnist5k.safetensors",  # written by `galot prepare`
+    ("gal", "epsilon"): 0.2,               # relative: galot-mini's MiniLM embedding has ‖s*‖ ≈ 36
+    ("gal", "epsilon_relative"): True,
+    ("t2i", "steps"): 4,                   # galot-mini keeps its quality at 4 DDIM steps
+    ("transfer", "epochs"): 15,            # DenseNet121 within minutes on 2 CPU cores
+    ("transfer", "min_steps"): 150,
+}
 
 
 def _type_name(tp: Any) -> str:

@@ -33,9 +33,10 @@ from typing import Any
 import torch
 
 from galot_core import synthetic
-from galot_core.data import Dataset, PoolState
+from galot_core.data import Dataset
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
+from galot_core.runfolder import RunFolder
 
 FORMAT = "galot-dataset/1"
 
@@ -67,14 +68,20 @@ def export_dataset(run_dir: str | Path, dataset: Dataset, cycles: list[int], acc
     ``accumulate`` is the experiment's ``gal.accumulate``: whether a cycle's classifier
     trained on every synthetic set so far or on that cycle's alone; consumers do the same.
     """
-    run_dir = Path(run_dir)
-    out = run_dir / "dataset"
-    state = PoolState.load_or_new(run_dir / "pool.json", len(dataset.pool))
+    run = RunFolder(run_dir)
+    out = run.dataset_dir
+    state = run.read_pool(len(dataset.pool))
     atomic_write_json(out / "real.json", {"pool_size": state.pool_size, "labelled": state.labelled,
                                           "labels": state.labels, "cycles": state.cycles})
+    # Incremental: an earlier cycle's shard already listed in the index (and on disk) is final;
+    # only the newest cycle's shard is packed, so a cycle's export costs the same in cycle 1 and 100.
+    done = {s["cycle"]: s for s in read_json(out / "index.json")["shards"]} if (out / "index.json").exists() else {}
     shards = []
     for c in cycles:
-        folder = synthetic.cycle_folder(run_dir, c)
+        folder = run.synthetic_dir(c)
+        if c != cycles[-1] and c in done and (out / done[c]["file"]).exists():
+            shards.append(done[c])
+            continue
         if not (folder / "manifest.jsonl").exists():
             continue
         path = out / "synthetic" / f"cycle_{c:03d}.tar"

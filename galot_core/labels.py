@@ -18,7 +18,7 @@ atomic write — labelled images with their class, "skip" images removed from th
 they are never offered again — and the cycle goes on. Until then the cycle's later steps
 raise :class:`WaitingForLabels` (exit status 3 on the command line).
 
-Answers can be given one by one (the labelling page, galot_core/labelpage.py) or as a
+Answers can be given one by one (the labelling page, flows/labelpage.py) or as a
 CSV file (:func:`import_csv`), which is checked as a whole: unknown classes, unknown
 images and duplicates are each reported on one line and nothing is imported; missing
 rows are fine (a partial file) and reported as what is still missing.
@@ -36,6 +36,7 @@ from PIL import Image
 
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
+from galot_core.runfolder import RunFolder
 
 if TYPE_CHECKING:
     from galot_core.data.base import Dataset
@@ -82,15 +83,15 @@ class Batch:
 
 
 def labels_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "labels"
+    return RunFolder(run_dir).labels_dir
 
 
 def batch_path(run_dir: str | Path, cycle: int) -> Path:
-    return labels_dir(run_dir) / f"cycle_{cycle:03d}.json"
+    return RunFolder(run_dir).label_batch_path(cycle)
 
 
 def answers_path(run_dir: str | Path, cycle: int) -> Path:
-    return labels_dir(run_dir) / f"cycle_{cycle:03d}.answers.json"
+    return RunFolder(run_dir).label_answers_path(cycle)
 
 
 def image_id(dataset: Dataset, index: int) -> str:
@@ -175,8 +176,7 @@ def committed(batch: Batch, pool: dict[str, Any] | None) -> bool:
 
 
 def read_pool(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "pool.json"
-    return read_json(path) if path.exists() else None
+    return RunFolder(run_dir).read_pool_json()
 
 
 def pending_cycle(run_dir: str | Path) -> int | None:

@@ -22,6 +22,7 @@ from typing import Any
 from galot_core.config import Config
 from galot_core.experiment import baseline_config
 from galot_core.io import atomic_write_text, read_json
+from galot_core.runfolder import RunFolder
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Curve:
 
 
 def _read_curve(name: str, run_dir: Path) -> Curve | None:
-    path = run_dir / "metrics.json"
+    path = RunFolder(run_dir).run_metrics_path
     return Curve(name, read_json(path)) if path.exists() else None
 
 
@@ -151,7 +152,7 @@ def write_report(cfg: Config) -> tuple[Path, str]:
                + f" | {sum((r.get('unet_calls') or {}).values())} |" for r in main.rows]
     grids = []
     for r in main.rows:
-        src = cfg.run_dir / "cycles" / f"cycle_{r['cycle']:03d}" / "grid.png"
+        src = RunFolder(cfg.run_dir).grid_path(r["cycle"])
         if src.exists() and r["cycle"] in {main.rows[0]["cycle"], main.rows[len(main.rows) // 2]["cycle"],
                                            main.rows[-1]["cycle"]}:
             shutil.copyfile(src, out / f"grid_cycle_{r['cycle']:03d}.png")

@@ -64,6 +64,24 @@ class RunFolder:
     def dataset_dir(self) -> Path:
         return self.path / "dataset"
 
+    @property
+    def run_metrics_path(self) -> Path:
+        """Every complete cycle's metrics, in order (the run-level copy)."""
+        return self.path / "metrics.json"
+
+    @property
+    def accuracy_csv_path(self) -> Path:
+        return self.path / "accuracy.csv"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def classifier_path(self) -> Path:
+        """A copy of the newest cycle's classifier, the run's deliverable."""
+        return self.path / "classifier.safetensors"
+
     def cycle_dir(self, cycle: int) -> Path:
         return self.path / "cycles" / f"cycle_{cycle:03d}"
 

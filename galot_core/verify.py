@@ -24,6 +24,7 @@ from pathlib import Path
 from galot_core import export, synthetic
 from galot_core.config import config_from_dict
 from galot_core.errors import GalotError
+from galot_core.runfolder import RunFolder
 from galot_core.io import read_json
 
 
@@ -97,24 +98,24 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise GalotError(f"{run_dir}: not a run folder; pass runs/<experiment.name>")
-    c = _Checker(run_dir)
-    raw = c.json(run_dir / "config.json")
+    c, run = _Checker(run_dir), RunFolder(run_dir)
+    raw = c.json(run.config_path)
     cfg = None
     if raw is not None:
         try:
-            cfg = config_from_dict(raw, source=str(run_dir / "config.json"))
+            cfg = config_from_dict(raw, source=str(run.config_path))
         except GalotError as e:
-            c.add("corrupt", run_dir / "config.json", str(e))
-    pool = c.json(run_dir / "pool.json", required=False)
+            c.add("corrupt", run.config_path, str(e))
+    pool = c.json(run.pool_path, required=False)
     if pool is not None:
         try:
             n, labelled = int(pool["pool_size"]), [int(i) for i in pool["labelled"]]
             if not (len(labelled) == len(pool["labels"]) == len(pool["cycles"])):
-                c.add("inconsistent", run_dir / "pool.json", "labelled, labels and cycles differ in length")
+                c.add("inconsistent", run.pool_path, "labelled, labels and cycles differ in length")
             if len(set(labelled)) != len(labelled) or any(not 0 <= i < n for i in labelled):
-                c.add("inconsistent", run_dir / "pool.json", "duplicate or out-of-range pool indices")
+                c.add("inconsistent", run.pool_path, "duplicate or out-of-range pool indices")
         except (KeyError, TypeError, ValueError):
-            c.add("corrupt", run_dir / "pool.json", "missing keys or wrong types")
+            c.add("corrupt", run.pool_path, "missing keys or wrong types")
             pool = None
 
     cycles = sorted(p for p in (run_dir / "cycles").glob("cycle_*") if p.is_dir()) if (run_dir / "cycles").exists() else []
@@ -126,12 +127,12 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
         cycle = int(m["cycle"])
         for name, digest in (m.get("files") or {}).items():
             c.hashed(cdir / name, digest, name)
-        c.classifier(cdir / "model.safetensors")
-        last_model = cdir / "model.safetensors"
+        c.classifier(run.model_path(cycle))
+        last_model = run.model_path(cycle)
         if pool is not None and sum(1 for k in pool["cycles"] if k <= cycle) != m["labelled"]:
-            c.add("inconsistent", run_dir / "pool.json", f"cycle {cycle} recorded |L| = {m['labelled']}, the pool "
+            c.add("inconsistent", run.pool_path, f"cycle {cycle} recorded |L| = {m['labelled']}, the pool "
                                                           "state disagrees")
-        folder = synthetic.cycle_folder(run_dir, cycle)
+        folder = run.synthetic_dir(cycle)
         if (folder / "manifest.jsonl").exists() or m.get("generated"):
             _check_synthetic(c, folder, m, cfg)
 
@@ -139,8 +140,8 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
         c.checked += 1
         if sha256_file(run_dir / "classifier.safetensors") != sha256_file(last_model):
             c.add("altered", run_dir / "classifier.safetensors", "is not the newest cycle's classifier")
-    if (run_dir / "dataset" / "index.json").exists():
-        _check_export(c, run_dir / "dataset")
+    if (run.dataset_dir / "index.json").exists():
+        _check_export(c, run.dataset_dir)
     for model in sorted((run_dir / "transfer").glob("*/model.safetensors")) if (run_dir / "transfer").exists() else []:
         c.classifier(model)
     return c.problems, c.checked

@@ -68,6 +68,24 @@ def transient(task_, task_run, state) -> bool:
     return not isinstance(state.result(raise_on_failure=False), GalotError)
 
 
+def _fan_out_task(step, letter: str):
+    """The task for one part of a fanned-out step (a TextOpt group, a generation shard): it runs
+    the diffusion model, so it is retried on transient faults, never on a GalotError."""
+
+    @task(name=step.__name__, cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=transient,
+          task_run_name=step.__name__ + "-c{cycle}-" + letter + "{key}")
+    def run_part(cfg: dict[str, Any], cycle: int, key: int) -> dict[str, Any]:
+        return {"cycle": cycle, "part": key, "result": step(context(on_worker(cfg)), cycle, key)}
+
+    run_part.__doc__ = step.__doc__
+    return run_part
+
+
+# Lines 6–8 for one group of classes, line 9 for one shard of images.
+optimize_group = _fan_out_task(steps.optimize_group, "g")
+generate_shard = _fan_out_task(steps.generate_shard, "s")
+
+
 @task(name="select_real_batch", cache_policy=NO_CACHE)
 def select_real_batch(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
     """Line 5: the most informative unlabelled images by σ_AL, labelled by the oracle."""
@@ -82,26 +100,12 @@ def receive_labels(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
     return {"cycle": cycle, **steps.receive_labels(context(cfg), cycle)}
 
 
-@task(name="optimize_group", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
-      retry_condition_fn=transient, task_run_name="optimize_group-c{cycle}-g{group}")
-def optimize_group(cfg: dict[str, Any], cycle: int, group: int) -> dict[str, Any]:
-    """Lines 6–8 for one group of classes: TextOpt, PGD on their text embeddings against the last classifier."""
-    return {"cycle": cycle, "group": group, "unet_calls": steps.optimize_group(context(on_worker(cfg)), cycle, group)}
-
-
 @task(name="merge_embeddings", cache_policy=NO_CACHE)
 def merge_embeddings(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
     """Every class's optimised embedding in one file, the input of generation."""
     ctx = context(cfg)
     info = steps.merge_embeddings(ctx, cycle)
     return {"cycle": cycle, "embeddings": str(ctx.folder.embeddings_path(cycle)), **info}
-
-
-@task(name="generate_shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
-      retry_condition_fn=transient, task_run_name="generate_shard-c{cycle}-s{shard}")
-def generate_shard(cfg: dict[str, Any], cycle: int, shard: int) -> dict[str, Any]:
-    """Line 9 for one shard: its images from the optimised embeddings, to disk."""
-    return {"cycle": cycle, "shard": shard, "images": steps.generate_shard(context(on_worker(cfg)), cycle, shard)}
 
 
 @task(name="merge_generated", cache_policy=NO_CACHE)

@@ -83,3 +83,12 @@ def test_bad_override_syntax(tmp_path, bad):
 def test_strategy_names_match_paper_table1():
     assert set(AL_STRATEGIES) == {"RandomSampling", "EntropySampling", "MarginSampling", "LeastConfidence",
                                   "BALD", "BADGE", "MeanSTD", "VarRatio", "KMeans", "CoreSet", "LossPrediction"}
+
+
+def test_params_yaml_is_the_schema_defaults_plus_the_embedded_preset():
+    """One relation between the two, stated once (galot_core.config.EMBEDDED_PRESET)."""
+    from galot_core.config import EMBEDDED_PRESET
+
+    defaults, preset = Config().to_dict(), load_config("params.yaml").to_dict()
+    changed = {(s, k): preset[s][k] for s in defaults for k in defaults[s] if preset[s][k] != defaults[s][k]}
+    assert changed == EMBEDDED_PRESET

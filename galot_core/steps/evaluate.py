@@ -87,21 +87,22 @@ def evaluate_cycle(ctx: Context, cycle: int, seconds: dict[str, float]) -> dict[
 def write_summary(ctx: Context) -> None:
     """Run-level files: all metrics (JSON), accuracy by cycle (CSV, a DVC plot), a summary
     (DVC metrics) and a copy of the newest classifier — the experiment's deliverables."""
-    rows, out = ctx.folder.all_metrics(), ctx.dir
-    atomic_write_json(out / "metrics.json", rows)
+    run = ctx.folder
+    rows = run.all_metrics()
+    atomic_write_json(run.run_metrics_path, rows)
     b = ctx.cfg.al.budget_per_cycle
     lines = [",".join(CSV_COLUMNS)] + [",".join("" if v is None else str(v) for v in
                                                 ({**r, "budget": r["cycle"] * b}.get(k) for k in CSV_COLUMNS))
                                        for r in rows]
-    atomic_write_text(out / "accuracy.csv", "\n".join(lines) + "\n")
+    atomic_write_text(run.accuracy_csv_path, "\n".join(lines) + "\n")
     if not rows:
         return
     accs = [r["test_accuracy"] for r in rows if r["test_accuracy"] is not None]
-    atomic_write_json(out / "summary.json", {
+    atomic_write_json(run.summary_path, {
         "cycles": len(rows), "labelled": rows[-1]["labelled"], "generated": rows[-1]["generated"],
         "final_test_accuracy": rows[-1]["test_accuracy"],
         "mean_test_accuracy": sum(accs) / len(accs) if accs else None})
-    atomic_write_bytes(out / "classifier.safetensors", ctx.folder.model_path(len(rows)).read_bytes())
+    atomic_write_bytes(run.classifier_path, run.model_path(len(rows)).read_bytes())
 
 
 def sample_grid(ctx: Context, cycle: int, per_class: int = 8) -> Path | None:
