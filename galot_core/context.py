@@ -187,7 +187,9 @@ class Context:
         path = folder / "manifest.jsonl"
         key = (folder, hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "")
         if key not in self._decoded:
-            self._decoded = {k: v for k, v in self._decoded.items() if k[0] != folder}
+            # Keep only the sets the cycle still trains on (all of them with gal.accumulate).
+            keep = {self.folder.synthetic_dir(c) for c in self.synthetic_cycles(cycle)} - {folder}
+            self._decoded = {k: v for k, v in self._decoded.items() if k[0] in keep}
             d = self.dataset
             self._decoded[key] = synthetic.load_synthetic([folder], d.image_size, d.channels)
         return self._decoded[key]
