@@ -38,45 +38,47 @@ def select_generated(ctx: Context, cycle: int) -> int:
     return len(kept)
 
 
-def label_check(ctx: Context, cycle: int, entries: list[synthetic.ManifestEntry]) -> tuple[list[int] | None, int]:
-    """The class the T2I model itself gives each image (Diffusion Classifier), and the UNet calls spent;
-    (None, 0) without ``gal.label_check: diffusion``."""
+def label_check(ctx: Context, cycle: int, raw: torch.Tensor) -> tuple[list[int] | None, int]:
+    """The class the T2I model itself gives each image (Diffusion Classifier; ``raw``: the candidates
+    as decoded, uint8), and the UNet calls spent; (None, 0) without ``gal.label_check: diffusion``."""
     from galot_core.t2i.zero_shot import diffusion_classify
 
     if ctx.cfg.gal.label_check != "diffusion":
         return None, 0
-    folder = ctx.folder.synthetic_dir(cycle)
-    raw = torch.stack([synthetic.decode_png(folder / e.file) for e in entries]).float() / 255
     with ctx.t2i_lock:
         t2i = ctx.t2i
         before = t2i.num_unet_calls
         gen = torch.Generator(t2i.device).manual_seed(ctx.seed(cycle, 7))
-        zero_shot = diffusion_classify(t2i, raw, t2i.encode(ctx.prompts()), generator=gen).cpu().tolist()
+        zero_shot = diffusion_classify(t2i, raw.float() / 255, t2i.encode(ctx.prompts()),
+                                       generator=gen).cpu().tolist()
         return zero_shot, t2i.num_unet_calls - before
 
 
-def candidate_scores(ctx: Context, cycle: int, entries: list[synthetic.ManifestEntry]) -> torch.Tensor:
-    """σ_GAL of each candidate under the last classifier (higher: keep first); zeros without a choice."""
+def candidate_scores(ctx: Context, cycle: int, raw: torch.Tensor) -> torch.Tensor:
+    """σ_GAL of each candidate (``raw``: as decoded, uint8) under the last classifier (higher: keep
+    first); zeros without a choice."""
     from galot_core.train import predict
 
     g, d = ctx.cfg.gal, ctx.dataset
     previous = ctx.load_model(cycle - 1)
     if previous is None or g.candidates <= 1:
-        return torch.zeros(len(entries))
-    images, _ = synthetic.load_synthetic_entries(ctx.folder.synthetic_dir(cycle), entries, d.image_size, d.channels)
+        return torch.zeros(len(raw))
+    images = torch.cat([synthetic.resize_uint8(x.unsqueeze(0), d.image_size, d.channels) for x in raw])
     logits = predict(previous[0], images, ctx.preprocess, device=ctx.device,
                      batch_size=ctx.cfg.train.eval_batch_size)["logits"]
     if g.strategy == "RandomSampling":
-        return torch.rand(len(entries), generator=torch.Generator().manual_seed(ctx.seed(cycle, 8)))
+        return torch.rand(len(raw), generator=torch.Generator().manual_seed(ctx.seed(cycle, 8)))
     return acquisition.objective(g.strategy, logits)
 
 
 def choose_generated(ctx: Context, cycle: int, entries: list[synthetic.ManifestEntry]) -> dict[str, Any]:
     """The selection decision: per class, the confirmed candidates with the highest score, B_GAL/class."""
     targets = torch.tensor([e.label for e in entries], dtype=torch.int64)
-    zero_shot, calls = label_check(ctx, cycle, entries)
+    folder = ctx.folder.synthetic_dir(cycle)
+    raw = torch.stack([synthetic.decode_png(folder / e.file) for e in entries])  # decoded once, two uses
+    zero_shot, calls = label_check(ctx, cycle, raw)
     confirmed = torch.ones(len(entries), dtype=torch.bool) if zero_shot is None else torch.tensor(zero_shot) == targets
-    score = candidate_scores(ctx, cycle, entries)
+    score = candidate_scores(ctx, cycle, raw)
     kept: list[str] = []
     for c, n in enumerate(ctx.per_class_budget(cycle)):
         rows = [k for k in range(len(entries)) if targets[k] == c and confirmed[k]]
