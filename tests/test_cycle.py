@@ -17,7 +17,9 @@ from tests.test_experiment_gal import gal_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-GOLDEN = Path(__file__).parent / "golden" / "tiny_run_b1b94f3.json"
+# The last commit before issue 17's refactor: the before/after check runs its code on this machine.
+BEFORE = "b1b94f3"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fingerprint(run_dir: Path) -> dict[str, str]:
@@ -47,26 +49,68 @@ def fingerprint(run_dir: Path) -> dict[str, str]:
     return out
 
 
+# Runs the 2-cycle experiment with the code of BEFORE (its galot_core and its tests' gal_cfg)
+# on the tiny task the test hands over as tensors, in a fresh interpreter.
+_BEFORE_RUN = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(1)
+from galot_core.data.base import Dataset, ImageSet
+from galot_core.experiment import Experiment
+from tests.test_experiment_gal import gal_cfg
+t = torch.load(sys.argv[2])
+d = Dataset(name="tiny_digits", pool=ImageSet(t["pool_x"], t["pool_y"]), test=ImageSet(t["test_x"], t["test_y"]),
+            class_names=t["names"], natural=False, mean=t["mean"], std=t["std"])
+cfg = gal_cfg(sys.argv[3], sys.argv[4], experiment={"judge": sys.argv[5]}, gal={"diversity": 0.2, "candidates": 2})
+Experiment(cfg, dataset=d).run()
+"""
+
+
+def before_code(tmp_path: Path) -> Path:
+    """BEFORE's source tree (git archive), or a skip when this clone does not have that commit."""
+    import subprocess
+
+    out = tmp_path / "before"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE, "galot_core", "tests"], capture_output=True)
+    if archive.returncode:
+        pytest.skip(f"commit {BEFORE} is not in this clone (shallow?): {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    return out
+
+
 def test_two_cycles_are_byte_identical_to_before_the_refactor(tmp_path, tiny_digits, tiny_sd_folder):
     """A 2-cycle al+gal run (TextOpt, per-image diversity, 2 candidates per image chosen by σ_GAL,
-    a judge) gives the images, embeddings, classifiers and metrics that b1b94f3 (before issue 17)
-    gave. GALOT_WRITE_GOLDEN=1 rewrites tests/golden/ (run it with the old code to re-record)."""
+    a judge) gives the images, embeddings, classifiers, selections and metrics that the code of
+    BEFORE (b1b94f3, the last commit before issue 17) gives, both run here, the old one from
+    ``git archive`` in a subprocess. (Floating point differs between machines, so a recorded
+    fingerprint would test the machine; this compares the two codes on one.)"""
+    import subprocess
+    import sys
+
     from galot_core.checkpoint import save_classifier
     from galot_core.models import build_model
 
+    old = before_code(tmp_path)
     torch.manual_seed(0)
     judge = tmp_path / "judge.safetensors"
     save_classifier(build_model("small_cnn", 1, 10, 0.2), judge, arch="small_cnn", in_channels=1)
+    d = tiny_digits
+    torch.save({"pool_x": d.pool.images, "pool_y": d.pool.labels, "test_x": d.test.images, "test_y": d.test.labels,
+                "names": list(d.class_names), "mean": d.mean, "std": d.std}, tmp_path / "task.pt")
+    r = subprocess.run([sys.executable, "-c", _BEFORE_RUN, str(old), str(tmp_path / "task.pt"),
+                        str(tmp_path / "before-runs"), str(tiny_sd_folder), str(judge)], capture_output=True,
+                       text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    expected = fingerprint(tmp_path / "before-runs" / "g")
+
     cfg = gal_cfg(tmp_path / "runs", tiny_sd_folder, experiment={"judge": str(judge)},
                   gal={"diversity": 0.2, "candidates": 2})
     rows = Experiment(cfg, dataset=tiny_digits).run()
     got = fingerprint(cfg.run_dir)
-    if os.environ.get("GALOT_WRITE_GOLDEN"):
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    expected = json.loads(GOLDEN.read_text())
     assert rows[-1]["judged_accuracy"] is not None and rows[-1]["epsilon"] == 0.5
-    assert sum(k.startswith("synthetic/") and k.endswith(".png") for k in expected) == 30 and "cycles/cycle_002/embeddings.safetensors" in expected
+    assert sum(k.startswith("synthetic/") and k.endswith(".png") for k in expected) == 30
+    assert "cycles/cycle_002/embeddings.safetensors" in expected and "cycles/cycle_002/selection.json" in expected
     assert {k: v for k, v in got.items() if k in expected} == expected
 
 
