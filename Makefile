@@ -15,13 +15,14 @@ WORLD ?= mnist5k
 
 setup: $(VENV)/.installed data
 
-# Plain PyPI torch/torchvision (CUDA builds; they run on the CPU). pyproject pins
-# torch>=2.14 so pip never picks the machine's CPU-only 2.13 wheel, which cannot
-# load torchvision's operators.
+# Plain PyPI torch/torchvision (CUDA builds; they run on the CPU). This machine's pip
+# find-links also offer a CPU-only torch 2.13 wheel that cannot load torchvision's
+# operators; TORCH_PIN keeps pip off it here, without narrowing pyproject's floors for users.
+TORCH_PIN ?= torch>=2.14 torchvision>=0.29
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip >/dev/null
-	$(VENV)/bin/pip install -e ".[dev]"
+	$(VENV)/bin/pip install -e ".[dev]" $(foreach p,$(TORCH_PIN),"$(p)")
 	touch $@
 
 # Debian's dataset-fashion-mnist for the Fashion world (installed if missing, as root).

@@ -162,7 +162,9 @@ class TrainConfig:
     momentum: float = _field(0.9, min=0.0, max=1.0)
     weight_decay: float = _field(5e-4, min=0.0)
     augment: str = _field("auto", choices=("auto", "none", "crop", "crop+flip"),
-                          help="auto: crop+flip for natural images, crop for digits")
+                          help="auto: crop+flip for natural images, crop for digits and for your own "
+                               "imagefolder/folder images (a flip may change their class; set crop+flip "
+                               "if mirrored images keep their class)")
     device: str = _field("auto")
     eval_batch_size: int = _field(512, min=1)
 

@@ -35,7 +35,7 @@ def load_or_train_judge(dataset: Dataset, path: str | Path, arch: str = "small_c
     torch.manual_seed(seed)
     model = build_model(arch, dataset.channels, dataset.num_classes, dropout=0.2)
     fit(model, dataset.pool.images, dataset.pool.labels, preprocess_for(dataset), train_cfg,
-        natural=dataset.natural, seed=seed, progress=True)
+        natural=dataset.natural, seed=seed, progress=True, flip=dataset.auto_flip)
     save_classifier(model, path, arch=arch, in_channels=dataset.channels)
     return model
 

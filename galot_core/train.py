@@ -2,8 +2,8 @@
 
 As in the paper (and deepALplus), the classifier is retrained from scratch every cycle
 on everything labelled so far plus the cycle's generated images: SGD with momentum and
-weight decay, a cosine learning-rate schedule, crop (+ flip for natural images)
-augmentation. The paper's 300 epochs are GPU-sized; ``train.epochs`` scales that down,
+weight decay, a cosine learning-rate schedule, crop (+ flip for natural images whose
+classes survive a mirror: never by default for a user's own folder) augmentation. The paper's 300 epochs are GPU-sized; ``train.epochs`` scales that down,
 and ``train.min_steps`` keeps the first cycles (a few dozen labels) from ending after a
 handful of SGD steps. Everything is seeded: the same inputs and seed give the same model.
 """
@@ -31,6 +31,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def auto_augment(natural: bool, flip: bool | None = None) -> str:
+    """What ``train.augment: auto`` means for a dataset: crop, plus flips where they keep the class."""
+    return "crop+flip" if (natural if flip is None else flip) else "crop"
+
+
 @dataclass
 class FitResult:
     steps: int
@@ -50,8 +55,12 @@ def fit(
     seed: int,
     loss_head: LossPredictionHead | None = None,
     progress: bool = False,
+    flip: bool | None = None,
 ) -> FitResult:
-    """Train ``model`` in place on uint8 ``images`` (N, C, H, W) and ``labels`` (N,)."""
+    """Train ``model`` in place on uint8 ``images`` (N, C, H, W) and ``labels`` (N,).
+
+    ``flip``: whether ``train.augment: auto`` includes horizontal flips (default: ``natural``;
+    pass the dataset's ``auto_flip``, which is off for a user's folder)."""
     if len(images) < 2:
         raise ValueError("need at least 2 training images")
     device = resolve_device(cfg.device)
@@ -68,7 +77,7 @@ def fit(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    mode = cfg.augment if cfg.augment != "auto" else ("crop+flip" if natural else "crop")
+    mode = cfg.augment if cfg.augment != "auto" else auto_augment(natural, flip)
     crop, flip = mode in ("crop", "crop+flip"), mode == "crop+flip"
     pad = max(1, images.shape[-1] // 8) if natural else max(1, images.shape[-1] // 14)
 

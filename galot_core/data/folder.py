@@ -48,8 +48,9 @@ def load_folder(root: str | Path, classes: list[str] | tuple[str, ...], *, image
     test = _test_set(Path(test_root).expanduser(), names, size, mode, on_bad_image) if test_root else \
         ImageSet(torch.empty((0, len(mode), *size), dtype=torch.uint8), torch.empty((0,), dtype=torch.int64))
     mean, std = channel_stats(pool.images)
+    # A user's folder may hold digits, text or left/right classes: no flips unless asked for.
     return Dataset(root.name or "folder", pool, test, names, natural=True, mean=mean, std=std,
-                   pool_files=pool_files, root=str(root.resolve()))
+                   pool_files=pool_files, root=str(root.resolve()), flip_invariant=False)
 
 
 def _test_set(test_root: Path, names: list[str], size: tuple[int, int], mode: str,

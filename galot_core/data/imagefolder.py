@@ -72,8 +72,9 @@ def load_imagefolder(
     mean, std = channel_stats(pool.images)
     # Paths of the pool images, so that a person labelling them (experiment.oracle: human) sees files.
     pool_files = tuple(files[i].relative_to(root).as_posix() for i, keep in zip(kept, in_train.tolist()) if keep)
+    # A user's folder may hold digits, text or left/right classes: no flips unless asked for.
     return Dataset(root.name, pool, test, names, natural=True, mean=mean, std=std, pool_files=pool_files,
-                   root=str(root.resolve()))
+                   root=str(root.resolve()), flip_invariant=False)
 
 
 def decode_images(

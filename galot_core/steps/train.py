@@ -40,7 +40,7 @@ def train_classifier(ctx: Context, cycle: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = build_model(cfg.model.arch, d.channels, d.num_classes, cfg.model.dropout)
     head = LossPredictionHead(model.feature_dim) if cfg.al.strategy == "LossPrediction" else None
-    result = fit(model, images, targets, ctx.preprocess, cfg.train, natural=d.natural, seed=seed,
+    result = fit(model, images, targets, ctx.preprocess, cfg.train, natural=d.natural, seed=seed, flip=d.auto_flip,
                  loss_head=head, progress=True)
     save_classifier(model, ctx.folder.model_path(cycle), arch=cfg.model.arch, in_channels=d.channels, loss_head=head)
     info = {"train_images": len(images), "steps": result.steps, "epochs": result.epochs,
