@@ -200,6 +200,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictor(source: str):
+    """A run folder through galot, anything else (runs:/, models:/, a folder with MLmodel) through MLflow."""
+    from galot_core.predict import load_predictor
+
+    path = Path(source)
+    if ":/" in source or (path.is_dir() and (path / "MLmodel").is_file()):
+        from tasks.tracking import load_logged_model
+
+        return load_logged_model(source)
+    return load_predictor(path)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from galot_core.io import atomic_write_text
+    from galot_core.predict import classify, image_files, rows_csv
+
+    if args.top_k < 1:
+        raise GalotError(f"--top-k: must be at least 1, got {args.top_k}")
+    files = image_files(args.images)
+    predictor, card = _predictor(args.model)
+    rows, skipped = classify(predictor, card, files, top_k=args.top_k)
+    width = max((len(r["image"]) for r in rows), default=5)
+    for r in rows:
+        print(f"{r['image']:<{width}}  " + "  ".join(f"{name} {p:.3f}" for name, p in r["top"]))
+    for f in skipped:
+        print(f"galot: skipped {f}: not a readable image", file=sys.stderr)
+    if args.csv:
+        atomic_write_text(Path(args.csv), rows_csv(rows))
+        print(f"galot: {len(rows)} predictions written to {args.csv}", file=sys.stderr)
+    return 0
+
+
 def _run_folder(path: str) -> Path:
     run = Path(path)
     if not (run / "config.json").is_file():
@@ -328,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["run"].add_argument("--wait-for-labels", action="store_true",
                                 help="human oracle: pause the flow run (needs a Prefect server) until the batch is "
                                      "labelled, instead of stopping with exit status 3")
+    pp = sub.add_parser("predict", help="classify images with a trained classifier (top-k classes and probabilities)",
+                        description="Classify image files with a run's classifier, preprocessed exactly as in "
+                                    "training. RUN_OR_MODEL: a run folder (runs/<name>), an MLflow model URI "
+                                    "(runs:/<id>/model, models:/<name>/<version>) or a folder with an MLmodel file.")
+    pp.add_argument("model", metavar="RUN_OR_MODEL")
+    pp.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or globs")
+    pp.add_argument("--csv", metavar="OUT", help="also write image,label,probability[,label_2,probability_2...]")
+    pp.add_argument("-k", "--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    pp.set_defaults(fn=cmd_predict)
     label = sub.add_parser("label", help="give a human oracle's labels: export / import a CSV, or a labelling page",
                            description="Label the batch a human-oracle experiment waits for (exit status 3 of "
                                        "`galot run`), then continue it.")

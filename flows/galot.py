@@ -39,7 +39,7 @@ from galot_core.steps import export_cycle
 from galot_core.steps.evaluate import write_summary
 from flows.labelling import wait_for_labels
 from tasks.cycle import TASKS, context
-from tasks.tracking import track_experiment, track_transfer
+from tasks.tracking import track_experiment, track_transfer, tracked_run
 from tasks.transfer import train_transfer
 
 TABLE_COLUMNS = ("cycle", "labelled", "generated", "epsilon", "test_accuracy", "judged_accuracy")
@@ -167,7 +167,8 @@ def galot_cycle(params: str = "params.yaml", overrides: list[str] | None = None,
     ``pause_for_labels``: with a human oracle, pause this flow run until the batch is labelled
     (needs a Prefect server) instead of stopping with "waits for labels"."""
     cfg = load_config(params, overrides or [])
-    return run_one_cycle(cfg.to_dict(), pause_for_labels)
+    with tracked_run(cfg.to_dict()):  # the MLflow run ends with this flow, unless galot-run owns it
+        return run_one_cycle(cfg.to_dict(), pause_for_labels)
 
 
 @flow(name="galot-run", log_prints=True)
@@ -175,6 +176,11 @@ def galot_run(params: str = "params.yaml", overrides: list[str] | None = None,
               pause_for_labels: bool = False) -> list[dict[str, Any]]:
     """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
     cfg = load_config(params, overrides or [])
+    with tracked_run(cfg.to_dict()):  # FINISHED (classifier logged as an MLflow model), FAILED or KILLED
+        return _run_cycles(cfg, params, overrides, pause_for_labels)
+
+
+def _run_cycles(cfg, params: str, overrides: list[str] | None, pause_for_labels: bool) -> list[dict[str, Any]]:
     ctx = context(cfg.to_dict())
     ctx.start()
     if ctx.folder.completed_cycles() < cfg.experiment.cycles:

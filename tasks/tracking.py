@@ -10,15 +10,30 @@ Which MLflow run belongs to a folder, and which cycles it has, is kept in the fo
 Only ``MlflowClient`` with explicit run ids is used: MLflow's fluent API keeps the
 active run in global state and is not thread-safe, and tasks may run concurrently.
 
-The classifier is logged as a safetensors file (``model/classifier.safetensors``) with
-its architecture in the file's metadata; load it with
-``galot_core.checkpoint.load_classifier`` — nothing is unpickled.
+The classifier is logged as a real MLflow model at ``model/`` — ``mlflow.pytorch.load_model(
+"runs:/<id>/model")`` and ``mlflow models predict`` use it — in MLflow's pickle-free ``pt2``
+format (torch.export), preprocessing included: uint8 images (N, C, S, S) in, class
+probabilities out, with a signature, an input example and the class names and image
+format in its metadata (galot_core/predict.py). The safetensors file stays beside it
+(``model/classifier.safetensors``, loaded by ``galot_core.checkpoint.load_classifier``).
+Exporting takes seconds, so it happens once when a flow ends, not every cycle.
+
+Run status: a flow that ends marks its MLflow run FINISHED (also when it stops to wait for
+labels), FAILED on an error, KILLED on Ctrl-C; continuing the experiment reopens the same
+run (RUNNING) and logs on into it.
 """
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
+import logging
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +41,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from galot_core.config import config_from_dict
+from galot_core.errors import GalotError
 from galot_core.io import atomic_write_json, read_json
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+MODEL_PATH = "model"
+_log = logging.getLogger(__name__)
+# Set while a top-level flow owns the MLflow run: the galot-run flow's galot subflows leave it open.
+_owner: contextvars.ContextVar[bool] = contextvars.ContextVar("galot_mlflow_owner", default=False)
 
 
 def tracking_uri() -> str:
@@ -81,10 +101,13 @@ def _client_and_run(cfg: dict[str, Any], run_dir: Path, state: dict[str, Any]):
     run_id = state.get("run_id")
     if run_id:
         try:
-            if client.get_run(run_id).info.lifecycle_stage == "active":
-                return client, run_id
+            info = client.get_run(run_id).info
         except Exception:  # the run was deleted or the database replaced: start a new run
-            pass
+            info = None
+        if info is not None and info.lifecycle_stage == "active":
+            if info.status != "RUNNING":  # the experiment goes on: reopen its run
+                client.update_run(run_id, status="RUNNING")
+            return client, run_id
     exp_id = _get_or_create_experiment(client, cfg["tracking"]["experiment"])
     run_name = cfg["experiment"]["name"]
     if run_dir.parent.name.endswith("-baselines"):  # e.g. default-baselines/MarginSampling
@@ -125,12 +148,114 @@ def log_experiment(cfg: dict[str, Any]) -> dict[str, Any]:
     if new:
         model = run_dir / "classifier.safetensors"
         if model.exists():
-            client.log_artifact(run_id, str(model), artifact_path="model")
+            client.log_artifact(run_id, str(model), artifact_path=MODEL_PATH)
         for name in ("metrics.json", "accuracy.csv", "config.json"):
             if (run_dir / name).exists():
                 client.log_artifact(run_id, str(run_dir / name))
     atomic_write_json(path, everything)
     return {"run_id": run_id, "tracking_uri": redacted(uri), "logged": [r["cycle"] for r in new]}
+
+
+def log_model(cfg: dict[str, Any], client, run_id: str, run_dir: Path) -> str | None:
+    """The run's newest classifier as an MLflow pytorch model at ``model/`` (pt2, no pickle);
+    returns the classifier's SHA-256, or None when there is none yet."""
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from galot_core.checkpoint import load_classifier
+    from galot_core.predict import ModelCard, Predictor
+    from tasks.cycle import context
+
+    weights = run_dir / "classifier.safetensors"
+    if not weights.exists():
+        return None
+    card = ModelCard.of(context(cfg).dataset)
+    model, _, _ = load_classifier(weights)
+    shape = (card.channels, card.image_size, card.image_size)
+    signature = ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape))]),
+                               Schema([TensorSpec(np.dtype(np.float32), (-1, len(card.class_names)))]))
+    # Two blank images: a batch of 2 keeps the batch dimension dynamic in torch.export, and
+    # no user image ends up in the tracking store.
+    example = np.zeros((2, *shape), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / MODEL_PATH
+        mlflow.pytorch.save_model(Predictor(model, card), str(folder), serialization_format="pt2",
+                                  signature=signature, input_example=example,
+                                  metadata={"galot": {**card.to_dict(), "arch": cfg["model"]["arch"],
+                                                      "input": "uint8 images (N, C, S, S)",
+                                                      "output": "class probabilities (N, K)"}})
+        shutil.copy(weights, folder / "classifier.safetensors")
+        client.log_artifacts(run_id, str(folder), artifact_path=MODEL_PATH)
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def finish_experiment(cfg: dict[str, Any], status: str) -> str | None:
+    """End the experiment's MLflow run with ``status``; on FINISHED first log its classifier as a model."""
+    c = config_from_dict(cfg, source="flow parameters")
+    path = c.run_dir / "tracking.json"
+    everything = read_json(path) if path.exists() else {}
+    state = everything.get(redacted(tracking_uri()), {})
+    if not state.get("run_id"):
+        return None  # nothing was logged yet
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    run_id = state["run_id"]
+    weights = c.run_dir / "classifier.safetensors"
+    if status == "FINISHED" and weights.exists() and \
+            state.get("model_sha256") != hashlib.sha256(weights.read_bytes()).hexdigest():
+        state["model_sha256"] = log_model(cfg, client, run_id, c.run_dir)
+        atomic_write_json(path, everything)
+    client.set_terminated(run_id, status)
+    return run_id
+
+
+@contextmanager
+def tracked_run(cfg: dict[str, Any]) -> Iterator[None]:
+    """Around a top-level flow: its MLflow run ends FINISHED, FAILED or KILLED with it (nested
+    flows leave that to the outermost). A tracking failure here never hides the flow's own error."""
+    from galot_core.labels import WaitingForLabels
+
+    if not cfg["tracking"]["mlflow"] or _owner.get():
+        yield
+        return
+    token = _owner.set(True)
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except WaitingForLabels:
+        status = "FINISHED"  # a planned stop: the run reopens when the experiment continues
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        _owner.reset(token)
+        try:
+            finish_experiment(cfg, status)
+        except Exception as e:  # noqa: BLE001
+            _log.warning("MLflow: could not end the run as %s (%s)", status, e)
+
+
+def load_logged_model(uri: str):
+    """An MLflow model galot logged (``runs:/<id>/model``, ``models:/...`` or a local folder) and its card."""
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    from galot_core.predict import ModelCard
+
+    try:
+        meta = Model.load(uri).metadata or {}
+        module = mlflow.pytorch.load_model(uri)
+    except Exception as e:  # noqa: BLE001  (MLflow raises many types for a wrong URI)
+        raise GalotError(f"RUN_OR_MODEL: cannot load the MLflow model '{uri}' ({str(e).splitlines()[0][:200]}); "
+                         "check the run id and MLFLOW_TRACKING_URI") from None
+    if "galot" not in meta:
+        raise GalotError(f"RUN_OR_MODEL: '{uri}' is not a galot classifier (no galot metadata in its MLmodel)")
+    return module, ModelCard.from_dict(meta["galot"])
 
 
 def log_transfer(cfg: dict[str, Any], metrics: dict[str, Any]) -> str:

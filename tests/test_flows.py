@@ -73,9 +73,54 @@ def test_run_flow_two_cycles_each_mode(prefect_api, tmp_path, tiny_sd_folder, mo
     assert "seconds_train" in run.data.metrics and "labelled" in run.data.metrics
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "grids", "metrics.json"} <= paths
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/classifier.safetensors"]
+    assert {"model/classifier.safetensors", "model/MLmodel"} <= \
+        {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     grids = {a.path for a in client.list_artifacts(run.info.run_id, "grids")}
     assert grids == {"grids/cycle_001", "grids/cycle_002"}
+    assert run.info.status == "FINISHED"
+
+
+def test_logged_model_is_a_real_mlflow_model(prefect_api, tmp_path, tiny_sd_folder, mnist5k):
+    """`mlflow.pytorch.load_model` and pyfunc give galot's own predictions, from a pickle-free pt2 file."""
+    import mlflow.pyfunc
+    import mlflow.pytorch
+    import torch
+
+    from flows.galot import galot_run
+    from galot_core.predict import load_predictor
+
+    params = write_params(tmp_path, tiny_sd_folder, name="mlmodel", mode="al")
+    galot_run(str(params))
+    client, run = mlflow_run("mlmodel")
+    uri = f"runs:/{run.info.run_id}/model"
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "model/data")}
+    assert files == {"model/data/model.pt2"}  # torch.export archive, no pickle
+    predictor, card = load_predictor(tmp_path / "runs" / "mlmodel")
+    images = mnist5k.test.images[:7]
+    with torch.no_grad():
+        ours = predictor(images)
+    theirs = mlflow.pytorch.load_model(uri)(images)
+    assert torch.allclose(ours, theirs, atol=1e-5) and torch.equal(ours.argmax(1), theirs.argmax(1))
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    assert torch.allclose(ours, torch.as_tensor(pyfunc.predict(images.numpy())), atol=1e-5)
+    assert pyfunc.metadata.metadata["galot"]["class_names"][7] == "seven"
+
+
+def test_mlflow_run_ends_with_the_flow_and_reopens(prefect_api, tmp_path, tiny_sd_folder):
+    from flows.galot import galot_cycle
+
+    params = write_params(tmp_path, tiny_sd_folder, name="lifecycle", mode="al")
+    galot_cycle(str(params))
+    client, run = mlflow_run("lifecycle")
+    assert run.info.status == "FINISHED"
+    # A failing cycle (the classifier cannot be built: unknown device) ends the reopened run FAILED.
+    with pytest.raises(Exception):
+        galot_cycle(str(params), ["train.device=nodevice"])
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    galot_cycle(str(params))  # resumed: the same run, reopened, then FINISHED
+    client, again = mlflow_run("lifecycle")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")) == [1, 2]
 
 
 def test_cycle_flow_advances_by_one_and_makes_artifacts(prefect_api, tmp_path, tiny_sd_folder):
