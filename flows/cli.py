@@ -23,15 +23,23 @@ from galot_core.labels import WaitingForLabels
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
+    p.add_argument("--params", default=None,
+                   help="parameters file (default: ./params.yaml if it exists, else every key at its default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one parameter, e.g. --set al.strategy=BALD (repeatable)")
+
+
+def _params(args: argparse.Namespace) -> str | None:
+    """--params as an absolute path; without it ./params.yaml, or None (all defaults) when there is none."""
+    if args.params is None and not Path("params.yaml").is_file():
+        return None
+    return str(Path(args.params or "params.yaml").resolve())
 
 
 def _config(args: argparse.Namespace):
     from galot_core.config import load_config
 
-    return load_config(args.params, args.overrides)
+    return load_config(_params(args), args.overrides)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -63,16 +71,49 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def code_fingerprint() -> str:
+    """SHA-256 of the source an experiment runs: every .py file of galot_core, tasks and flows as imported."""
+    import hashlib
+    import importlib
+
+    h = hashlib.sha256()
+    for name in ("galot_core", "tasks", "flows"):
+        root = Path(importlib.import_module(name).__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{name}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _replace_if_code_changed(run_dir: Path, runs_dir: Path, code: str) -> Path | None:
+    """Move aside a run folder started by other code (recorded in its code.json), as for changed parameters."""
+    import json
+    import time
+
+    path = run_dir / "code.json"
+    if not path.exists() or json.loads(path.read_text()).get("sha256") == code:
+        return None
+    dest = runs_dir / ".replaced" / f"{run_dir.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.rename(dest)
+    return dest
+
+
 def _prepare_run(args: argparse.Namespace, overrides: list[str]):
     """Validate everything cheap to check before Prefect starts, so mistakes are one line."""
     from galot_core.config import load_config
     from galot_core.experiment import replace_if_changed
 
-    cfg = load_config(args.params, overrides)
+    cfg = load_config(_params(args), overrides)
+    code = code_fingerprint()
     if args.restart_if_changed:
         moved = replace_if_changed(cfg)
         if moved:
             print(f"galot: parameters changed; moved the old run folder to {moved} and starting afresh", flush=True)
+        moved = _replace_if_code_changed(cfg.run_dir, Path(cfg.experiment.runs_dir), code)
+        if moved:
+            print(f"galot: galot's code changed since this run started; moved the old run folder to {moved} and "
+                  "starting afresh", flush=True)
     from tasks.cycle import context
 
     # The flow's tasks reuse this context (same parameters, same process), so the dataset
@@ -84,6 +125,10 @@ def _prepare_run(args: argparse.Namespace, overrides: list[str]):
     if exp.uses_generation and exp.completed_cycles() < cfg.experiment.cycles:
         exp.t2i  # noqa: B018  (an unknown or incomplete model fails here)
     exp.start()
+    if not (exp.dir / "code.json").exists():  # the code that started the run (what --restart-if-changed compares)
+        from galot_core.io import atomic_write_json
+
+        atomic_write_json(exp.dir / "code.json", {"sha256": code})
     return cfg, exp
 
 
@@ -100,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not PREFECT_API_URL.value():
             raise GalotError("--wait-for-labels: pausing for labels needs a Prefect server; start one and set "
                              "PREFECT_API_URL, or run without --wait-for-labels (galot then stops and you rerun it)")
-    rows = galot_run(str(Path(args.params).resolve()), overrides, args.wait_for_labels)
+    rows = galot_run(_params(args), overrides, args.wait_for_labels)
     print(format_table(rows))
     return 0
 
@@ -113,7 +158,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     overrides = _run_overrides(args)
     cfg, exp = _prepare_run(args, overrides)
     next_cycle(exp)  # one line when every cycle is complete
-    m = galot_cycle(str(Path(args.params).resolve()), overrides)
+    m = galot_cycle(_params(args), overrides)
     print(format_table(exp.all_metrics()))
     print(f"galot: cycle {m['cycle']} complete, test accuracy {describe(m['test_accuracy'])}")
     return 0
@@ -125,7 +170,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     read_index(cfg.run_dir / "dataset")  # one clear line if the experiment has not exported anything yet
-    results = galot_transfer(str(Path(args.params).resolve()), list(args.overrides), args.arch or None)
+    results = galot_transfer(_params(args), list(args.overrides), args.arch or None)
     print(f"{'arch':<14}  {'real':>5}  {'gen':>5}  {'test acc':>8}  {'seconds':>7}  unet calls")
     for r in results:
         acc = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
@@ -178,7 +223,7 @@ def cmd_pretrain_t2i(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import serve
 
-    serve(args.params, list(args.overrides))
+    serve(_params(args), list(args.overrides))
     return 0
 
 
@@ -229,6 +274,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.csv:
         atomic_write_text(Path(args.csv), rows_csv(rows))
         print(f"galot: {len(rows)} predictions written to {args.csv}", file=sys.stderr)
+    return 0
+
+
+_GITIGNORE = "/runs/\n/models/\n/data/\nmlflow.db\nmlartifacts/\n/dvc_plots/\n"
+
+
+def starter_dvc_yaml(text: str) -> str:
+    """The project's dvc.yaml for a new folder: without the deps on galot's own source files,
+    which there are an installed package (upgrade galot, then `dvc repro --force`)."""
+    import re
+
+    code = re.compile(r"^\s*- (galot_core|tasks|flows)(/\S*)?\s*$|^\s*# the code it runs")
+    lines = [line for line in text.splitlines(keepends=True) if not code.match(line)]
+    # A deps: left without items (the stage listed only code) goes too.
+    return "".join(line for i, line in enumerate(lines)
+                   if not (line.strip() == "deps:" and not lines[i + 1].lstrip().startswith("- ")))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+    from importlib.resources import files
+
+    folder = Path(args.dir)
+    if folder.exists() and not folder.is_dir():
+        raise GalotError(f"DIR: '{folder}' is a file; give a folder (created if missing)")
+    templates = files("galot") / "templates"
+    wanted = {"params.yaml": templates.joinpath("params.yaml").read_text(encoding="utf-8"),
+              "dvc.yaml": starter_dvc_yaml(templates.joinpath("dvc.yaml").read_text(encoding="utf-8"))}
+    existing = [n for n in wanted if (folder / n).exists()]
+    if existing and not args.force:
+        raise GalotError(f"DIR: {folder / existing[0]} already exists; pass --force to overwrite, or init another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in wanted.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    if not (folder / ".gitignore").exists():
+        (folder / ".gitignore").write_text(_GITIGNORE)
+    if args.dvc and not (folder / ".dvc").exists():
+        dvc = shutil.which("dvc")
+        if dvc is None:
+            raise GalotError("--dvc: the dvc command is not on PATH; install galot into this environment, or drop --dvc")
+        in_git = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=folder, capture_output=True,
+                                text=True).returncode == 0 if shutil.which("git") else False
+        r = subprocess.run([dvc, "init", "-q", *([] if in_git else ["--no-scm"])], cwd=folder, capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            raise GalotError(f"--dvc: `dvc init` failed in {folder}: {(r.stderr or r.stdout).strip().splitlines()[-1]}")
+    print(f"galot: wrote {folder / 'params.yaml'} (every key, at its default) and {folder / 'dvc.yaml'}"
+          + (" and .dvc/" if args.dvc else ""))
+    print(f"galot: next: cd {folder} && galot run   (or `dvc repro` for the whole pipeline: galot-mini, GALOT, "
+          "baselines, transfers, report); edit data.* in params.yaml for your own images")
     return 0
 
 
@@ -290,7 +386,7 @@ def _continue_command(args: argparse.Namespace, run: Path) -> list[str]:
     from galot_core.config import load_config
 
     base = [sys.executable, "-m", "flows.cli", "run"]
-    params = Path(args.params)
+    params = Path(_params(args) or "params.yaml")
     if params.is_file() and load_config(params, args.overrides).run_dir.resolve() == run.resolve():
         return base + ["--params", str(params.resolve())] + [a for o in args.overrides for a in ("--set", o)]
     run = run.resolve()
@@ -325,11 +421,24 @@ def cmd_label_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version (what pip installed), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("galot")
+    except PackageNotFoundError:
+        from galot import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="galot",
         description="Train image classifiers from class names plus few labels, by generative active learning.",
     )
+    parser.add_argument("--version", action="version", version=f"galot {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     commands: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
         ("run", "run all cycles of the experiment in params.yaml (resumes where it stopped)", cmd_run),
@@ -369,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--csv", metavar="OUT", help="also write image,label,probability[,label_2,probability_2...]")
     pp.add_argument("-k", "--top-k", type=int, default=3, help="classes to show per image (default 3)")
     pp.set_defaults(fn=cmd_predict)
+    ip = sub.add_parser("init", help="write a starter params.yaml and dvc.yaml for a new project",
+                        description="Start a galot project in DIR (default: here): params.yaml with every key at "
+                                    "its default, the DVC pipeline dvc.yaml, a .gitignore; --dvc also runs `dvc init`.")
+    ip.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    ip.add_argument("--dvc", action="store_true", help="also create .dvc/ (dvc init; --no-scm outside a git repo)")
+    ip.add_argument("--force", action="store_true", help="overwrite an existing params.yaml / dvc.yaml")
+    ip.set_defaults(fn=cmd_init)
     label = sub.add_parser("label", help="give a human oracle's labels: export / import a CSV, or a labelling page",
                            description="Label the batch a human-oracle experiment waits for (exit status 3 of "
                                        "`galot run`), then continue it.")

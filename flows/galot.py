@@ -160,7 +160,7 @@ def _absolute(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @flow(name="galot", log_prints=True)
-def galot_cycle(params: str = "params.yaml", overrides: list[str] | None = None,
+def galot_cycle(params: str | None = "params.yaml", overrides: list[str] | None = None,
                 pause_for_labels: bool = False) -> dict[str, Any]:
     """Advance the experiment named in ``params`` by one active-learning cycle.
 
@@ -172,7 +172,7 @@ def galot_cycle(params: str = "params.yaml", overrides: list[str] | None = None,
 
 
 @flow(name="galot-run", log_prints=True)
-def galot_run(params: str = "params.yaml", overrides: list[str] | None = None,
+def galot_run(params: str | None = "params.yaml", overrides: list[str] | None = None,
               pause_for_labels: bool = False) -> list[dict[str, Any]]:
     """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
     cfg = load_config(params, overrides or [])
@@ -199,7 +199,7 @@ def _run_cycles(cfg, params: str, overrides: list[str] | None, pause_for_labels:
 
 
 @flow(name="galot-transfer", log_prints=True)
-def galot_transfer(params: str = "params.yaml", overrides: list[str] | None = None,
+def galot_transfer(params: str | None = "params.yaml", overrides: list[str] | None = None,
                    archs: list[str] | None = None) -> list[dict[str, Any]]:
     """Train ``archs`` (default ``transfer.archs``) on the experiment's cached real + synthetic data."""
     cfg = load_config(params, overrides or [])

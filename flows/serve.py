@@ -23,7 +23,7 @@ from pathlib import Path
 from galot_core.errors import GalotError
 
 
-def serve(params: str = "params.yaml", overrides: list[str] | None = None) -> None:
+def serve(params: str | None = "params.yaml", overrides: list[str] | None = None) -> None:
     from prefect import serve as prefect_serve
     from prefect.settings import PREFECT_API_URL
 
@@ -32,9 +32,11 @@ def serve(params: str = "params.yaml", overrides: list[str] | None = None) -> No
     if not PREFECT_API_URL.value():
         raise GalotError("PREFECT_API_URL is not set: start a server with `prefect server start` (it listens on "
                          "127.0.0.1:4200) and `export PREFECT_API_URL=http://127.0.0.1:4200/api`, then rerun")
-    parameters = {"params": str(Path(params).resolve()), "overrides": list(overrides or [])}
+    # params None: no params.yaml, every key at its default (paths relative to this folder)
+    parameters = {"params": str(Path(params).resolve()) if params else None, "overrides": list(overrides or [])}
     waiting = {**parameters, "pause_for_labels": True}  # a served run waits for labels, paused
-    os.chdir(Path(params).resolve().parent)  # relative paths in params.yaml resolve next to it
+    if params:
+        os.chdir(Path(params).resolve().parent)  # relative paths in params.yaml resolve next to it
     prefect_serve(
         galot_cycle.to_deployment(name="cycle", parameters=waiting,
                                   description="Advance the experiment by one active-learning cycle"),

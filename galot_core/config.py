@@ -421,8 +421,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
-    """Read, override and validate ``params.yaml``."""
+def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read, override and validate ``params.yaml``; ``path=None``: every key at its default."""
+    if path is None:
+        return config_from_dict(apply_overrides({}, overrides or []), source="defaults (no params.yaml)")
     path = Path(path)
     raw: Any = {}
     if path.exists():
@@ -433,5 +435,5 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
             where = f" at line {mark.line + 1}" if mark else ""
             raise GalotError(f"{path}: not valid YAML{where}; fix the syntax") from None
     else:
-        raise GalotError(f"{path}: file not found; pass --params PATH or create params.yaml")
+        raise GalotError(f"{path}: file not found; pass --params PATH, or `galot init` to write a starter params.yaml")
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))

@@ -7,7 +7,7 @@ for plus the images it generated. Exported, that is::
       index.json                  dataset config, class names, cycles, one line per shard
       real.json                   the labelled pool: indices into the dataset's pool split,
                                   their labels and the cycle each was bought in
-      synthetic/cycle_003.tar     one cycle's PNGs + manifest.jsonl, uncompressed
+      synthetic/cycle_003.tar     one cycle's images in the WebDataset layout, uncompressed
 
 Why shards and not the PNG folders: DVC hashes, caches and links every file of a
 tracked folder, and its maintainers advise archives over thousands of small files; one
@@ -17,8 +17,15 @@ working copy that generation writes), and anything that only has the export — 
 ``dvc pull`` on another machine, the ``transfer`` stage — reads the tars directly,
 checking every image against the SHA-256 in its manifest.
 
-Shards are deterministic (sorted members, zero timestamps and owners), so a resumed run
-exports byte-identical files and DVC sees no change.
+A shard follows the WebDataset convention — per image three consecutive members sharing a
+key, ``cycle003_000012.png`` (the image), ``.cls`` (the class index as text) and ``.json``
+(its manifest entry: SHA-256, class name, prompt, ε, seed, model, ...) — so ``webdataset``
+and Hugging Face ``datasets`` (``load_dataset("webdataset", data_files=...)``) read it
+directly. The ``.json`` members together are the cycle's manifest: on read every image is
+checked against the hash in its own entry, and its ``.cls`` against the entry's label.
+
+Shards are deterministic (members in key order, zero timestamps and owners), so a resumed
+run exports byte-identical files and DVC sees no change.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import hashlib
 import io
 import json
 import tarfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +46,30 @@ from galot_core.errors import GalotError
 from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
 from galot_core.runfolder import RunFolder
 
-FORMAT = "galot-dataset/1"
+FORMAT = "galot-dataset/2"  # 2: WebDataset shards; 1: PNGs + one manifest.jsonl (still read)
+_READABLE = (FORMAT, "galot-dataset/1")
+
+
+def sample_key(cycle: int, index: int) -> str:
+    """The WebDataset key of the ``index``-th image (manifest order) of a cycle: unique across shards, no dots."""
+    return f"cycle{cycle:03d}_{index:06d}"
 
 
 def shard_bytes(folder: Path) -> bytes:
-    """The cycle folder's manifest and every image it lists, as a deterministic tar."""
+    """Every image the cycle folder's manifest lists, with its class and manifest entry, as a deterministic tar."""
     entries = synthetic.read_manifest(folder)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        members = [("manifest.jsonl", (folder / "manifest.jsonl").read_bytes())]
-        for e in entries:
+        members = []
+        for i, e in enumerate(entries):
             data = (folder / e.file).read_bytes()
             if hashlib.sha256(data).hexdigest() != e.sha256:
                 raise GalotError(f"{folder / e.file}: image does not match its manifest hash; run `galot verify` "
                                  "and delete the cycle's synthetic folder to regenerate it")
-            members.append((e.file, data))
-        for name, data in sorted(members):
+            key = sample_key(e.cycle, i)
+            meta = json.dumps(asdict(e), sort_keys=True).encode("utf-8")
+            members += [(f"{key}.cls", str(e.label).encode()), (f"{key}.json", meta), (f"{key}.png", data)]
+        for name, data in members:  # key order, then .cls .json .png: each sample's members consecutive
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
             info.uname = info.gname = ""
@@ -105,8 +121,9 @@ def read_index(dataset_dir: str | Path) -> dict[str, Any]:
         raise GalotError(f"{dataset_dir}: no exported dataset here (index.json missing); finish at least one "
                          "cycle of the experiment with `galot run`, or `dvc pull` its dataset")
     index = read_json(path)
-    if index.get("format") != FORMAT:
-        raise GalotError(f"{path}: unknown dataset format {index.get('format')!r} (expected {FORMAT})")
+    if index.get("format") not in _READABLE:
+        raise GalotError(f"{path}: unknown dataset format {index.get('format')!r} (expected {FORMAT}); "
+                         "rerun `galot run` to export the dataset again")
     return index
 
 
@@ -120,18 +137,32 @@ def read_shard(path: str | Path) -> list[tuple[synthetic.ManifestEntry, bytes]]:
             files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
     except (tarfile.TarError, OSError) as e:
         raise GalotError(f"{path}: shard is unreadable ({e.__class__.__name__}); `dvc pull` it again") from None
-    if "manifest.jsonl" not in files:
-        raise GalotError(f"{path}: shard has no manifest.jsonl")
+    try:
+        entries = _shard_entries(files)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise GalotError(f"{path}: a manifest entry in the shard is corrupt; `dvc pull` it again") from None
+    if entries is None:
+        raise GalotError(f"{path}: shard has samples without their .json manifest entry; `dvc pull` it again")
     out = []
-    for line in files["manifest.jsonl"].decode("utf-8").splitlines():
-        if not line:
-            continue
-        e = synthetic.ManifestEntry(**json.loads(line))
-        data = files.get(e.file)
-        if data is None or hashlib.sha256(data).hexdigest() != e.sha256:
+    for e, data, cls in entries:
+        if data is None or hashlib.sha256(data).hexdigest() != e.sha256 or \
+                (cls is not None and cls.decode("ascii", "replace").strip() != str(e.label)):
             raise GalotError(f"{path}: {e.file} is missing or altered; `dvc pull` the dataset again")
         out.append((e, data))
     return out
+
+
+def _shard_entries(files: dict[str, bytes]) -> list[tuple[synthetic.ManifestEntry, bytes | None, bytes | None]] | None:
+    """(entry, PNG, .cls) per sample; None when a sample has no .json entry."""
+    if "manifest.jsonl" in files:  # format 1: one manifest, PNGs under their original names
+        entries = [synthetic.ManifestEntry(**json.loads(line))
+                   for line in files["manifest.jsonl"].decode("utf-8").splitlines() if line]
+        return [(e, files.get(e.file), None) for e in entries]
+    keys = sorted({name.rsplit(".", 1)[0] for name in files})
+    if any(f"{k}.json" not in files for k in keys):
+        return None
+    return [(synthetic.ManifestEntry(**json.loads(files[f"{k}.json"])), files.get(f"{k}.png"), files.get(f"{k}.cls"))
+            for k in keys]
 
 
 def load_training_set(dataset_dir: str | Path, dataset: Dataset,

@@ -3,7 +3,10 @@
 ``galot report`` (and the DVC stage ``report``) reads only finished results from the run
 folders — the experiment's ``metrics.json``, each AL baseline's
 and each transfer's — and writes ``runs/<name>/report/``: ``report.md``, the
-accuracy-vs-budget plot ``accuracy.png`` and sample grids. Nothing is typed by hand, so
+accuracy-vs-budget plot ``accuracy.png``, sample grids, and the same curves as CSV for
+``dvc plots show`` (``curves/galot.csv``: budget, GALOT; ``curves/baselines.csv``: budget and
+one column per ``baselines.strategies`` entry), which dvc.yaml's top-level plot draws on one
+pair of axes. Nothing is typed by hand, so
 rerunning it after more cycles or baselines brings the report up to date.
 
 Baselines live in ``<runs_dir>/<name>-baselines/<strategy>/``.
@@ -72,6 +75,24 @@ def _fmt(v: float | None, digits: int = 4, signed: bool = False) -> str:
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
+def write_curves(cfg: Config, main: Curve, baselines: list[Curve], out: Path) -> None:
+    """The accuracy-vs-budget curves as two CSVs (columns named as dvc.yaml's top-level plot expects;
+    a baseline that has not run yet is an empty column)."""
+    budgets = [r["cycle"] for r in main.rows]
+    by_name = {b.name: b for b in baselines}
+
+    def cell(v: float | None) -> str:
+        return "" if v is None else f"{v:.6f}"
+
+    galot = ["budget,GALOT"] + [f"{c * cfg.al.budget_per_cycle},{cell(main.at(c))}" for c in budgets]
+    strategies = list(cfg.baselines.strategies)
+    base = ["budget," + ",".join(strategies)]
+    base += [f"{c * cfg.al.budget_per_cycle}," + ",".join(cell(by_name[f"AL {s}"].at(c)) if f"AL {s}" in by_name
+                                                          else "" for s in strategies) for c in budgets]
+    atomic_write_text(out / "curves" / "galot.csv", "\n".join(galot) + "\n")
+    atomic_write_text(out / "curves" / "baselines.csv", "\n".join(base) + "\n")
+
+
 def plot_accuracy(cfg: Config, curves: list[Curve], path: Path) -> None:
     import matplotlib
 
@@ -107,6 +128,7 @@ def write_report(cfg: Config) -> tuple[Path, str]:
     out = cfg.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     plot_accuracy(cfg, [main, *baselines], out / "accuracy.png")
+    write_curves(cfg, main, baselines, out)
     rows = comparison_rows(cfg, main, baselines)
     names = [b.name for b in baselines]
 

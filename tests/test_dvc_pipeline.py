@@ -2,7 +2,10 @@
 
 Checks what the pipeline promises: every stage runs from a fresh clone's state; a second
 repro does nothing; a transfer-only change reruns only the transfer stages and the report,
-generating no image; `dvc plots show` renders; `dvc exp run -S` takes our dotted keys.
+generating no image; a code change reruns exactly the stages whose code changed (the repo
+holds a copy of galot's packages, and the stages run that copy); `dvc plots show` draws
+GALOT and the baselines on one chart; `dvc push`/`dvc pull` round-trip the dataset through
+a directory remote; `dvc exp run -S` takes our dotted keys.
 """
 
 from __future__ import annotations
@@ -38,14 +41,16 @@ TINY = {
 def repo(tmp_path_factory, prefect_api):
     path = tmp_path_factory.mktemp("dvc-repo")
     shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
+    for package in ("galot", "galot_core", "tasks", "flows"):  # the code the stages depend on, and run (PYTHONPATH)
+        shutil.copytree(ROOT / package, path / package, ignore=shutil.ignore_patterns("__pycache__"))
     # The project's params.yaml with tiny overrides: DVC needs every key a stage lists.
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (path / ".gitignore").write_text("/runs/\n/models/\nmlflow.db\n/dvc_plots/\n")
+    (path / ".gitignore").write_text("/runs/\n/models/\nmlflow.db\n/dvc_plots/\n__pycache__/\n")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               PREFECT_API_URL=prefect_api, OMP_NUM_THREADS="1", DVC_NO_ANALYTICS="1",
+               PREFECT_API_URL=prefect_api, OMP_NUM_THREADS="1", DVC_NO_ANALYTICS="1", PYTHONPATH=str(path),
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
 
     def run(*args: str) -> str:
@@ -55,6 +60,7 @@ def repo(tmp_path_factory, prefect_api):
 
     run("git", "init", "-q")
     run("dvc", "init", "-q")
+    shutil.copy(ROOT / ".dvcignore", path / ".dvcignore")  # ignores __pycache__: the code deps are the sources
     run("git", "add", "-A")
     run("git", "commit", "-qm", "pipeline")
     return path, run
@@ -98,11 +104,66 @@ def test_transfer_change_reruns_only_transfer_and_report(repo):
     assert m["steps"] == 5 and m["unet_calls"] == 0
 
 
-def test_plots_show_renders_accuracy_curves(repo):
+def test_stages_run_the_repos_code(repo):
+    path, run = repo
+    out = run("python", "-c", "import flows, galot_core, tasks; print(flows.__file__, galot_core.__file__, tasks.__file__)")
+    assert out.count(str(path)) == 3
+
+
+def _touch_code(path: Path, module: str) -> None:
+    f = path / module
+    f.write_text(f.read_text() + "\n# a code change\n")
+
+
+@pytest.mark.timeout(1500)  # the experiments and their baselines rerun from scratch
+def test_code_change_reruns_exactly_the_stages_that_run_it(repo):
+    path, run = repo
+    _touch_code(path, "galot_core/report.py")
+    assert stages_run(run("dvc", "repro")) == {"report"}
+    # transfer.py is run by the transfer stages and imported by the experiment flow (galot-transfer):
+    # those rerun, and the experiments start afresh instead of resuming their finished folders.
+    before = synthetic_state(path)
+    _touch_code(path, "galot_core/transfer.py")
+    out = run("dvc", "repro")
+    assert stages_run(out) == {"galot", "baselines@RandomSampling", "baselines@MarginSampling",
+                               "transfer@small_cnn", "transfer@mobilenet_v2", "report"}
+    assert out.count("code changed since this run started") == 3
+    assert len(list((path / "runs/.replaced").glob("default-*"))) == 1
+    assert synthetic_state(path) == before  # regenerated from scratch, byte for byte the same
+    assert stages_run(run("dvc", "repro")) == set()
+
+
+def test_plots_show_draws_galot_and_baselines_on_one_chart(repo):
+    import json
+
     path, run = repo
     run("dvc", "plots", "show")
     html = (path / "dvc_plots/index.html").read_text()
     assert "test_accuracy" in html and "budget" in html and "accuracy.png" in html
+    plots = json.loads(run("dvc", "plots", "show", "--json"))["data"]
+    values = plots["accuracy_vs_budget"][0]["content"]["data"]["values"]
+    series = {v["filename::field"] for v in values}
+    assert series == {"galot.csv::GALOT", "baselines.csv::RandomSampling", "baselines.csv::MarginSampling"}
+    assert {v["budget"] for v in values} == {"10", "20"}
+    assert not any(k.endswith("accuracy.csv") for k in plots)  # no chart per run any more
+
+
+def test_push_and_pull_through_a_directory_remote(repo, tmp_path):
+    from galot_core import export
+
+    path, run = repo
+    run("dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    run("dvc", "push")
+    dataset = path / "runs/default/dataset"
+    files = {str(f.relative_to(dataset)): f.read_bytes() for f in sorted(dataset.rglob("*")) if f.is_file()}
+    shutil.rmtree(dataset)
+    shutil.rmtree(path / ".dvc/cache")
+    run("dvc", "pull", "galot")
+    assert {str(f.relative_to(dataset)): f.read_bytes() for f in sorted(dataset.rglob("*")) if f.is_file()} == files
+    index = export.read_index(dataset)
+    assert sum(len(export.read_shard(dataset / s["file"])) for s in index["shards"]) == 30  # checked on read
+    assert stages_run(run("dvc", "repro")) == set()
+    run("dvc", "remote", "remove", "local")
 
 
 def test_exp_run_takes_dotted_overrides(repo):
@@ -113,3 +174,54 @@ def test_exp_run_takes_dotted_overrides(repo):
     assert stages_run(out) == {"transfer@small_cnn", "transfer@mobilenet_v2", "report"}
     shown = run("dvc", "exp", "show", "--no-pager", "--csv")
     assert "more-steps" in shown
+
+
+# The code each stage's computation imports, from these entry modules (the CLI glue aside).
+STAGE_ENTRIES = {
+    "prepare": ["galot_core.prepare"],
+    "pretrain_t2i": ["galot_core.t2i.embedded"],
+    "galot": ["flows.galot"],
+    "baselines": ["flows.galot"],
+    "transfer": ["galot_core.transfer", "tasks.transfer"],
+    "report": ["galot_core.report"],
+}
+
+
+def _module_file(name: str) -> Path | None:
+    p = ROOT / Path(*name.split("."))
+    return p / "__init__.py" if (p / "__init__.py").exists() else p.with_suffix(".py") if p.with_suffix(".py").exists() \
+        else None
+
+
+def import_closure(entries: list[str]) -> set[str]:
+    """Every galot source file the entries import, at module level or inside functions (static, via ast)."""
+    import ast
+
+    seen: set[str] = set()
+    todo = list(entries)
+    while todo:
+        name = todo.pop()
+        f = _module_file(name)
+        if name in seen or f is None:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module, *(f"{node.module}.{a.name}" for a in node.names)] \
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for n in names:
+                parts = n.split(".")
+                todo += [".".join(parts[:i]) for i in range(1, len(parts) + 1) if parts[0] in ("galot_core", "tasks", "flows")]
+    return {str(_module_file(m).relative_to(ROOT)) for m in seen}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_ENTRIES))
+def test_stage_deps_cover_the_code_it_runs(stage):
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    spec = stages[stage].get("do", stages[stage])
+    deps = [d for d in spec["deps"] if not d.startswith(("runs/", "${"))]
+    assert all((ROOT / d).exists() for d in deps), deps
+    needed = {f for f in import_closure(STAGE_ENTRIES[stage]) if f not in ("galot_core/__init__.py",
+                                                                           "tasks/__init__.py", "flows/__init__.py")}
+    missing = {f for f in needed if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
+    assert not missing, f"dvc.yaml stage {stage} runs {sorted(missing)} but does not list them in deps"

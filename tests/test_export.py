@@ -1,12 +1,14 @@
 """The exported dataset (real selections + deterministic tar shards) that DVC versions."""
 
+import dataclasses
 import hashlib
+import json
 import tarfile
 
 import pytest
 import torch
 
-from galot_core import export
+from galot_core import export, synthetic
 from galot_core.errors import GalotError
 
 
@@ -31,7 +33,7 @@ def test_run_exports_real_selections_and_one_shard_per_cycle(finished, tiny_digi
     assert c1 == {"real": 10, "generated": 10} and len(x1) == 20
 
 
-def test_shards_are_deterministic_and_hold_manifest_and_pngs(finished, tiny_digits):
+def test_shards_are_deterministic_webdataset_samples(finished, tiny_digits):
     cfg, exp = finished
     shard = cfg.run_dir / "dataset/synthetic/cycle_002.tar"
     before = hashlib.sha256(shard.read_bytes()).hexdigest()
@@ -39,9 +41,33 @@ def test_shards_are_deterministic_and_hold_manifest_and_pngs(finished, tiny_digi
     assert hashlib.sha256(shard.read_bytes()).hexdigest() == before
     with tarfile.open(shard) as tar:
         members = tar.getmembers()
-    assert members[-1].name == "manifest.jsonl" or "manifest.jsonl" in [m.name for m in members]
+        files = {m.name: tar.extractfile(m).read() for m in members}
     assert all(m.mtime == 0 and m.uid == 0 for m in members)
-    assert sum(m.name.endswith(".png") for m in members) == 20
+    # WebDataset: consecutive members sharing a key (basename up to the first dot), one sample each.
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    for m in members:
+        key, ext = m.name.split(".", 1)
+        if not samples or samples[-1][0] != key:
+            samples.append((key, {}))
+        samples[-1][1][ext] = files[m.name]
+    assert len(samples) == 20 == len({k for k, _ in samples})  # keys never repeat
+    manifest = synthetic.read_manifest(synthetic.cycle_folder(cfg.run_dir, 2))
+    for (key, sample), entry in zip(samples, manifest):
+        assert set(sample) == {"png", "cls", "json"} and key.startswith("cycle002_")
+        meta = json.loads(sample["json"])
+        assert meta == dataclasses.asdict(entry)  # the .json members are the cycle's manifest
+        assert int(sample["cls"]) == entry.label and hashlib.sha256(sample["png"]).hexdigest() == entry.sha256
+
+
+def test_format_1_shards_still_read(finished, tiny_digits, tmp_path):
+    """Datasets exported before the WebDataset layout (PNGs + manifest.jsonl) load unchanged."""
+    cfg, _ = finished
+    folder = synthetic.cycle_folder(cfg.run_dir, 2)
+    old = tmp_path / "old.tar"
+    with tarfile.open(old, "w") as tar:
+        for name in ["manifest.jsonl"] + [e.file for e in synthetic.read_manifest(folder)]:
+            tar.add(folder / name, arcname=name)
+    assert export.read_shard(old) == export.read_shard(cfg.run_dir / "dataset/synthetic/cycle_002.tar")
 
 
 def test_altered_shard_is_refused(finished, tiny_digits, tmp_path):
@@ -59,6 +85,27 @@ def test_altered_shard_is_refused(finished, tiny_digits, tmp_path):
         import io
 
         for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(GalotError, match="missing or altered"):
+        export.load_training_set(copy, tiny_digits)
+
+
+def test_relabelled_sample_is_refused(finished, tiny_digits, tmp_path):
+    """A .cls that disagrees with the manifest entry (a sample relabelled by hand) is refused."""
+    import io
+    import shutil
+
+    cfg, _ = finished
+    copy = tmp_path / "dataset"
+    shutil.copytree(cfg.run_dir / "dataset", copy)
+    shard = copy / "synthetic/cycle_002.tar"
+    with tarfile.open(shard) as tar:
+        files = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    files = [(n, b"9" if n.endswith(".cls") and d != b"9" else d) for n, d in files]
+    with tarfile.open(shard, "w") as tar:
+        for name, data in files:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

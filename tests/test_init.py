@@ -1,0 +1,57 @@
+"""`galot init`, `galot --version`, and commands in a folder without params.yaml."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main, starter_dvc_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("galot 0.")
+
+
+def test_init_writes_a_project_dvc_accepts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "proj"]) == 0
+    proj = tmp_path / "proj"
+    assert (proj / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
+    dvc = yaml.safe_load((proj / "dvc.yaml").read_text())
+    assert dvc["stages"].keys() == yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].keys()
+    deps = [d for st in dvc["stages"].values() for d in st.get("do", st).get("deps") or []]
+    assert deps and not any(d.startswith(("galot_core", "tasks", "flows")) for d in deps)  # code is installed there
+    assert "/runs/" in (proj / ".gitignore").read_text()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=proj, check=True, env=env)
+    r = subprocess.run(["dvc", "stage", "list"], cwd=proj, capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "transfer@vgg16" in r.stdout, r.stderr
+    # A second init does not overwrite a project: one line, exit 2.
+    capsys.readouterr()
+    assert main(["init", "proj"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists; pass --force" in err[0]
+
+
+def test_starter_drops_a_deps_key_left_empty():
+    text = "stages:\n  a:\n    cmd: x\n    deps:\n      - galot_core/io.py\n      - tasks\n    params:\n      - data\n"
+    assert yaml.safe_load(starter_dvc_yaml(text)) == {"stages": {"a": {"cmd": "x", "params": ["data"]}}}
+
+
+def test_commands_without_params_yaml_use_the_defaults(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert "params.yaml" not in err and "experiment.name: 'default' has no completed cycle" in err
+    assert main(["report", "--params", "missing.yaml"]) == 2
+    assert "missing.yaml: file not found" in capsys.readouterr().err
