@@ -27,7 +27,7 @@ def serve(params: str | None = "params.yaml", overrides: list[str] | None = None
     from prefect import serve as prefect_serve
     from prefect.settings import PREFECT_API_URL
 
-    from flows.galot import galot_cycle, galot_run, galot_transfer
+    from galot.flows.galot import galot_cycle, galot_run, galot_transfer
 
     if not PREFECT_API_URL.value():
         raise GalotError("PREFECT_API_URL is not set: start a server with `prefect server start` (it listens on "

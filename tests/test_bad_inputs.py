@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.cli import main
+from galot.flows.cli import main
 from tests.test_flows import write_params
 
 

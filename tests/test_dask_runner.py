@@ -21,7 +21,7 @@ def _files(folder):
 
 def test_dask_runner_matches_thread_runner(prefect_api, tmp_path, tiny_sd_folder):
     pytest.importorskip("prefect_dask")
-    from flows.galot import galot_run
+    from galot.flows.galot import galot_run
 
     runs = {}
     for runner in ("thread", "dask"):

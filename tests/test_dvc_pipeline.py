@@ -106,7 +106,8 @@ def test_transfer_change_reruns_only_transfer_and_report(repo):
 
 def test_stages_run_the_repos_code(repo):
     path, run = repo
-    out = run("python", "-c", "import flows, galot_core, tasks; print(flows.__file__, galot_core.__file__, tasks.__file__)")
+    out = run("python", "-c", "import galot.flows.cli, galot_core, galot.tasks; "
+                              "print(galot.flows.cli.__file__, galot_core.__file__, galot.tasks.__file__)")
     assert out.count(str(path)) == 3
 
 
@@ -180,14 +181,16 @@ def test_exp_run_takes_dotted_overrides(repo):
 STAGE_ENTRIES = {
     "prepare": ["galot_core.prepare"],
     "pretrain_t2i": ["galot_core.t2i.embedded"],
-    "galot": ["flows.galot"],
-    "baselines": ["flows.galot"],
-    "transfer": ["galot_core.transfer", "tasks.transfer"],
+    "galot": ["galot.flows.galot"],
+    "baselines": ["galot.flows.galot"],
+    "transfer": ["galot_core.transfer", "galot.tasks.transfer"],
     "report": ["galot_core.report"],
 }
 
 
 def _module_file(name: str) -> Path | None:
+    if name.startswith(("galot.flows", "galot.tasks")):  # installed names of the repository's flows/ and tasks/
+        name = name[len("galot."):]
     p = ROOT / Path(*name.split("."))
     return p / "__init__.py" if (p / "__init__.py").exists() else p.with_suffix(".py") if p.with_suffix(".py").exists() \
         else None
@@ -211,6 +214,8 @@ def import_closure(entries: list[str]) -> set[str]:
                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
             for n in names:
                 parts = n.split(".")
+                if parts[:2] in (["galot", "flows"], ["galot", "tasks"]):
+                    parts = parts[1:]
                 todo += [".".join(parts[:i]) for i in range(1, len(parts) + 1) if parts[0] in ("galot_core", "tasks", "flows")]
     return {str(_module_file(m).relative_to(ROOT)) for m in seen}
 

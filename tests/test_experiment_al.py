@@ -68,7 +68,7 @@ def test_budget_larger_than_pool(tmp_path, tiny_digits):
 def test_cli_bad_param_is_one_line_exit_2(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("al:\n  strategy: Margin\n")
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--params", str(params)],
+    r = subprocess.run([sys.executable, "-m", "galot.flows.cli", "run", "--params", str(params)],
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "al.strategy must be one of" in r.stderr
@@ -76,5 +76,5 @@ def test_cli_bad_param_is_one_line_exit_2(tmp_path):
 
 
 def test_cli_help_lists_commands():
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "galot.flows.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "run" in r.stdout and "cycle" in r.stdout

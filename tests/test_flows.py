@@ -38,7 +38,7 @@ def write_params(tmp_path, model, name="f", mode="al+gal", experiment=None, **se
 def mlflow_run(name):
     from mlflow import MlflowClient
 
-    from tasks.tracking import tracking_uri
+    from galot.tasks.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri())
     exp = client.get_experiment_by_name("galot")
@@ -53,7 +53,7 @@ def mlflow_run(name):
     ("al+gal", [10, 20], [10, 20]),
 ])
 def test_run_flow_two_cycles_each_mode(prefect_api, tmp_path, tiny_sd_folder, mode, labelled, generated):
-    from flows.galot import galot_run
+    from galot.flows.galot import galot_run
 
     name = f"flow-{mode.replace('+', '-')}"
     params = write_params(tmp_path, tiny_sd_folder, name=name, mode=mode)
@@ -86,7 +86,7 @@ def test_logged_model_is_a_real_mlflow_model(prefect_api, tmp_path, tiny_sd_fold
     import mlflow.pytorch
     import torch
 
-    from flows.galot import galot_run
+    from galot.flows.galot import galot_run
     from galot_core.predict import load_predictor
 
     params = write_params(tmp_path, tiny_sd_folder, name="mlmodel", mode="al")
@@ -107,7 +107,7 @@ def test_logged_model_is_a_real_mlflow_model(prefect_api, tmp_path, tiny_sd_fold
 
 
 def test_mlflow_run_ends_with_the_flow_and_reopens(prefect_api, tmp_path, tiny_sd_folder):
-    from flows.galot import galot_cycle
+    from galot.flows.galot import galot_cycle
 
     params = write_params(tmp_path, tiny_sd_folder, name="lifecycle", mode="al")
     galot_cycle(str(params))
@@ -127,7 +127,7 @@ def test_cycle_flow_advances_by_one_and_makes_artifacts(prefect_api, tmp_path, t
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.galot import galot_cycle
+    from galot.flows.galot import galot_cycle
 
     params = write_params(tmp_path, tiny_sd_folder, name="one-by-one")
     first = galot_cycle(str(params))
@@ -149,7 +149,7 @@ def test_cycle_flow_advances_by_one_and_makes_artifacts(prefect_api, tmp_path, t
 
 
 def test_transfer_flow_reuses_cached_data_without_the_t2i_model(prefect_api, tmp_path, tiny_sd_folder):
-    from flows.galot import galot_run, galot_transfer
+    from galot.flows.galot import galot_run, galot_transfer
 
     params = write_params(tmp_path, tiny_sd_folder, name="tr")
     galot_run(str(params))
@@ -167,7 +167,7 @@ def test_transfer_flow_reuses_cached_data_without_the_t2i_model(prefect_api, tmp
 
 
 def test_judge_scores_pseudo_labels_when_it_exists(prefect_api, tmp_path, tiny_sd_folder, mnist5k):
-    from flows.galot import galot_cycle
+    from galot.flows.galot import galot_cycle
     from galot_core.checkpoint import save_classifier
     from galot_core.models import build_model
 
@@ -185,5 +185,5 @@ def test_every_command_has_help(command):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "flows.cli", command, "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "galot.flows.cli", command, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--params" in r.stdout and "--set" in r.stdout

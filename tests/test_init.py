@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.cli import main, starter_dvc_yaml
+from galot.flows.cli import main, starter_dvc_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 

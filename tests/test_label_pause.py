@@ -40,8 +40,8 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 def test_paused_flow_run_resumes_with_labels(prefect_api, tmp_path, digit_folder, monkeypatch):
     from prefect.flow_runs import resume_flow_run
 
-    from flows.galot import galot_cycle
-    from flows.labelling import read_paused, resume_paused
+    from galot.flows.galot import galot_cycle
+    from galot.flows.labelling import read_paused, resume_paused
 
     monkeypatch.setenv("GALOT_PAUSE_POLL_SECONDS", "1")
     folder, names, truth = digit_folder

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.cli import main
+from galot.flows.cli import main
 from galot_core.checkpoint import load_classifier
 from galot_core.experiment import Experiment
 from galot_core.train import predict

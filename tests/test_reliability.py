@@ -74,7 +74,7 @@ def test_verify_reports_each_damage(finished, tmp_path, damage, kind, where):
 
 
 def test_verify_cli_exit_codes(finished, tmp_path):
-    from flows.cli import main
+    from galot.flows.cli import main
 
     assert main(["verify", str(finished)]) == 0
     run = damaged_copy(finished, tmp_path)
@@ -115,7 +115,7 @@ def test_out_of_memory_with_one_image_is_a_clear_error(tmp_path, tiny_digits, ti
 def test_retries_only_where_they_can_help():
     from prefect.states import Failed
 
-    from tasks import cycle
+    from galot.tasks import cycle
 
     assert cycle.generate_shard.retries == 2 and cycle.optimize_group.retries == 2
     assert cycle.select_real_batch.retries == 0 and cycle.train_classifier.retries == 0
@@ -139,7 +139,7 @@ def test_checkpoints_never_unpickle(finished, tmp_path):
 
 
 def test_tracking_uri_credentials_never_leave_the_process():
-    from tasks.tracking import redacted
+    from galot.tasks.tracking import redacted
 
     assert redacted("https://alice:s3cret@mlflow.example.com/api") == "https://***@mlflow.example.com/api"
     assert redacted("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
