@@ -20,8 +20,8 @@ checking every image against the SHA-256 in its manifest.
 A shard follows the WebDataset convention — per image three consecutive members sharing a
 key, ``cycle003_000012.png`` (the image), ``.cls`` (the class index as text) and ``.json``
 (its manifest entry: SHA-256, class name, prompt, ε, seed, model, ...) — so ``webdataset``
-and Hugging Face ``datasets`` (``load_dataset("webdataset", data_files=...)``) read it
-directly. The ``.json`` members together are the cycle's manifest: on read every image is
+reads it directly (``WebDataset(path).decode("pil")``: png, cls, json per sample), as does
+any reader of that convention (Hugging Face ``datasets``' "webdataset" loader). The ``.json`` members together are the cycle's manifest: on read every image is
 checked against the hash in its own entry, and its ``.cls`` against the entry's label.
 
 Shards are deterministic (members in key order, zero timestamps and owners), so a resumed
