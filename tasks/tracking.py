@@ -179,10 +179,15 @@ def log_model(cfg: dict[str, Any], client, run_id: str, run_dir: Path) -> str | 
     # Two blank images: a batch of 2 keeps the batch dimension dynamic in torch.export, and
     # no user image ends up in the tracking store.
     example = np.zeros((2, *shape), dtype=np.uint8)
+    import torch
+
+    # Stated, not inferred: MLflow's inference reloads the model in a subprocess (slow); loading a
+    # pt2 model needs only these two.
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / MODEL_PATH
         mlflow.pytorch.save_model(Predictor(model, card), str(folder), serialization_format="pt2",
-                                  signature=signature, input_example=example,
+                                  signature=signature, input_example=example, pip_requirements=requirements,
                                   metadata={"galot": {**card.to_dict(), "arch": cfg["model"]["arch"],
                                                       "input": "uint8 images (N, C, S, S)",
                                                       "output": "class probabilities (N, K)"}})

@@ -75,6 +75,7 @@ def synthetic_state(path: Path) -> dict[str, str]:
     return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
 
 
+@pytest.mark.timeout(1800)  # the whole pipeline, in subprocesses
 def test_repro_runs_every_stage_then_nothing(repo):
     path, run = repo
     out = run("dvc", "repro")
@@ -89,6 +90,7 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert stages_run(again) == set() and "up to date" in again
 
 
+@pytest.mark.timeout(1800)  # the whole pipeline, in subprocesses
 def test_transfer_change_reruns_only_transfer_and_report(repo):
     path, run = repo
     before = synthetic_state(path)
@@ -116,7 +118,7 @@ def _touch_code(path: Path, module: str) -> None:
     f.write_text(f.read_text() + "\n# a code change\n")
 
 
-@pytest.mark.timeout(1500)  # the experiments and their baselines rerun from scratch
+@pytest.mark.timeout(1800)  # the experiments and their baselines rerun from scratch
 def test_code_change_reruns_exactly_the_stages_that_run_it(repo):
     path, run = repo
     _touch_code(path, "galot_core/report.py")
@@ -167,6 +169,7 @@ def test_push_and_pull_through_a_directory_remote(repo, tmp_path):
     run("dvc", "remote", "remove", "local")
 
 
+@pytest.mark.timeout(1800)  # the whole pipeline, in subprocesses
 def test_exp_run_takes_dotted_overrides(repo):
     path, run = repo
     run("git", "add", "-A")
