@@ -114,7 +114,7 @@ def _prepare_run(args: argparse.Namespace, overrides: list[str]):
         if moved:
             print(f"galot: galot's code changed since this run started; moved the old run folder to {moved} and "
                   "starting afresh", flush=True)
-    from tasks.cycle import context
+    from galot.tasks.cycle import context
 
     # The flow's tasks reuse this context (same parameters, same process), so the dataset
     # and the diffusion model loaded for these checks are loaded once.
@@ -133,7 +133,7 @@ def _prepare_run(args: argparse.Namespace, overrides: list[str]):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.galot import galot_run
+    from galot.flows.galot import galot_run
 
     overrides = _run_overrides(args)
     cfg, exp = _prepare_run(args, overrides)
@@ -151,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    from flows.galot import galot_cycle
+    from galot.flows.galot import galot_cycle
     from galot_core.context import describe
     from galot_core.cycle import next_cycle
 
@@ -165,7 +165,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from flows.galot import galot_transfer
+    from galot.flows.galot import galot_transfer
     from galot_core.export import read_index
 
     cfg = _config(args)
@@ -221,7 +221,7 @@ def cmd_pretrain_t2i(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.serve import serve
+    from galot.flows.serve import serve
 
     serve(_params(args), list(args.overrides))
     return 0
@@ -251,7 +251,7 @@ def _predictor(source: str):
 
     path = Path(source)
     if ":/" in source or (path.is_dir() and (path / "MLmodel").is_file()):
-        from tasks.tracking import load_logged_model
+        from galot.tasks.tracking import load_logged_model
 
         return load_logged_model(source)
     return load_predictor(path)
@@ -366,7 +366,7 @@ def cmd_label_export(args: argparse.Namespace) -> int:
 
 
 def cmd_label_import(args: argparse.Namespace) -> int:
-    from flows.labelling import resume_paused
+    from galot.flows.labelling import resume_paused
     from galot_core import labels
 
     run = _run_folder(args.run)
@@ -385,7 +385,7 @@ def _continue_command(args: argparse.Namespace, run: Path) -> list[str]:
     """The `galot run` that continues this run folder: with --params if they name it, else its config.json."""
     from galot_core.config import load_config
 
-    base = [sys.executable, "-m", "flows.cli", "run"]
+    base = [sys.executable, "-m", "galot.flows.cli", "run"]
     params = Path(_params(args) or "params.yaml")
     if params.is_file() and load_config(params, args.overrides).run_dir.resolve() == run.resolve():
         return base + ["--params", str(params.resolve())] + [a for o in args.overrides for a in ("--set", o)]
@@ -395,8 +395,8 @@ def _continue_command(args: argparse.Namespace, run: Path) -> list[str]:
 
 
 def cmd_label_serve(args: argparse.Namespace) -> int:
-    from flows.labelling import Continuation
-    from flows.labelpage import LabelServer
+    from galot.flows.labelling import Continuation
+    from galot.flows.labelpage import LabelServer
 
     run = _run_folder(args.run)
     cont = Continuation(run, _continue_command(args, run))

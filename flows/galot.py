@@ -37,10 +37,10 @@ from galot_core.cycle import next_cycle, run_cycle
 from galot_core.errors import GalotError
 from galot_core.steps import export_cycle
 from galot_core.steps.evaluate import write_summary
-from flows.labelling import wait_for_labels
-from tasks.cycle import TASKS, context
-from tasks.tracking import track_experiment, track_transfer, tracked_run
-from tasks.transfer import train_transfer
+from galot.flows.labelling import wait_for_labels
+from galot.tasks.cycle import TASKS, context
+from galot.tasks.tracking import track_experiment, track_transfer, tracked_run
+from galot.tasks.transfer import train_transfer
 
 TABLE_COLUMNS = ("cycle", "labelled", "generated", "epsilon", "test_accuracy", "judged_accuracy")
 

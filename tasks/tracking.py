@@ -166,7 +166,7 @@ def log_model(cfg: dict[str, Any], client, run_id: str, run_dir: Path) -> str | 
 
     from galot_core.checkpoint import load_classifier
     from galot_core.predict import ModelCard, Predictor
-    from tasks.cycle import context
+    from galot.tasks.cycle import context
 
     weights = run_dir / "classifier.safetensors"
     if not weights.exists():

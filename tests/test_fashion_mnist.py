@@ -77,7 +77,7 @@ def test_real_files_give_the_documented_world():
 
 
 def test_missing_files_are_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys):
-    from flows.cli import main
+    from galot.flows.cli import main
 
     monkeypatch.setattr(fm, "DEBIAN_ROOT", str(tmp_path / "no-debian"))
     monkeypatch.chdir(tmp_path)

@@ -205,7 +205,7 @@ def test_page_server_refuses_foreign_requests(tmp_path, tiny_digits):
     import urllib.error
     import urllib.request
 
-    from flows.labelpage import LabelServer
+    from galot.flows.labelpage import LabelServer
 
     cfg = config_from_dict({"experiment": {"name": "s", "runs_dir": str(tmp_path), "mode": "al", "cycles": 1,
                                            "oracle": "human"}, "al": {"budget_per_cycle": 3}})
