@@ -87,11 +87,12 @@ def code_fingerprint() -> str:
 
 def _replace_if_code_changed(run_dir: Path, runs_dir: Path, code: str) -> Path | None:
     """Move aside a run folder started by other code (recorded in its code.json), as for changed parameters."""
-    import json
     import time
 
-    path = run_dir / "code.json"
-    if not path.exists() or json.loads(path.read_text()).get("sha256") == code:
+    from galot_core.runfolder import RunFolder
+
+    started = RunFolder(run_dir).read_code()
+    if started is None or started == code:
         return None
     dest = runs_dir / ".replaced" / f"{run_dir.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -125,10 +126,8 @@ def _prepare_run(args: argparse.Namespace, overrides: list[str]):
     if exp.uses_generation and exp.completed_cycles() < cfg.experiment.cycles:
         exp.t2i  # noqa: B018  (an unknown or incomplete model fails here)
     exp.start()
-    if not (exp.dir / "code.json").exists():  # the code that started the run (what --restart-if-changed compares)
-        from galot_core.io import atomic_write_json
-
-        atomic_write_json(exp.dir / "code.json", {"sha256": code})
+    if exp.folder.read_code() is None:  # the code that started the run (what --restart-if-changed compares)
+        exp.folder.write_code(code)
     return cfg, exp
 
 

@@ -82,6 +82,16 @@ class RunFolder:
         """A copy of the newest cycle's classifier, the run's deliverable."""
         return self.path / "classifier.safetensors"
 
+    @property
+    def code_path(self) -> Path:
+        """The SHA-256 of the galot code that started the run (what ``--restart-if-changed`` compares)."""
+        return self.path / "code.json"
+
+    @property
+    def tracking_path(self) -> Path:
+        """What has been mirrored to MLflow, per tracking URI (tasks/tracking.py)."""
+        return self.path / "tracking.json"
+
     def cycle_dir(self, cycle: int) -> Path:
         return self.path / "cycles" / f"cycle_{cycle:03d}"
 
@@ -124,7 +134,13 @@ class RunFolder:
     def label_answers_path(self, cycle: int) -> Path:
         return self.labels_dir / f"cycle_{cycle:03d}.answers.json"
 
-    # ----- config and pool ----------------------------------------------------------------
+    # ----- config, code and pool ----------------------------------------------------------
+    def read_code(self) -> str | None:
+        return read_json(self.code_path).get("sha256") if self.code_path.exists() else None
+
+    def write_code(self, sha256: str) -> None:
+        atomic_write_json(self.code_path, {"sha256": sha256})
+
     def read_config(self) -> dict[str, Any] | None:
         """The parameters the run was started with, as written (validate with galot_core.config)."""
         return read_json(self.config_path) if self.config_path.exists() else None

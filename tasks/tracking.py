@@ -43,6 +43,7 @@ from prefect.cache_policies import NO_CACHE
 from galot_core.config import config_from_dict
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_json, read_json
+from galot_core.runfolder import RunFolder
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 MODEL_PATH = "model"
@@ -130,28 +131,28 @@ def log_experiment(cfg: dict[str, Any]) -> dict[str, Any]:
 
     c = config_from_dict(cfg, source="flow parameters")
     run_dir = c.run_dir
-    path = run_dir / "tracking.json"
+    run = RunFolder(run_dir)
+    path = run.tracking_path
     everything = read_json(path) if path.exists() else {}
     uri = tracking_uri()
     state = everything.setdefault(redacted(uri), {})  # never write a token into the run folder
     client, run_id = _client_and_run(cfg, run_dir, state)
-    rows = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else []
+    rows = run.all_metrics()
     new = [r for r in rows if r["cycle"] not in state["logged_cycles"]]
     now = int(time.time() * 1000)
     for row in new:
         metrics = [Metric(k, v, now, row["cycle"]) for k, v in cycle_metrics(row).items()]
         client.log_batch(run_id, metrics=metrics)
-        grid = run_dir / "cycles" / f"cycle_{row['cycle']:03d}" / "grid.png"
+        grid = run.grid_path(row["cycle"])
         if grid.exists():
             client.log_artifact(run_id, str(grid), artifact_path=f"grids/cycle_{row['cycle']:03d}")
         state["logged_cycles"].append(row["cycle"])
     if new:
-        model = run_dir / "classifier.safetensors"
-        if model.exists():
-            client.log_artifact(run_id, str(model), artifact_path=MODEL_PATH)
-        for name in ("metrics.json", "accuracy.csv", "config.json"):
-            if (run_dir / name).exists():
-                client.log_artifact(run_id, str(run_dir / name))
+        if run.classifier_path.exists():
+            client.log_artifact(run_id, str(run.classifier_path), artifact_path=MODEL_PATH)
+        for file in (run.run_metrics_path, run.accuracy_csv_path, run.config_path):
+            if file.exists():
+                client.log_artifact(run_id, str(file))
     atomic_write_json(path, everything)
     return {"run_id": run_id, "tracking_uri": redacted(uri), "logged": [r["cycle"] for r in new]}
 
@@ -168,7 +169,7 @@ def log_model(cfg: dict[str, Any], client, run_id: str, run_dir: Path) -> str | 
     from galot_core.predict import ModelCard, Predictor
     from galot.tasks.cycle import context
 
-    weights = run_dir / "classifier.safetensors"
+    weights = RunFolder(run_dir).classifier_path
     if not weights.exists():
         return None
     card = ModelCard.of(context(cfg).dataset)
@@ -199,7 +200,7 @@ def log_model(cfg: dict[str, Any], client, run_id: str, run_dir: Path) -> str | 
 def finish_experiment(cfg: dict[str, Any], status: str) -> str | None:
     """End the experiment's MLflow run with ``status``; on FINISHED first log its classifier as a model."""
     c = config_from_dict(cfg, source="flow parameters")
-    path = c.run_dir / "tracking.json"
+    path = RunFolder(c.run_dir).tracking_path
     everything = read_json(path) if path.exists() else {}
     state = everything.get(redacted(tracking_uri()), {})
     if not state.get("run_id"):
@@ -208,7 +209,7 @@ def finish_experiment(cfg: dict[str, Any], status: str) -> str | None:
 
     client = MlflowClient(tracking_uri=tracking_uri())
     run_id = state["run_id"]
-    weights = c.run_dir / "classifier.safetensors"
+    weights = RunFolder(c.run_dir).classifier_path
     if status == "FINISHED" and weights.exists() and \
             state.get("model_sha256") != hashlib.sha256(weights.read_bytes()).hexdigest():
         state["model_sha256"] = log_model(cfg, client, run_id, c.run_dir)
