@@ -20,7 +20,7 @@ from huggingface_hub.utils import hf_raise_for_status  # noqa: E402
 
 from galot_core.errors import GalotError  # noqa: E402
 from galot_core.t2i import DiffusersT2I  # noqa: E402
-from galot_core.t2i.backend import PIPELINES  # noqa: E402
+from galot_core.t2i.loading import PIPELINES  # noqa: E402
 from tests.tiny_sd import tiny_sd_pipeline  # noqa: E402
 
 

@@ -28,8 +28,9 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import Tensor
 
-from galot_core.t2i.backend import PackedT2I, _loader, _moved, _read_model_index
 from galot_core.t2i.conditioning import Conditioning
+from galot_core.t2i.loading import component_loader, moved, read_model_index
+from galot_core.t2i.packed import PackedT2I
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 _LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
@@ -53,7 +54,7 @@ class FluxT2I(PackedT2I):
                  tokenizer_2: Any, transformer: torch.nn.Module, scheduler: Any, vae: torch.nn.Module, *,
                  max_sequence_length: int = 512, **kwargs: Any) -> None:
         super().__init__(text_encoder, tokenizer, transformer, scheduler, vae, **kwargs)
-        self.text_encoder_2 = _moved(text_encoder_2, self.device, self.text_encoder_dtype)
+        self.text_encoder_2 = moved(text_encoder_2, self.device, self.text_encoder_dtype)
         self.tokenizer_2 = tokenizer_2
         self._freeze(self.text_encoder_2)
         self.max_sequence_length = max_sequence_length
@@ -67,8 +68,8 @@ class FluxT2I(PackedT2I):
     @classmethod
     def _load_components(cls, folder: Path, *, model_dtype: torch.dtype, variant: str | None,
                          text_encoder_dtype: torch.dtype) -> dict[str, Any]:
-        index = _read_model_index(folder, _REQUIRED, (), _LAYOUT, _REQUIRED)
-        load = _loader(folder, index, variant)
+        index = read_model_index(folder, _REQUIRED, (), _LAYOUT, _REQUIRED)
+        load = component_loader(folder, index, variant)
         return {
             "transformer": load("transformer", torch_dtype=model_dtype),
             "vae": load("vae", torch_dtype=model_dtype),

@@ -45,7 +45,7 @@ PRESETS: dict[str, Preset] = {
     "flux": Preset(4, 0.0, "bf16", None, None, "full", 0.2, "Apache-2.0 (schnell); FLUX.1-dev non-commercial",
                    "black-forest-labs/FLUX.1-schnell"),
 }
-"""family -> preset (the family names of ``galot_core.t2i.backend.PIPELINES``)."""
+"""family -> preset (the family names of ``galot_core.t2i.loading.PIPELINES``)."""
 
 
 def preset_settings(family: str) -> dict[str, object]:

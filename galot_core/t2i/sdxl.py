@@ -25,8 +25,9 @@ from diffusers import DiffusionPipeline
 from torch import Tensor
 
 from galot_core.errors import GalotError
-from galot_core.t2i.backend import PackedT2I, _loader, _moved, _read_model_index
 from galot_core.t2i.conditioning import Conditioning
+from galot_core.t2i.loading import component_loader, moved, read_model_index
+from galot_core.t2i.packed import PackedT2I
 
 _REQUIRED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 _LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
@@ -48,7 +49,7 @@ class SDXLT2I(PackedT2I):
                  tokenizer_2: Any, unet: torch.nn.Module, scheduler: Any, vae: torch.nn.Module | None = None, *,
                  force_zeros_for_empty_prompt: bool = True, **kwargs: Any) -> None:
         super().__init__(text_encoder, tokenizer, unet, scheduler, vae, **kwargs)
-        self.text_encoder_2 = _moved(text_encoder_2, self.device, self.text_encoder_dtype)
+        self.text_encoder_2 = moved(text_encoder_2, self.device, self.text_encoder_dtype)
         self.tokenizer_2 = tokenizer_2
         self._freeze(self.text_encoder_2)
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
@@ -73,8 +74,8 @@ class SDXLT2I(PackedT2I):
     @classmethod
     def _load_components(cls, folder: Path, *, model_dtype: torch.dtype, variant: str | None,
                          text_encoder_dtype: torch.dtype) -> dict[str, Any]:
-        index = _read_model_index(folder, _REQUIRED, (), _LAYOUT, _REQUIRED)
-        load = _loader(folder, index, variant)
+        index = read_model_index(folder, _REQUIRED, (), _LAYOUT, _REQUIRED)
+        load = component_loader(folder, index, variant)
         force_zeros = json.loads((folder / "model_index.json").read_text()).get("force_zeros_for_empty_prompt", True)
         return {
             "unet": load("unet", torch_dtype=model_dtype),

@@ -1,0 +1,174 @@
+"""Reading a diffusers folder: which family it holds, which classes load its components, and the
+device/dtype/scheduler options that apply to every family.
+
+Kept apart from the backend so that :mod:`galot_core.t2i.backend` holds the model and its sampling
+loop only; the family modules (SDXL, FLUX) use the same helpers to load their own components.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import diffusers
+import torch
+
+from galot_core.errors import GalotError
+
+if TYPE_CHECKING:
+    from galot_core.t2i.backend import DiffusersT2I
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# t2i.scheduler names → diffusers classes (all expose alphas_cumprod or sigmas, see schedule.predict_x0).
+SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
+              "unipc": "UniPCMultistepScheduler"}
+_REQUIRED_COMPONENTS = ("unet", "scheduler", "text_encoder", "tokenizer")
+_LAYOUT = "model_index.json plus unet/, vae/, text_encoder/, tokenizer/, scheduler/"
+
+# model_index.json's _class_name -> (family, module, backend class). The family decides which
+# components are loaded and how the denoiser is called; anything else is refused in one line.
+PIPELINES: dict[str, tuple[str, str, str]] = {
+    "StableDiffusionPipeline": ("sd", "galot_core.t2i.backend", "DiffusersT2I"),
+    "StableDiffusionXLPipeline": ("sdxl", "galot_core.t2i.sdxl", "SDXLT2I"),
+    "FluxPipeline": ("flux", "galot_core.t2i.flux", "FluxT2I"),
+}
+
+
+def resolve_options(device: str, dtype: str, text_encoder_dtype: str, timestep_spacing: str | None,
+                    scheduler: str | None) -> tuple[torch.device, torch.dtype, torch.dtype]:
+    """Check the loading options before touching the disk or the network: (device, UNet/VAE dtype,
+    text encoder dtype); see :meth:`DiffusersT2I.from_pretrained` for their meaning."""
+    torch_device = resolve_device(device)
+    model_dtype = resolve_dtype(dtype, torch_device)
+    if text_encoder_dtype not in DTYPES:
+        raise GalotError(f"t2i.text_encoder_dtype: {text_encoder_dtype!r} is not one of {', '.join(DTYPES)}: "
+                         "fix the value")
+    if timestep_spacing is not None and timestep_spacing not in ("leading", "trailing", "linspace"):
+        raise GalotError(
+            f"t2i.timestep_spacing: {timestep_spacing!r} is not one of leading, trailing, linspace: fix the value"
+        )
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise GalotError(f"t2i.scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}: fix the value")
+    return torch_device, model_dtype, DTYPES[text_encoder_dtype]
+
+
+def configured_scheduler(sched: Any, scheduler: str | None, timestep_spacing: str | None) -> Any:
+    """The folder's scheduler ``sched``, replaced by :data:`SCHEDULERS` ``[scheduler]`` built from its
+    config (same noise schedule) and with ``timestep_spacing`` overridden, where those are given."""
+    if scheduler is not None:
+        sched = getattr(diffusers, SCHEDULERS[scheduler]).from_config(sched.config)
+    if timestep_spacing is not None:
+        sched = type(sched).from_config(sched.config, timestep_spacing=timestep_spacing)
+    return sched
+
+
+def moved(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> torch.nn.Module:
+    """``module`` on ``device``, cast only when the dtype really changes (diffusers warns on every
+    ``.to(dtype=...)``, even a no-op one)."""
+    module = module.to(device)
+    return module if dtype is None or dtype == module.dtype else module.to(dtype=dtype)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise GalotError(f"t2i.device: {device!r} is not a device: use auto, cpu or cuda") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise GalotError(f"t2i.device: {device!r} but CUDA is not available here: use auto or cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise GalotError(f"t2i.dtype: {dtype!r} is not one of auto, {', '.join(DTYPES)}: fix the value")
+    return DTYPES[dtype]
+
+
+def family_class(folder: Path) -> type[DiffusersT2I]:
+    """The backend class for the pipeline that ``folder/model_index.json`` names; others are refused."""
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise GalotError(
+            f"t2i.model: folder '{folder}' is missing model_index.json: point t2i.model at a diffusers folder "
+            f"({_LAYOUT}), e.g. one written by pipeline.save_pretrained()"
+        )
+    try:
+        class_name = json.loads(index_file.read_text()).get("_class_name")
+    except (ValueError, AttributeError):
+        raise GalotError(f"t2i.model: '{index_file}' is not a JSON object: re-save the model with "
+                         "pipeline.save_pretrained()") from None
+    if class_name not in PIPELINES:
+        raise GalotError(
+            f"t2i.model: '{folder}' holds a {class_name} (model_index.json _class_name), which galot does not "
+            f"support: use a model of one of {', '.join(PIPELINES)}"
+        )
+    _, module, backend = PIPELINES[class_name]
+    return getattr(importlib.import_module(module), backend)
+
+
+def component_loader(folder: Path, index: dict[str, tuple[str, str]], variant: str | None) -> Callable[..., Any]:
+    """``load(name, **kwargs)``: the component ``folder/name`` with the class model_index.json names;
+    weights of ``variant`` (e.g. fp16) for models (tokenizers and schedulers have no variants)."""
+
+    def load(name: str, **kwargs: Any) -> Any:
+        library, class_name = index[name]
+        if variant and name.split("_")[0] not in ("tokenizer", "scheduler"):
+            kwargs["variant"] = variant
+        return load_component(folder, name, library, class_name, **kwargs)
+
+    return load
+
+
+def read_model_index(folder: Path, required: tuple[str, ...] = _REQUIRED_COMPONENTS,
+                      optional: tuple[str, ...] = ("vae",), layout: str = _LAYOUT,
+                      order: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                      ) -> dict[str, tuple[str, str]]:
+    """The components listed in ``model_index.json`` as {name: (library, class)}; checks the folders exist.
+
+    ``required`` must be listed and present; ``optional`` ones (SD's vae/ for pixel-space models)
+    only when listed; ``order`` is the order in which missing folders are named.
+    """
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise GalotError(
+            f"t2i.model: folder '{folder}' is missing model_index.json: point t2i.model at a diffusers folder "
+            f"({_LAYOUT}), e.g. one written by pipeline.save_pretrained()"
+        )
+    index = {
+        name: (entry[0], entry[1])
+        for name, entry in json.loads(index_file.read_text()).items()
+        if name in (*required, *optional) and isinstance(entry, list) and entry[0] and entry[1]
+    }
+    # Optional components (pixel-space models list vae as [null, null]) are checked only when listed.
+    expected = [name for name in order if name in required or name in index]
+    problems = [f"{name}/" for name in expected if not (folder / name).is_dir()]
+    problems += [f"{name} in model_index.json" for name in required if name not in index]
+    if problems:
+        optional_note = f" ({', '.join(f'{name}/' for name in optional)} optional)" if optional else ""
+        raise GalotError(
+            f"t2i.model: local folder '{folder}' is missing {', '.join(problems)}: a diffusers folder needs "
+            f"{layout}{optional_note}; re-save it with pipeline.save_pretrained()"
+        )
+    return index
+
+
+def load_component(folder: Path, name: str, library: str, class_name: str, **kwargs: Any) -> Any:
+    """Load ``folder/name`` with the class that model_index.json names (e.g. transformers.BertModel)."""
+    component_class = getattr(importlib.import_module(library), class_name, None)
+    if component_class is None:
+        raise GalotError(
+            f"t2i.model: model_index.json names {library}.{class_name} for {name}/, which the installed "
+            f"{library} does not provide: install a matching {library} version"
+        )
+    try:
+        return component_class.from_pretrained(folder / name, **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GalotError(f"t2i.model: cannot load {name}/ from '{folder}' ({first_line}): re-save the model") from None
