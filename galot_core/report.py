@@ -131,7 +131,16 @@ def write_report(cfg: Config) -> tuple[Path, str]:
     write_curves(cfg, main, baselines, out)
     rows = comparison_rows(cfg, main, baselines)
     names = [b.name for b in baselines]
+    md = _accuracy_section(cfg, main, baselines, rows, names)
+    md += _judged_section(main) + _transfers_section(transfers) + _cost_section(main) + _samples_section(cfg, main, out)
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(md).rstrip() + "\n")
+    return path, _terminal_table(rows, names)
 
+
+def _accuracy_section(cfg: Config, main: Curve, baselines: list[Curve], rows: list[dict],
+                      names: list[str]) -> list[str]:
+    """The report's title, settings line, plot and test-accuracy table (one row per cycle, then the means)."""
     md = [f"# galot report: {cfg.experiment.name}", "",
           f"Dataset `{cfg.data.dataset}`, mode `{cfg.experiment.mode}`, {len(main.rows)} of {cfg.experiment.cycles} "
           f"cycles, B_AL = {cfg.al.budget_per_cycle} per cycle, σ_AL = {cfg.al.strategy}, σ_GAL = {cfg.gal.strategy}, "
@@ -150,28 +159,48 @@ def write_report(cfg: Config) -> tuple[Path, str]:
     means = [sum(b.at(r["cycle"]) or 0 for r in rows) / len(rows) if all(b.at(r["cycle"]) is not None for r in rows)
              else None for b in baselines]
     md.append(f"| mean | | {_fmt(galot_mean)} | " + " | ".join(_fmt(m) for m in means) + " | | |")
+    return md
+
+
+def _judged_section(main: Curve) -> list[str]:
+    """Pseudo-label accuracy per cycle, where the judge classifier scored the generated images."""
     judged = [(r["cycle"], r["judged_accuracy"]) for r in main.rows if r.get("judged_accuracy") is not None]
-    if judged:
-        md += ["", "## Pseudo-label accuracy", "",
-               "Share of each cycle's generated images that the fully-supervised judge classifier puts in the class "
-               "they were prompted with (the offline stand-in for the paper's human check, §4.4).", "",
-               "| cycle | ε | judged accuracy |", "|---:|---:|---:|"]
-        eps = {r["cycle"]: r["epsilon"] for r in main.rows}
-        md += [f"| {c} | {eps[c]:.3f} | {a:.3f} |" for c, a in judged]
-    if transfers:
-        md += ["", "## Other architectures on the cached dataset", "",
-               "Trained on the experiment's final real selections and synthetic set, without generating again "
-               "(0 UNet calls).", "", "| architecture | real | generated | test accuracy | seconds |",
-               "|---|---:|---:|---:|---:|"]
-        md += [f"| {t['arch']} | {t['real']} | {t['generated']} | {_fmt(t['test_accuracy'])} | {t['seconds']:.0f} |"
-               for t in transfers]
+    if not judged:
+        return []
+    md = ["", "## Pseudo-label accuracy", "",
+          "Share of each cycle's generated images that the fully-supervised judge classifier puts in the class "
+          "they were prompted with (the offline stand-in for the paper's human check, §4.4).", "",
+          "| cycle | ε | judged accuracy |", "|---:|---:|---:|"]
+    eps = {r["cycle"]: r["epsilon"] for r in main.rows}
+    return md + [f"| {c} | {eps[c]:.3f} | {a:.3f} |" for c, a in judged]
+
+
+def _transfers_section(transfers: list[dict]) -> list[str]:
+    """Accuracy of other architectures trained on the cached dataset, when any were run."""
+    if not transfers:
+        return []
+    md = ["", "## Other architectures on the cached dataset", "",
+          "Trained on the experiment's final real selections and synthetic set, without generating again "
+          "(0 UNet calls).", "", "| architecture | real | generated | test accuracy | seconds |",
+          "|---|---:|---:|---:|---:|"]
+    return md + [f"| {t['arch']} | {t['real']} | {t['generated']} | {_fmt(t['test_accuracy'])} | {t['seconds']:.0f} |"
+                 for t in transfers]
+
+
+def _cost_section(main: Curve) -> list[str]:
+    """Seconds per stage and UNet calls per cycle, when the cycles recorded them."""
     seconds = [r.get("seconds", {}) for r in main.rows]
     stages = sorted({k for s in seconds for k in s})
-    if stages:
-        md += ["", "## Cost per cycle (seconds)", "", "| cycle | " + " | ".join(stages) + " | UNet calls |",
-               "|---:|" + "---:|" * (len(stages) + 1)]
-        md += [f"| {r['cycle']} | " + " | ".join(f"{r['seconds'].get(k, 0):.1f}" for k in stages)
-               + f" | {sum((r.get('unet_calls') or {}).values())} |" for r in main.rows]
+    if not stages:
+        return []
+    md = ["", "## Cost per cycle (seconds)", "", "| cycle | " + " | ".join(stages) + " | UNet calls |",
+          "|---:|" + "---:|" * (len(stages) + 1)]
+    return md + [f"| {r['cycle']} | " + " | ".join(f"{r['seconds'].get(k, 0):.1f}" for k in stages)
+                 + f" | {sum((r.get('unet_calls') or {}).values())} |" for r in main.rows]
+
+
+def _samples_section(cfg: Config, main: Curve, out: Path) -> list[str]:
+    """Copies the sample grids of the first, middle and last cycle into ``out`` and links them."""
     grids = []
     for r in main.rows:
         src = RunFolder(cfg.run_dir).grid_path(r["cycle"])
@@ -179,18 +208,21 @@ def write_report(cfg: Config) -> tuple[Path, str]:
                                            main.rows[-1]["cycle"]}:
             shutil.copyfile(src, out / f"grid_cycle_{r['cycle']:03d}.png")
             grids.append(r["cycle"])
-    if grids:
-        md += ["", "## Samples", ""]
-        for c in grids:
-            what = "generated images, a row per class" if cfg.experiment.mode != "al" else "real images selected"
-            md += [f"Cycle {c} ({what}):", "", f"![cycle {c}](grid_cycle_{c:03d}.png)", ""]
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(md).rstrip() + "\n")
+    if not grids:
+        return []
+    md = ["", "## Samples", ""]
+    for c in grids:
+        what = "generated images, a row per class" if cfg.experiment.mode != "al" else "real images selected"
+        md += [f"Cycle {c} ({what}):", "", f"![cycle {c}](grid_cycle_{c:03d}.png)", ""]
+    return md
 
+
+def _terminal_table(rows: list[dict], names: list[str]) -> str:
+    """The plain-text comparison table that ``galot report`` prints."""
     head = f"{'cycle':>5}  {'budget':>6}  {'GALOT':>7}  {'best AL':>7}  {'diff':>7}  best baseline"
     text = [head, "-" * len(head)]
     for r in rows:
         best_name = max(names, key=lambda n: r.get(n) or -1) if names else "–"
         text.append(f"{r['cycle']:>5}  {r['budget']:>6}  {_fmt(r['galot']):>7}  {_fmt(r['best_baseline']):>7}  "
                     f"{_fmt(r['improvement'], signed=True):>7}  {best_name if r['best_baseline'] is not None else '–'}")
-    return path, "\n".join(text)
+    return "\n".join(text)

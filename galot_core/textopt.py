@@ -131,13 +131,7 @@ def optimize(
     ``s*`` as fp32 without calling ``grad_fn``: the ball is a point, or no step is asked,
     so no generator call is spent.
     """
-    if step not in STEPS:
-        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if not (0.0 <= momentum < 1.0):
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-
+    _check_options(step, steps, momentum)
     star = s_star.detach().to(torch.float32)
     shape = star.shape
     star_rows = _rows(star)
@@ -151,20 +145,36 @@ def optimize(
     velocity = torch.zeros_like(s)
     for i in range(steps):
         failpoint("textopt.step")
-        g = grad_fn(s.reshape(shape).clone())
-        if tuple(g.shape) != tuple(shape):
-            raise ValueError(f"grad_fn returned shape {tuple(g.shape)}, expected {tuple(shape)}")
-        g = g.detach().to(device=s.device, dtype=torch.float32)
-        if not bool(torch.isfinite(g).all()):
-            raise ValueError(
-                f"TextOpt step {i}: grad_fn returned a non-finite gradient (NaN/Inf); "
-                "refusing to step on it (check the generator's precision / the objective)"
-            )
+        g = _checked_gradient(grad_fn(s.reshape(shape).clone()), shape, s.device, i)
         velocity = momentum * velocity + _direction(_rows(g), step)
         s = _project(s + lr * velocity, star_rows, eps)
         if callback is not None:
             callback(i, s.reshape(shape).clone(), g)
     return s.reshape(shape)
+
+
+def _check_options(step: str, steps: int, momentum: float) -> None:
+    """Refuse an unknown step rule, a negative step count or a momentum outside [0, 1)."""
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not (0.0 <= momentum < 1.0):
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+
+
+def _checked_gradient(g: Tensor, shape: torch.Size, device: torch.device, i: int) -> Tensor:
+    """``grad_fn``'s result of step ``i`` as detached fp32 on ``device``; a wrong shape or a
+    non-finite value raises ``ValueError`` (a NaN would survive sign, normalisation and projection)."""
+    if tuple(g.shape) != tuple(shape):
+        raise ValueError(f"grad_fn returned shape {tuple(g.shape)}, expected {tuple(shape)}")
+    g = g.detach().to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError(
+            f"TextOpt step {i}: grad_fn returned a non-finite gradient (NaN/Inf); "
+            "refusing to step on it (check the generator's precision / the objective)"
+        )
+    return g
 
 
 # --------------------------------------------------------------------------- ε and σ_GAL

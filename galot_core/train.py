@@ -68,10 +68,7 @@ def fit(
     g = torch.Generator().manual_seed(seed)
     model.to(device).train()
     preprocess.to(device)
-    params = list(model.parameters()) + (list(loss_head.parameters()) if loss_head is not None else [])
-    if loss_head is not None:
-        loss_head.to(device).train()
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = _optimizer(model, loss_head, cfg, device)
 
     n = len(images)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -91,13 +88,7 @@ def fit(
                 continue
             x = augment(images[idx], crop=crop, flip=flip, generator=g, pad=pad)
             x, y = preprocess(x.to(device)), labels[idx].to(device)
-            feats = model.embed(x)
-            per_sample = F.cross_entropy(model.classify(feats), y, reduction="none")
-            loss = per_sample.mean()
-            if loss_head is not None:
-                # As in Learning Loss: stop the ranking loss from shaping the features late in training.
-                f = feats.detach() if step > 0.6 * total else feats
-                loss = loss + loss_prediction_loss(loss_head(f), per_sample)
+            loss = _batch_loss(model, loss_head, x, y, late=step > 0.6 * total)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -112,6 +103,29 @@ def fit(
     model.eval()
     return FitResult(steps=step, epochs=step / steps_per_epoch, final_loss=loss_value,
                      seconds=time.perf_counter() - start)
+
+
+def _optimizer(model: Classifier, loss_head: LossPredictionHead | None, cfg: TrainConfig,
+               device: torch.device) -> torch.optim.SGD:
+    """SGD over the classifier's parameters and, when there is one, the loss-prediction head's
+    (moved to ``device`` and put in train mode here)."""
+    params = list(model.parameters()) + (list(loss_head.parameters()) if loss_head is not None else [])
+    if loss_head is not None:
+        loss_head.to(device).train()
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _batch_loss(model: Classifier, loss_head: LossPredictionHead | None, x: torch.Tensor, y: torch.Tensor,
+                *, late: bool) -> torch.Tensor:
+    """Mean cross-entropy of one batch, plus the loss-prediction ranking loss when there is a head."""
+    feats = model.embed(x)
+    per_sample = F.cross_entropy(model.classify(feats), y, reduction="none")
+    loss = per_sample.mean()
+    if loss_head is not None:
+        # As in Learning Loss: stop the ranking loss from shaping the features late in training.
+        f = feats.detach() if late else feats
+        loss = loss + loss_prediction_loss(loss_head(f), per_sample)
+    return loss
 
 
 @torch.no_grad()

@@ -149,6 +149,44 @@ def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
     t0 = time.perf_counter()
 
     # 1. VAE: MSE reconstruction + a small KL term keeps the latent space smooth.
+    vae, latents, scaling = _train_vae(x_all, cfg, g, progress)
+    vae_seconds = time.perf_counter() - t0
+
+    # 2. Text: embed every caption once; the encoder is frozen.
+    encoder, tokenizer = load_text_encoder()
+    caps = captions if captions is not None else captions_for(class_names)
+    cap_embeds, empty = _caption_embeddings(encoder, tokenizer, caps)
+
+    # 3. UNet: ε-prediction with classifier-free-guidance dropout, EMA weights saved.
+    scheduler, ema, unet_seconds = _train_unet(latents, labels, caps, cap_embeds, empty, cfg, g, rng, progress)
+
+    # 4. The pipeline folder, written next to ``out_dir`` and renamed into place.
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=ema, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    info = {"vae_seconds": vae_seconds, "unet_seconds": unet_seconds, "total_seconds": time.perf_counter() - t0,
+            "torch_threads": torch.get_num_threads(),
+            "train_images": n, "class_names": class_names,
+            **({"templates": list(TEMPLATES)} if captions is None else {"captions": caps}),
+            "scaling_factor": scaling, "config": asdict(cfg)}
+    (tmp / "galot_pretrain.json").write_text(json.dumps(info, indent=2))
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return info
+
+
+def _train_vae(x_all: torch.Tensor, cfg: PretrainConfig, g: torch.Generator,
+               progress: bool) -> tuple[torch.nn.Module, torch.Tensor, float]:
+    """Step 1 of :func:`pretrain`: the frozen VAE, the scaled latents of ``x_all`` (unit std) and that scale."""
+    n = len(x_all)
     vae = build_vae().train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     for step in tqdm(range(cfg.vae_steps), desc="pretrain vae", disable=not progress):
@@ -166,12 +204,13 @@ def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
         latents = torch.cat([vae.encode(x_all[i:i + 256]).latent_dist.mean for i in range(0, n, 256)])
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
-    latents = latents * scaling
-    vae_seconds = time.perf_counter() - t0
+    return vae, latents * scaling, scaling
 
-    # 2. Text: embed every caption once; the encoder is frozen.
-    encoder, tokenizer = load_text_encoder()
-    caps = captions if captions is not None else captions_for(class_names)
+
+def _caption_embeddings(encoder: torch.nn.Module, tokenizer,
+                        caps: list[list[str]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Step 2 of :func:`pretrain`: the frozen encoder's embedding of every caption of every class,
+    and of the empty prompt (the unconditional input of guidance dropout)."""
 
     def encode(texts: list[str]) -> torch.Tensor:
         tok = tokenizer(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
@@ -179,9 +218,14 @@ def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
             return encoder(tok.input_ids, attention_mask=tok.attention_mask)[0]
 
     cap_embeds = [encode(c) for c in caps]
-    empty = encode([""])[0]
+    return cap_embeds, encode([""])[0]
 
-    # 3. UNet: ε-prediction with classifier-free-guidance dropout, EMA weights saved.
+
+def _train_unet(latents: torch.Tensor, labels: torch.Tensor, caps: list[list[str]], cap_embeds: list[torch.Tensor],
+                empty: torch.Tensor, cfg: PretrainConfig, g: torch.Generator, rng: random.Random,
+                progress: bool) -> tuple[object, torch.nn.Module, float]:
+    """Step 3 of :func:`pretrain`: the scheduler, the EMA UNet and the seconds its training took."""
+    n = len(latents)
     scheduler = build_scheduler()
     unet = build_unet().train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -210,28 +254,7 @@ def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
             decay = min(cfg.ema, (1 + step) / (10 + step))
             for pe, p in zip(ema.parameters(), unet.parameters()):
                 pe.lerp_(p, 1 - decay)
-    unet_seconds = time.perf_counter() - t1
-
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=ema, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(str(tmp), safe_serialization=True)
-    info = {"vae_seconds": vae_seconds, "unet_seconds": unet_seconds, "total_seconds": time.perf_counter() - t0,
-            "torch_threads": torch.get_num_threads(),
-            "train_images": n, "class_names": class_names,
-            **({"templates": list(TEMPLATES)} if captions is None else {"captions": caps}),
-            "scaling_factor": scaling, "config": asdict(cfg)}
-    (tmp / "galot_pretrain.json").write_text(json.dumps(info, indent=2))
-    if out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return info
+    return scheduler, ema, time.perf_counter() - t1
 
 
 def pretrained_with(folder: str | Path, cfg: PretrainConfig) -> bool:
