@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from galot.flows.cli import main, starter_dvc_yaml
+from galot.flows.cli import main
+from galot.flows.project_commands import starter_dvc_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
