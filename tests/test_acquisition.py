@@ -5,18 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from galot_core.acquisition import (
-    STRATEGIES,
+from galot_core.acquisition import STRATEGIES, objective, score, select
+from galot_core.config import AL_STRATEGIES, GAL_STRATEGIES
+from galot_core.diversity import (
     badge_seeding,
     gradient_sq_distances,
     gradient_sq_norms,
     k_center_greedy,
     kmeans_representatives,
-    objective,
-    score,
-    select,
 )
-from galot_core.config import AL_STRATEGIES, GAL_STRATEGIES
 from galot_core.models import LossPredictionHead, build_model
 from galot_core.transforms import Preprocess
 
