@@ -74,6 +74,10 @@ ARMS: dict[str, dict[str, object]] = {
     # Added after the first arms' results: guidance 5 judged 88% against 83% at 3 (docs/t2i.md).
     "guidance5": {"epsilon": 0.0, "t2i.guidance_scale": 5.0},
     "guidance5_diverse": {"epsilon": 0.0, "t2i.guidance_scale": 5.0, "diversity": 0.4},
+    # Added after every arm above: keep the candidates whose own class the classifier gets most wrong
+    # (hard positives) instead of the most uncertain ones, with and without the zero-shot label check.
+    "select4_hard": {"epsilon": 0.0, "candidates": 4, "select_by": "intended_loss"},
+    "select4_hard_dc": {"epsilon": 0.0, "candidates": 4, "select_by": "intended_loss", "label_check": "diffusion"},
 }
 
 

@@ -121,6 +121,10 @@ class GALConfig:
                                          "real images of the class (SDEdit strength; 1 = pure noise)")
     candidates: int = _field(1, min=1, max=32, help="m: generate m·B_GAL candidates and keep the B_GAL the classifier "
                                                     "is least sure of by σ_GAL (1 = keep all, as the paper)")
+    select_by: str = _field("sigma", choices=("sigma", "intended_loss"),
+                            help="which candidates to keep: sigma: the highest σ_GAL (uncertain between any classes); "
+                                 "intended_loss: the highest cross-entropy of their prompted class (hard positives, "
+                                 "as online hard example mining, Shrivastava et al., CVPR 2016)")
     label_check: str = _field("none", choices=("none", "diffusion"),
                               help="diffusion: drop generated images that the T2I model itself, as a zero-shot "
                                    "classifier (Diffusion Classifier), does not put in their prompted class")

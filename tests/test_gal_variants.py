@@ -106,6 +106,34 @@ def test_candidates_are_selected_by_the_label_check_then_sigma_gal(tmp_path, tin
     assert read_json(exp.cycle_dir(2) / "metrics.json")["unet_calls"]["label_check"] > 0
 
 
+def test_hard_positives_are_the_candidates_the_last_classifier_gets_most_wrong(tmp_path, tiny_digits, tiny_sd_folder):
+    """gal.select_by: intended_loss keeps, per class, the candidates with the highest cross-entropy of
+    their prompted class under the cycle c-1 classifier, recomputed here from the saved model."""
+    from galot_core.checkpoint import load_classifier
+    from galot_core.io import read_json
+    from galot_core.synthetic import decode_png, resize_uint8
+    from galot_core.train import predict
+
+    cfg = gal_cfg(tmp_path, tiny_sd_folder, gal={"candidates": 2, "epsilon": 0.0, "select_by": "intended_loss"})
+    exp = Experiment(cfg, dataset=tiny_digits)
+    exp.run()
+    decision = read_json(exp.cycle_dir(2) / "selection.json")
+    folder, rejected = cycle_folder(cfg.run_dir, 2), exp.cycle_dir(2) / "rejected"
+    files = decision["files"]
+    raw = torch.stack([decode_png((folder if f in decision["kept"] else rejected) / f) for f in files])
+    images = torch.cat([resize_uint8(x.unsqueeze(0), tiny_digits.image_size, tiny_digits.channels) for x in raw])
+    model, _, _ = load_classifier(exp.cycle_dir(1) / "model.safetensors")
+    logits = predict(model, images, exp.preprocess, device="cpu", batch_size=64)["logits"]
+    targets = torch.tensor([int(f.split("_")[0]) for f in files])
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    assert torch.allclose(torch.tensor(decision["score"]), loss, atol=1e-5)
+    assert len(decision["kept"]) == 20 and len(files) == 40
+    for c in range(10):
+        mine = [k for k, f in enumerate(files) if targets[k] == c]
+        kept = [k for k in mine if files[k] in decision["kept"]]
+        assert min(loss[k] for k in kept) >= max(loss[k] for k in mine if k not in kept) - 1e-6
+
+
 def test_anchored_images_come_from_labelled_images_of_their_class(tmp_path, tiny_digits, tiny_sd_folder):
     cfg = gal_cfg(tmp_path, tiny_sd_folder, gal={"anchor_strength": 0.5, "diversity": 0.2})
     exp = Experiment(cfg, dataset=tiny_digits)

@@ -54,9 +54,11 @@ def label_check(ctx: Context, cycle: int, raw: torch.Tensor) -> tuple[list[int] 
         return zero_shot, t2i.num_unet_calls - before
 
 
-def candidate_scores(ctx: Context, cycle: int, raw: torch.Tensor) -> torch.Tensor:
-    """σ_GAL of each candidate (``raw``: as decoded, uint8) under the last classifier (higher: keep
-    first); zeros without a choice."""
+def candidate_scores(ctx: Context, cycle: int, raw: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How much the last classifier has to learn from each candidate (``raw``: as decoded, uint8;
+    ``targets``: the prompted classes), higher: keep first; zeros without a choice. ``gal.select_by``:
+    σ_GAL of the image, or the cross-entropy of its prompted class (hard positives: images of the
+    class the classifier does not yet recognise, whatever it confuses them with)."""
     from galot_core.train import predict
 
     g, d = ctx.cfg.gal, ctx.dataset
@@ -66,6 +68,8 @@ def candidate_scores(ctx: Context, cycle: int, raw: torch.Tensor) -> torch.Tenso
     images = torch.cat([synthetic.resize_uint8(x.unsqueeze(0), d.image_size, d.channels) for x in raw])
     logits = predict(previous[0], images, ctx.preprocess, device=ctx.device,
                      batch_size=ctx.cfg.train.eval_batch_size)["logits"]
+    if g.select_by == "intended_loss":
+        return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
     if g.strategy == "RandomSampling":
         return torch.rand(len(raw), generator=torch.Generator().manual_seed(ctx.seed(cycle, 8)))
     return acquisition.objective(g.strategy, logits)
@@ -78,7 +82,7 @@ def choose_generated(ctx: Context, cycle: int, entries: list[synthetic.ManifestE
     raw = torch.stack([synthetic.decode_png(folder / e.file) for e in entries])  # decoded once, two uses
     zero_shot, calls = label_check(ctx, cycle, raw)
     confirmed = torch.ones(len(entries), dtype=torch.bool) if zero_shot is None else torch.tensor(zero_shot) == targets
-    score = candidate_scores(ctx, cycle, raw)
+    score = candidate_scores(ctx, cycle, raw, targets)
     kept: list[str] = []
     for c, n in enumerate(ctx.per_class_budget(cycle)):
         rows = [k for k in range(len(entries)) if targets[k] == c and confirmed[k]]
