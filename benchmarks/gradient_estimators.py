@@ -134,7 +134,8 @@ def main() -> None:
     def objective(images: torch.Tensor) -> torch.Tensor:
         return acquisition.objective("MarginSampling", weak(pre(images)))
 
-    windows = {e: t2i._gradient_window(e, args.steps, args.m, None) for e in ESTIMATORS}
+    noise = t2i.initial_noise(1, torch.Generator().manual_seed(0))  # sets the schedule (flow matching: its shift)
+    windows = {e: t2i._gradient_window(e, args.steps, args.m, None, noise) for e in ESTIMATORS}
     windows_calls = {e: (w[1] if w[1] is not None else args.steps - 1) - w[0] + 1 for e, w in windows.items()}
 
     def run(estimator: str, k: int, seed: int) -> dict:
