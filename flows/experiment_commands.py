@@ -8,6 +8,7 @@ mistake is one line, then calls the flow or the galot_core function and prints i
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,9 @@ def _replace_if_code_changed(run_dir: Path, runs_dir: Path, code: str) -> Path |
     return dest
 
 
-def _prepare_run(args: argparse.Namespace, overrides: list[str]):
-    """Validate everything cheap to check before Prefect starts, so mistakes are one line."""
+def _prepare_run(args: argparse.Namespace, overrides: list[str], stack: ExitStack):
+    """Validate everything cheap to check before Prefect starts, so mistakes are one line; then
+    hold the run folder's lock (in ``stack``) so that no second process runs the same experiment."""
     from galot_core.config import load_config
     from galot_core.experiment import replace_if_changed
 
@@ -98,6 +100,7 @@ def _prepare_run(args: argparse.Namespace, overrides: list[str]):
     exp.check()
     if exp.uses_generation and exp.completed_cycles() < cfg.experiment.cycles:
         exp.t2i  # noqa: B018  (an unknown or incomplete model fails here)
+    stack.enter_context(exp.folder.run_lock())
     exp.start()
     if exp.folder.read_code() is None:  # the code that started the run (what --restart-if-changed compares)
         exp.folder.write_code(code)
@@ -105,10 +108,15 @@ def _prepare_run(args: argparse.Namespace, overrides: list[str]):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    overrides = _run_overrides(args)
+    with ExitStack() as stack:
+        cfg, exp = _prepare_run(args, overrides, stack)
+        return _run(args, overrides, cfg, exp)
+
+
+def _run(args: argparse.Namespace, overrides: list[str], cfg, exp) -> int:
     from galot.flows.galot import galot_run
 
-    overrides = _run_overrides(args)
-    cfg, exp = _prepare_run(args, overrides)
     print(f"galot: experiment '{cfg.experiment.name}' ({cfg.experiment.mode}, {cfg.data.dataset}, "
           f"{cfg.experiment.cycles} cycles, {exp.completed_cycles()} done) in {exp.dir}", flush=True)
     if args.wait_for_labels:
@@ -128,9 +136,10 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     from galot_core.cycle import next_cycle
 
     overrides = _run_overrides(args)
-    cfg, exp = _prepare_run(args, overrides)
-    next_cycle(exp)  # one line when every cycle is complete
-    m = galot_cycle(params_path(args), overrides)
+    with ExitStack() as stack:
+        cfg, exp = _prepare_run(args, overrides, stack)
+        next_cycle(exp)  # one line when every cycle is complete
+        m = galot_cycle(params_path(args), overrides)
     print(format_table(exp.all_metrics()))
     print(f"galot: cycle {m['cycle']} complete, test accuracy {describe(m['test_accuracy'])}")
     return 0

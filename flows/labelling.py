@@ -22,6 +22,7 @@ folder, so labels given any way (page, CSV import, resume input) end up the same
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from pydantic import Field
 from galot_core import labels
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_json, read_json
+from galot_core.runfolder import RUN_LOCK_ENV, RunFolder
 
 
 
@@ -149,16 +151,32 @@ class Continuation:
         self.run_dir, self.command = run_dir, command
         self.proc = None
         self.last: str | None = None
+        self._starting = threading.Lock()  # concurrent "done" requests of this page, one at a time
 
     def __call__(self, cycle: int) -> str:
+        with self._starting:
+            flow_run = resume_paused(self.run_dir, cycle)
+            if flow_run:
+                return f"cycle {cycle}: labels saved; resumed the paused Prefect flow run {flow_run}"
+            return self._start(cycle)
+
+    def _start(self, cycle: int) -> str:
+        """Start ``galot run`` holding the run folder's lock, taken here and handed to it.
+
+        Taking the lock before the process starts (and passing its descriptor down, see
+        RunFolder.run_lock) is what makes "done" pressed on two pages, or twice, start at
+        most one run: the second finds the lock held by the first run, from its first instant.
+        """
         import subprocess
 
-        flow_run = resume_paused(self.run_dir, cycle)
-        if flow_run:
-            return f"cycle {cycle}: labels saved; resumed the paused Prefect flow run {flow_run}"
-        if self.proc is not None and self.proc.poll() is None:
-            return f"cycle {cycle}: labels saved; the experiment is already running (pid {self.proc.pid})"
-        self.proc = subprocess.Popen(self.command)
+        fd = RunFolder(self.run_dir).try_run_lock()
+        if fd is None:
+            pid = f" (pid {self.proc.pid})" if self.proc is not None and self.proc.poll() is None else ""
+            return f"cycle {cycle}: labels saved; the experiment is already running{pid}"
+        try:
+            self.proc = subprocess.Popen(self.command, pass_fds=(fd,), env={**os.environ, RUN_LOCK_ENV: str(fd)})
+        finally:
+            os.close(fd)  # the child's inherited copy keeps the lock for as long as it runs
         return f"cycle {cycle}: labels saved; continuing the experiment (galot run, pid {self.proc.pid})…"
 
     def activity(self) -> str | None:

@@ -20,6 +20,7 @@ posting to localhost).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -29,23 +30,44 @@ from pathlib import Path
 from typing import Any
 
 from galot_core import labels
+from galot_core.config import show
 from galot_core.errors import GalotError
 
 HOST = "127.0.0.1"
+BODY_MAX = 1 << 16      # a request body is one small JSON object
+TIMEOUT_S = 30.0        # a connection that sends nothing for this long is closed (its thread ends)
+_LENGTH = re.compile(r"[0-9]{1,9}")
+
+
+class BadRequest(GalotError):
+    """A request the page never sends (wrong types, no or bad Content-Length, not JSON): HTTP 400."""
+
+
+def _index(body: dict[str, Any], key: str) -> int:
+    """``body[key]`` as a JSON integer (not 7.9, true, "7", [7], null or 1e999)."""
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(f"{key}: must be an integer, got {show(value)}")
+    return value
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 makes the 6th simultaneous connection wait seconds to connect
 
 
 class LabelServer:
     """The labelling page of one run folder; ``serve_forever`` until ``shutdown``."""
 
     def __init__(self, run_dir: str | Path, *, port: int = 0, on_done: Callable[[int], str] | None = None,
-                 activity: Callable[[], str | None] | None = None) -> None:
+                 activity: Callable[[], str | None] | None = None, timeout_s: float = TIMEOUT_S) -> None:
         self.run_dir = Path(run_dir)
         self.token = secrets.token_urlsafe(24)
         self.on_done = on_done
         self.activity = activity or (lambda: None)
         self.message: tuple[int, str] | None = None  # (cycle, what "done" did), shown until the next batch
-        self.lock = threading.Lock()  # one change of the answers file at a time
-        self.httpd = ThreadingHTTPServer((HOST, port), _handler(self))
+        self.lock = threading.Lock()  # one change of the answers file at a time (labels_lock: across processes)
+        self.timeout_s = timeout_s
+        self.httpd = _Server((HOST, port), _handler(self))
         self.httpd.daemon_threads = True
 
     @property
@@ -76,7 +98,8 @@ class LabelServer:
         s.update(run=str(self.run_dir), activity=self.activity(), message=self.message[1] if self.message else None)
         return s
 
-    def _batch(self, cycle: Any) -> labels.Batch:
+    def _batch(self, body: dict[str, Any]) -> labels.Batch:
+        cycle = _index(body, "cycle")
         pending = labels.pending_cycle(self.run_dir)
         if pending is None or cycle != pending:
             raise GalotError(f"cycle {cycle} is not waiting for labels (now: {pending}); reload the page")
@@ -85,19 +108,21 @@ class LabelServer:
         return batch
 
     def label(self, body: dict[str, Any]) -> dict[str, Any]:
+        index, answer = _index(body, "index"), body.get("answer")
+        if not isinstance(answer, str):
+            raise BadRequest(f"answer: must be a class name or skip, got {show(answer)}")
         with self.lock:
-            labels.give(self.run_dir, self._batch(body.get("cycle")), int(body.get("index", -1)),
-                        str(body.get("answer", "")))
+            labels.give(self.run_dir, self._batch(body), index, answer)
         return self.state()
 
     def undo(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
-            labels.undo(self.run_dir, self._batch(body.get("cycle")))
+            labels.undo(self.run_dir, self._batch(body))
         return self.state()
 
     def done(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
-            batch = self._batch(body.get("cycle"))
+            batch = self._batch(body)
             left = labels.missing(batch, labels.read_answers(self.run_dir, batch.cycle))
             if left:
                 raise GalotError(f"cycle {batch.cycle}: {len(left)} images still have no label; label or skip them")
@@ -110,6 +135,20 @@ class LabelServer:
 def _handler(server: LabelServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "galot-label"
+        timeout = server.timeout_s  # StreamRequestHandler sets it on the socket: no half-open connection stays
+
+        def _body(self) -> dict[str, Any]:
+            """The request's JSON object, at most BODY_MAX bytes whatever Content-Length claims (-1, huge, junk)."""
+            length = (self.headers.get("Content-Length") or "0").strip()
+            if not _LENGTH.fullmatch(length) or int(length) > BODY_MAX:
+                raise BadRequest(f"Content-Length must be 0 to {BODY_MAX} bytes, got {show(length)}")
+            try:
+                body = json.loads(self.rfile.read(int(length)) or b"{}")
+            except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
+                raise BadRequest("the body must be a JSON object") from None
+            if not isinstance(body, dict):
+                raise BadRequest(f"the body must be a JSON object, got {show(body)}")
+            return body
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
             pass  # one line per thumbnail is noise in the terminal that runs the experiment
@@ -154,13 +193,15 @@ def _handler(server: LabelServer) -> type[BaseHTTPRequestHandler]:
             if action is None:
                 return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
             try:
-                length = min(int(self.headers.get("Content-Length") or 0), 1 << 16)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("expected a JSON object")
+                body = self._body()
                 return self._json(HTTPStatus.OK, action(body))
-            except (GalotError, ValueError) as e:
+            except BadRequest as e:
+                self.close_connection = True  # the body may not have been read
+                return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            except GalotError as e:
                 return self._json(HTTPStatus.CONFLICT, {"error": str(e), "state": server.state()})
+            except OSError:  # TimeoutError included: the client stopped sending; drop the connection
+                self.close_connection = True
 
     return Handler
 

@@ -127,7 +127,7 @@ class Context:
         return [self.cfg.gal.template.format(label=name) for name in self.dataset.class_names]
 
     def pool_state(self) -> PoolState:
-        return self.folder.read_pool(len(self.dataset.pool))
+        return self.folder.read_pool(len(self.dataset.pool), len(self.dataset.class_names))
 
     def load_model(self, cycle: int) -> tuple[Classifier, LossPredictionHead | None] | None:
         return self.folder.read_classifier(cycle)

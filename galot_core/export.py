@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 from dataclasses import asdict
 from pathlib import Path
@@ -44,7 +43,8 @@ from galot_core import synthetic
 from galot_core.data import Dataset
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
-from galot_core.runfolder import RunFolder
+from galot_core.config import show
+from galot_core.runfolder import RunFolder, bad_file, read_checked_json
 
 FORMAT = "galot-dataset/2"  # 2: WebDataset shards; 1: PNGs + one manifest.jsonl (still read)
 _READABLE = (FORMAT, "galot-dataset/1")
@@ -86,12 +86,12 @@ def export_dataset(run_dir: str | Path, dataset: Dataset, cycles: list[int], acc
     """
     run = RunFolder(run_dir)
     out = run.dataset_dir
-    state = run.read_pool(len(dataset.pool))
+    state = run.read_pool(len(dataset.pool), len(dataset.class_names))
     atomic_write_json(out / "real.json", {"pool_size": state.pool_size, "labelled": state.labelled,
                                           "labels": state.labels, "cycles": state.cycles})
     # Incremental: an earlier cycle's shard already listed in the index (and on disk) is final;
     # only the newest cycle's shard is packed, so a cycle's export costs the same in cycle 1 and 100.
-    done = {s["cycle"]: s for s in read_json(out / "index.json")["shards"]} if (out / "index.json").exists() else {}
+    done = {s["cycle"]: s for s in read_index(out)["shards"]} if (out / "index.json").exists() else {}
     shards = []
     for c in cycles:
         folder = run.synthetic_dir(c)
@@ -120,11 +120,53 @@ def read_index(dataset_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise GalotError(f"{dataset_dir}: no exported dataset here (index.json missing); finish at least one "
                          "cycle of the experiment with `galot run`, or `dvc pull` its dataset")
-    index = read_json(path)
-    if index.get("format") not in _READABLE:
-        raise GalotError(f"{path}: unknown dataset format {index.get('format')!r} (expected {FORMAT}); "
+    index = read_checked_json(path, "dataset index", "`dvc pull` the dataset again")
+    if not isinstance(index, dict) or index.get("format") not in _READABLE:
+        got = index.get("format") if isinstance(index, dict) else index
+        raise GalotError(f"{path}: unknown dataset format {show(got)} (expected {FORMAT}); "
                          "rerun `galot run` to export the dataset again")
+    shards = index.get("shards")
+    if not isinstance(shards, list):
+        raise bad_file(path, "'shards'", "must be a list", "`dvc pull` the dataset again")
+    for k, shard in enumerate(shards):
+        ok = isinstance(shard, dict) and isinstance(shard.get("cycle"), int) and \
+            synthetic.safe_relative(shard.get("file")) and isinstance(shard.get("sha256"), str)
+        if not ok:
+            raise bad_file(path, f"'shards'[{k}]", "must be {cycle, file (a path inside the dataset folder), sha256}",
+                           "`dvc pull` the dataset again")
     return index
+
+
+MEMBER_MAX_BYTES = 64 << 20  # one PNG of at most DEFAULT_MAX_PIXELS RGB pixels, uncompressed, fits
+
+
+def check_tar_headers(path: Path) -> None:
+    """Refuse a tar whose headers declare a member larger than the file (or than MEMBER_MAX_BYTES).
+
+    Runs over the raw 512-byte headers before ``tarfile`` reads anything, since ``tarfile``
+    itself reads whole PAX/GNU headers and members into memory at their declared size: a
+    10 KB file declaring an 8 GiB member would otherwise allocate 8 GiB.
+    """
+    total = path.stat().st_size
+    with open(path, "rb") as f:
+        offset = 0
+        while offset + 512 <= total:
+            header = f.read(512)
+            if header.count(0) == 512:
+                return  # end-of-archive marker
+            try:
+                size = tarfile.nti(header[124:136])
+                if size < 0:
+                    raise tarfile.HeaderError("negative size")
+            except tarfile.HeaderError:
+                raise GalotError(f"{path}: shard is unreadable (bad header at byte {offset}); `dvc pull` it again") \
+                    from None
+            offset += 512
+            if size > min(MEMBER_MAX_BYTES, total - offset):
+                raise GalotError(f"{path}: shard member at byte {offset - 512} declares {size} bytes (the file has "
+                                 f"{total - offset} left, the limit is {MEMBER_MAX_BYTES}); `dvc pull` it again")
+            offset += -(-size // 512) * 512
+            f.seek(offset)
 
 
 def read_shard(path: str | Path) -> list[tuple[synthetic.ManifestEntry, bytes]]:
@@ -132,15 +174,16 @@ def read_shard(path: str | Path) -> list[tuple[synthetic.ManifestEntry, bytes]]:
     path = Path(path)
     if not path.exists():
         raise GalotError(f"{path}: shard missing; `dvc pull` the dataset or rerun the experiment to export it")
+    check_tar_headers(path)
     try:
         with tarfile.open(path, mode="r") as tar:
             files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
     except (tarfile.TarError, OSError) as e:
         raise GalotError(f"{path}: shard is unreadable ({e.__class__.__name__}); `dvc pull` it again") from None
     try:
-        entries = _shard_entries(files)
-    except (ValueError, TypeError, UnicodeDecodeError):
-        raise GalotError(f"{path}: a manifest entry in the shard is corrupt; `dvc pull` it again") from None
+        entries = _shard_entries(files, path)
+    except UnicodeDecodeError:
+        raise GalotError(f"{path}: a manifest entry in the shard is not UTF-8; `dvc pull` it again") from None
     if entries is None:
         raise GalotError(f"{path}: shard has samples without their .json manifest entry; `dvc pull` it again")
     out = []
@@ -152,17 +195,22 @@ def read_shard(path: str | Path) -> list[tuple[synthetic.ManifestEntry, bytes]]:
     return out
 
 
-def _shard_entries(files: dict[str, bytes]) -> list[tuple[synthetic.ManifestEntry, bytes | None, bytes | None]] | None:
-    """(entry, PNG, .cls) per sample; None when a sample has no .json entry."""
+def _shard_entries(files: dict[str, bytes],
+                   path: Path) -> list[tuple[synthetic.ManifestEntry, bytes | None, bytes | None]] | None:
+    """(entry, PNG, .cls) per sample, each entry validated; None when a sample has no .json entry."""
     if "manifest.jsonl" in files:  # format 1: one manifest, PNGs under their original names
-        entries = [synthetic.ManifestEntry(**json.loads(line))
-                   for line in files["manifest.jsonl"].decode("utf-8").splitlines() if line]
+        entries = synthetic.parse_manifest(files["manifest.jsonl"].decode("utf-8"), f"{path}:manifest.jsonl")
         return [(e, files.get(e.file), None) for e in entries]
     keys = sorted({name.rsplit(".", 1)[0] for name in files})
     if any(f"{k}.json" not in files for k in keys):
         return None
-    return [(synthetic.ManifestEntry(**json.loads(files[f"{k}.json"])), files.get(f"{k}.png"), files.get(f"{k}.cls"))
-            for k in keys]
+    out = []
+    for k in keys:
+        entry = synthetic.parse_manifest(files[f"{k}.json"].decode("utf-8"), f"{path}:{k}.json")
+        if len(entry) != 1:
+            raise GalotError(f"{path}: {k}.json must hold one manifest entry; `dvc pull` the shard again")
+        out.append((entry[0], files.get(f"{k}.png"), files.get(f"{k}.cls")))
+    return out
 
 
 def load_training_set(dataset_dir: str | Path, dataset: Dataset,

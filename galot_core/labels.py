@@ -28,15 +28,21 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from galot_core.errors import GalotError
-from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
-from galot_core.runfolder import RunFolder
+from galot_core.images import open_image
+from galot_core import synthetic
+from galot_core.config import show
+from galot_core.io import atomic_write_bytes, atomic_write_json
+from galot_core.runfolder import CLASSES_MAX, POOL_MAX, RunFolder, bad_file, read_checked_json
 
 if TYPE_CHECKING:
     from galot_core.data.base import Dataset
@@ -101,11 +107,11 @@ def image_id(dataset: Dataset, index: int) -> str:
 def _thumbnail_png(dataset: Dataset, index: int) -> bytes:
     if dataset.pool_files and dataset.root:
         try:
-            with Image.open(Path(dataset.root) / dataset.pool_files[index]) as im:
+            with open_image(Path(dataset.root) / dataset.pool_files[index]) as im:
                 im = im.convert("RGB")
                 im.thumbnail((THUMB_MAX, THUMB_MAX), Image.Resampling.LANCZOS)
                 return _png(im)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: ImageTooLarge
             pass  # the file changed since loading: show what was decoded instead
     x = dataset.pool.images[index]
     arr = x.permute(1, 2, 0).numpy()
@@ -141,14 +147,32 @@ def read_batch(run_dir: str | Path, cycle: int) -> Batch | None:
     path = batch_path(run_dir, cycle)
     if not path.exists():
         return None
-    try:
-        d = read_json(path)
-        return Batch(int(d["cycle"]), [str(c) for c in d["classes"]],
-                     [Item(int(it["index"]), str(it["image"]), it.get("source"), str(it["thumbnail"]))
-                      for it in d["items"]])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise GalotError(f"{path}: label batch is unreadable ({e.__class__.__name__}); delete it to select the "
-                         "cycle's batch again") from None
+    fix = "delete it to select the cycle's batch again"
+    d = read_checked_json(path, "label batch", fix)
+    if not isinstance(d, dict) or d.get("cycle") != cycle:
+        raise bad_file(path, "'cycle'", f"must be {cycle}", fix)
+    classes = d.get("classes")
+    if not isinstance(classes, list) or not 1 <= len(classes) <= CLASSES_MAX or \
+            not all(isinstance(c, str) and c for c in classes):
+        raise bad_file(path, "'classes'", "must list the class names", fix)
+    items = d.get("items")
+    if not isinstance(items, list):
+        raise bad_file(path, "'items'", "must be a list", fix)
+    return Batch(cycle, classes, [_item(it, k, path, fix) for k, it in enumerate(items)])
+
+
+def _item(it: Any, k: int, path: Path, fix: str) -> Item:
+    """One image of a batch file: a pool index, its id, its source file, a thumbnail under labels/."""
+    if not isinstance(it, dict):
+        raise bad_file(path, f"'items'[{k}]", "must be an object", fix)
+    index, image, source, thumb = it.get("index"), it.get("image"), it.get("source"), it.get("thumbnail")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < POOL_MAX:
+        raise bad_file(path, f"'items'[{k}].index", f"must be a pool index, got {show(index)}", fix)
+    if not isinstance(image, str) or not (source is None or isinstance(source, str)):
+        raise bad_file(path, f"'items'[{k}].image", "must be a string (and source a string or null)", fix)
+    if not synthetic.safe_relative(thumb) or not thumb.startswith("labels/"):
+        raise bad_file(path, f"'items'[{k}].thumbnail", f"must be a path under labels/, got {show(thumb)}", fix)
+    return Item(index, image, source, thumb)
 
 
 def read_answers(run_dir: str | Path, cycle: int) -> list[dict[str, Any]]:
@@ -156,14 +180,21 @@ def read_answers(run_dir: str | Path, cycle: int) -> list[dict[str, Any]]:
     path = answers_path(run_dir, cycle)
     if not path.exists():
         return []
-    try:
-        return list(read_json(path)["answers"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise GalotError(f"{path}: answers file is unreadable ({e.__class__.__name__}); restore it or delete it "
-                         "and label the batch again") from None
+    fix = "restore it or delete it and label the batch again"
+    d = read_checked_json(path, "answers file", fix)
+    answers = d.get("answers") if isinstance(d, dict) else None
+    if not isinstance(answers, list):
+        raise bad_file(path, "'answers'", "must be a list", fix)
+    for k, a in enumerate(answers):
+        ok = isinstance(a, dict) and isinstance(a.get("index"), int) and not isinstance(a["index"], bool) and \
+            isinstance(a.get("image"), str) and isinstance(a.get("answer"), str)
+        if not ok:
+            raise bad_file(path, f"'answers'[{k}]", "must be {index: integer, image: string, answer: string}", fix)
+    return answers
 
 
 def _write_answers(run_dir: str | Path, cycle: int, answers: list[dict[str, Any]]) -> None:
+    """Only under RunFolder.labels_lock, after reading the answers under the same lock."""
     atomic_write_json(answers_path(run_dir, cycle), {"cycle": cycle, "answers": answers})
 
 
@@ -171,7 +202,7 @@ def committed(batch: Batch, pool: dict[str, Any] | None) -> bool:
     """Whether ``pool.json`` (as read) already holds the batch's answers (committed all at once)."""
     if pool is None:
         return False
-    taken = set(pool.get("labelled", [])) | set(pool.get("removed", []))
+    taken = set(pool["labelled"]) | set(pool.get("removed", []))
     return any(i in taken for i in batch.indices)
 
 
@@ -209,21 +240,24 @@ def give(run_dir: str | Path, batch: Batch, index: int, answer: str) -> list[dic
         raise GalotError(f"image: pool index {index} is not in the batch of cycle {batch.cycle}")
     resolved = resolve_answer(batch, answer)
     if resolved is None:
-        raise GalotError(f"label: unknown class {answer!r}; use one of {', '.join(batch.classes)} or {SKIP}")
-    answers = [a for a in read_answers(run_dir, batch.cycle) if a["index"] != index]
-    answers.append({"index": index, "image": item.image, "answer": resolved})
-    _write_answers(run_dir, batch.cycle, answers)
+        raise GalotError(f"label: unknown class {show(answer)}; use one of {', '.join(batch.classes)} or {SKIP}")
+    with RunFolder(run_dir).labels_lock():
+        _check_open(run_dir, batch)
+        answers = [a for a in read_answers(run_dir, batch.cycle) if a["index"] != index]
+        answers.append({"index": index, "image": item.image, "answer": resolved})
+        _write_answers(run_dir, batch.cycle, answers)
     return answers
 
 
 def undo(run_dir: str | Path, batch: Batch) -> dict[str, Any] | None:
     """Forget the answer given last; returns it (None when there was none)."""
-    _check_open(run_dir, batch)
-    answers = read_answers(run_dir, batch.cycle)
-    if not answers:
-        return None
-    last = answers.pop()
-    _write_answers(run_dir, batch.cycle, answers)
+    with RunFolder(run_dir).labels_lock():
+        _check_open(run_dir, batch)
+        answers = read_answers(run_dir, batch.cycle)
+        if not answers:
+            return None
+        last = answers.pop()
+        _write_answers(run_dir, batch.cycle, answers)
     return last
 
 
@@ -240,16 +274,33 @@ def missing(batch: Batch, answers: list[dict[str, Any]]) -> list[Item]:
 
 # ----- CSV ------------------------------------------------------------------------------------
 CSV_HEADER = ("image", "label", "source")
+CSV_MAX_BYTES = 64 << 20     # a labels file of 64 MiB holds ~a million rows; anything larger is not one
+CSV_FIELD_MAX = 4096         # characters in one cell (paths are at most 4096 bytes on Linux)
+PROBLEMS_SHOWN = 20          # lines of a rejected labels file's report; the rest are counted
+# Spreadsheets run a cell starting with one of these as a formula (=, +, -, @) or strip/shift it
+# (tab, CR); OWASP's "CSV injection" advice: prefix such cells with a quote.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_cell(text: str) -> str:
+    """A cell a spreadsheet shows as text: a leading quote before a formula character (or a quote)."""
+    return "'" + text if text.startswith(FORMULA_START + ("'",)) else text
+
+
+def unescape_cell(text: str) -> str:
+    """Undo :func:`escape_cell`: exactly one leading quote, only before what escape_cell protects."""
+    return text[1:] if text.startswith("'") and text[1:2] and text[1:].startswith(FORMULA_START + ("'",)) else text
 
 
 def export_csv(batch: Batch, answers: list[dict[str, Any]]) -> str:
-    """The batch as CSV: image id, the answer so far (empty if none), the original file."""
+    """The batch as CSV: image id, the answer so far (empty if none), the original file; safe to open in a
+    spreadsheet (no cell is a formula) and read back by :func:`import_csv` unchanged."""
     given = {a["index"]: a["answer"] for a in answers}
     out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
+    w = csv.writer(out, lineterminator="\r\n")  # RFC 4180; and a cell holding CR or LF is quoted
     w.writerow(CSV_HEADER)
     for it in batch.items:
-        w.writerow([it.image, given.get(it.index, ""), it.source or ""])
+        w.writerow([escape_cell(c) for c in (it.image, given.get(it.index, ""), it.source or "")])
     return out.getvalue()
 
 
@@ -271,24 +322,36 @@ class ImportReport:
         return out
 
 
-def _rows(text: str) -> list[tuple[int, str, str]]:
-    """(line number, image, label) of each non-empty row; a header row naming the columns is skipped."""
-    rows = list(csv.reader(io.StringIO(text)))
-    start, col_image, col_label = 0, 0, 1
-    if rows and any(normalise(c) in ("image", "path", "file") for c in rows[0]):
-        header = [normalise(c) for c in rows[0]]
-        col_image = next(i for i, c in enumerate(header) if c in ("image", "path", "file"))
-        col_label = next((i for i, c in enumerate(header) if c in ("label", "class", "class name")), None) or \
-            (1 if col_image == 0 else 0)
-        start = 1
-    out = []
-    for number, row in enumerate(rows[start:], start=start + 1):
+def _csv_rows(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, unescaped cells) of every row, streamed; a NUL byte or an oversized cell is one line."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        for row in reader:
+            if any(len(cell) > CSV_FIELD_MAX for cell in row):
+                raise csv.Error(f"a cell longer than {CSV_FIELD_MAX} characters")
+            if any("\0" in cell for cell in row):
+                raise csv.Error("a NUL byte")
+            yield reader.line_num, [unescape_cell(cell) for cell in row]
+    except csv.Error as e:
+        reason = " ".join(str(e).split())[:100]
+        raise GalotError(f"{path}:{reader.line_num}: not a labels CSV ({reason}); give columns image,label") from None
+
+
+def _rows(text: str, path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line number, image, label) of each non-empty row, streamed; a header row naming the columns is skipped."""
+    col_image, col_label = 0, 1
+    for k, (number, row) in enumerate(_csv_rows(text, path)):
+        if k == 0 and any(normalise(c) in ("image", "path", "file") for c in row):
+            header = [normalise(c) for c in row]
+            col_image = next(i for i, c in enumerate(header) if c in ("image", "path", "file"))
+            col_label = next((i for i, c in enumerate(header) if c in ("label", "class", "class name")), None) or \
+                (1 if col_image == 0 else 0)
+            continue
         if not any(cell.strip() for cell in row):
             continue
-        image = row[col_image].strip() if col_image < len(row) else ""
+        image = row[col_image] if col_image < len(row) else ""  # stripped by import_rows unless exact
         label = row[col_label].strip() if col_label < len(row) else ""
-        out.append((number, image, label))
-    return out
+        yield number, image, label
 
 
 def _lookup(batch: Batch) -> dict[str, Item]:
@@ -307,22 +370,48 @@ def _lookup(batch: Batch) -> dict[str, Item]:
     return keys
 
 
+def _by_path(keys: dict[str, Item], image: str) -> Item | None:
+    """The batch image a path names after resolving it (~, relative parts, symlinks), if any."""
+    if not image or "\0" in image:
+        return None
+    try:
+        return keys.get(str(Path(image).expanduser().resolve()))
+    except (OSError, RuntimeError, ValueError):  # too long, a symlink loop, an unknown ~user
+        return None
+
+
 def import_csv(run_dir: str | Path, path: str | Path, cycle: int | None = None) -> ImportReport:
     """Add the answers in a CSV file (image, class name) to the pending batch; all rows valid or none taken."""
     path = Path(path)
+    text = _read_labels_file(path)
+    return import_rows(run_dir, ((f"{path}:{n}", image, label) for n, image, label in _rows(text, path)), cycle)
+
+
+def _read_labels_file(path: Path) -> str:
+    """The text of a labels file: a regular file (not a FIFO or device that never ends), at most CSV_MAX_BYTES."""
+    fix = "give a UTF-8 CSV file with columns image,label"
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise GalotError(f"{path}: cannot read the labels file ({e.__class__.__name__}); give a UTF-8 CSV with "
-                         "columns image,label") from None
-    return import_rows(run_dir, [(f"{path}:{n}", image, label) for n, image, label in _rows(text)], cycle)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise GalotError(f"{path}: not a regular file; {fix}")
+        with open(path, "rb") as f:
+            data = f.read(CSV_MAX_BYTES + 1)
+    except OSError as e:
+        raise GalotError(f"{path}: cannot read the labels file ({e.__class__.__name__}); {fix}") from None
+    if len(data) > CSV_MAX_BYTES:
+        raise GalotError(f"{path}: larger than {CSV_MAX_BYTES >> 20} MiB; {fix}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise GalotError(f"{path}: not UTF-8 text (byte {e.start}); {fix}") from None
 
 
-def import_rows(run_dir: str | Path, rows: list[tuple[str, str, str]], cycle: int | None = None) -> ImportReport:
+def import_rows(run_dir: str | Path, rows: Iterable[tuple[str, str, str]], cycle: int | None = None) -> ImportReport:
     """Add answers given as (where, image, class name) rows to the pending batch; all valid or none taken.
 
     Unknown images, unknown classes and duplicates are each one line of the raised
-    :class:`LabelFileError`; rows with an empty class are not answers yet (a partial file).
+    :class:`LabelFileError` (the first PROBLEMS_SHOWN kept, the rest counted, so a file of a
+    million bad rows costs no more memory than a good one); rows with an empty class are not
+    answers yet (a partial file).
     """
     run_dir = Path(run_dir)
     cycle = cycle if cycle is not None else pending_cycle(run_dir)
@@ -334,55 +423,80 @@ def import_rows(run_dir: str | Path, rows: list[tuple[str, str, str]], cycle: in
         raise GalotError(f"{run_dir}: cycle {cycle} has no label batch")
     _check_open(run_dir, batch)
     keys = _lookup(batch)
-    problems: list[str] = []
+    paths = any(it.source for it in batch.items)  # only then can a path name an image
+    problems = _Problems()
     seen: dict[int, str] = {}
     new: list[tuple[Item, str]] = []
     for where, image, label in rows:
         item = keys.get(image)
-        if item is None and image:
-            item = keys.get(str(Path(image).expanduser().resolve()))
+        image = image if item is not None else image.strip()
+        item = item or keys.get(image) or (_by_path(keys, image) if paths else None)
         if item is None:
-            problems.append(f"{where}: unknown image {image!r}: not in the batch of cycle {cycle} (see "
-                            f"`galot label export {run_dir}`)")
+            problems.add(lambda: f"{where}: unknown image {show(image)}: not in the batch of cycle {cycle} (see "
+                                 f"`galot label export {run_dir}`)")
             continue
         if not label:
             continue  # no answer yet for this row: a partial file
         answer = resolve_answer(batch, label)
         if answer is None:
-            problems.append(f"{where}: unknown class {label!r} for {item.image}; use one of "
-                            f"{', '.join(batch.classes)} or {SKIP}")
+            problems.add(lambda: f"{where}: unknown class {show(label)} for {show(item.image)}; use one of "
+                                 f"{', '.join(batch.classes)} or {SKIP}")
             continue
         if item.index in seen:
-            problems.append(f"{where}: duplicate row for {item.image} (first at {seen[item.index]}); keep one")
+            problems.add(lambda: f"{where}: duplicate row for {show(item.image)} (first at {seen[item.index]}); "
+                                 "keep one")
             continue
         seen[item.index] = where
         new.append((item, answer))
-    if problems:
-        raise LabelFileError(problems)
-    answers = read_answers(run_dir, cycle)
-    before = {a["index"]: a["answer"] for a in answers}
-    changed = sum(1 for it, ans in new if it.index in before and before[it.index] != ans)
-    replaced = {it.index for it, _ in new}
-    answers = [a for a in answers if a["index"] not in replaced] + [
-        {"index": it.index, "image": it.image, "answer": ans} for it, ans in new]
-    if new:
-        _write_answers(run_dir, cycle, answers)
+    if problems.count:
+        raise LabelFileError(problems.shown, problems.count)
+    answers, changed = _merge_answers(run_dir, batch, new)
     left = missing(batch, answers)
     return ImportReport(cycle, len(new), changed, len(batch.items) - len(left), len(batch.items),
                         [it.image for it in left])
 
 
-class LabelFileError(GalotError):
-    """Every problem of a labels file, one line each; nothing was imported."""
+def _merge_answers(run_dir: Path, batch: Batch, new: list[tuple[Item, str]]) -> tuple[list[dict[str, Any]], int]:
+    """Add ``new`` answers to the stored ones in one locked read-modify-write; (answers now, how many changed)."""
+    with RunFolder(run_dir).labels_lock():
+        _check_open(run_dir, batch)
+        answers = read_answers(run_dir, batch.cycle)
+        before = {a["index"]: a["answer"] for a in answers}
+        changed = sum(1 for it, ans in new if it.index in before and before[it.index] != ans)
+        replaced = {it.index for it, _ in new}
+        answers = [a for a in answers if a["index"] not in replaced] + [
+            {"index": it.index, "image": it.image, "answer": ans} for it, ans in new]
+        if new:
+            _write_answers(run_dir, batch.cycle, answers)
+    return answers, changed
 
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems + [f"nothing imported ({len(problems)} problem"
-                                               f"{'s' if len(problems) != 1 else ''}); fix the file and import "
-                                               "it again"]))
+
+class _Problems:
+    """The first PROBLEMS_SHOWN problem lines, and how many there were."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.count = 0
+
+    def add(self, line: Callable[[], str]) -> None:
+        """Count a problem; its line is only written while fewer than PROBLEMS_SHOWN are kept."""
+        self.count += 1
+        if len(self.shown) < PROBLEMS_SHOWN:
+            self.shown.append(line())
+
+
+class LabelFileError(GalotError):
+    """The problems of a labels file, one line each (at most PROBLEMS_SHOWN, then a count); nothing was imported."""
+
+    def __init__(self, problems: list[str], count: int | None = None) -> None:
+        self.problems, self.count = problems, count if count is not None else len(problems)
+        more = [f"… and {self.count - len(problems)} more problems"] if self.count > len(problems) else []
+        super().__init__("\n".join(problems + more + [f"nothing imported ({self.count} problem"
+                                                      f"{'s' if self.count != 1 else ''}); fix the file and "
+                                                      "import it again"]))
 
     def __reduce__(self):
-        return (type(self), (self.problems,))
+        return (type(self), (self.problems, self.count))
 
 
 def split_answers(batch: Batch, answers: list[dict[str, Any]]) -> tuple[list[int], list[int], list[int]]:
@@ -391,6 +505,9 @@ def split_answers(batch: Batch, answers: list[dict[str, Any]]) -> tuple[list[int
     labelled, classes, skipped = [], [], []
     for it in batch.items:
         ans = by_index[it.index]
+        if ans != SKIP and ans not in batch.classes:
+            raise GalotError(f"labels/cycle_{batch.cycle:03d}.answers.json: answer {show(ans)} for {show(it.image)} "
+                             f"is not one of the batch's classes or {SKIP}; label that image again")
         if ans == SKIP:
             skipped.append(it.index)
         else:

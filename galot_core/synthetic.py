@@ -21,16 +21,19 @@ import functools
 import hashlib
 import io
 import json
+import math
 import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from galot_core.errors import GalotError
+from galot_core.images import ImageTooLarge, open_image
 from galot_core.io import atomic_write_bytes, atomic_write_text
 
 
@@ -86,26 +89,80 @@ def cycle_folder(run_dir: str | Path, cycle: int) -> Path:
     return Path(run_dir) / "synthetic" / f"cycle_{cycle:03d}"
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_ENTRY_TYPES = {"file": str, "sha256": str, "label": int, "class_name": str, "prompt": str, "cycle": int,
+                "epsilon": float, "embedding_sha256": str, "seed": int, "model_id": str, "revision": str,
+                "scheduler": str, "steps": int, "guidance_scale": float, "variant": str, "source": (str, type(None))}
+
+
+def safe_relative(name: Any) -> bool:
+    """A path that stays inside the folder it is relative to: no absolute path, '..', NUL or backslash."""
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name or name.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _entry(d: Any) -> ManifestEntry:
+    """One manifest line's fields, type-checked (a ValueError names the first bad field)."""
+    if not isinstance(d, dict):
+        raise ValueError("a line is not a JSON object")
+    unknown = sorted(set(d) - set(_ENTRY_TYPES), key=str)
+    if unknown:
+        raise ValueError(f"unknown field {str(unknown[0])[:40]!r}")
+    for name, tp in _ENTRY_TYPES.items():
+        v = d.get(name)
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) if tp is float else \
+            (isinstance(v, int) and not isinstance(v, bool)) if tp is int else isinstance(v, tp)
+        if not ok and not (name in ("variant", "source") and name not in d):
+            raise ValueError(f"field {name!r}")
+    if not safe_relative(d["file"]) or not _SHA256.fullmatch(d["sha256"]) or d["label"] < 0:
+        raise ValueError("field 'file' (a path inside the cycle folder)" if not safe_relative(d["file"]) else
+                         "field 'sha256'" if not _SHA256.fullmatch(d["sha256"]) else "field 'label'")
+    return ManifestEntry(**d)
+
+
+def parse_manifest(text: str, where: str | Path) -> list[ManifestEntry]:
+    """The entries of a manifest's text; a bad line is one GalotError naming it and its field."""
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line:
+            continue
+        try:
+            out.append(_entry(json.loads(line)))
+        except (ValueError, RecursionError) as e:
+            reason = str(e) if isinstance(e, ValueError) and str(e).startswith(("field", "unknown", "a line")) \
+                else "not JSON"
+            raise GalotError(f"{where}: line {number}: manifest is corrupt ({reason}); delete the cycle folder to "
+                             "regenerate it") from None
+    return out
+
+
 def read_manifest(folder: str | Path) -> list[ManifestEntry]:
     path = Path(folder) / "manifest.jsonl"
     if not path.exists():
         return []
     try:
-        return [ManifestEntry(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    except (ValueError, TypeError) as e:
-        raise GalotError(f"{path}: manifest is corrupt ({e.__class__.__name__}); delete the cycle folder to "
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GalotError(f"{path}: manifest is unreadable ({e.__class__.__name__}); delete the cycle folder to "
                          "regenerate it") from None
+    return parse_manifest(text, path)
 
 
 def write_manifest(folder: str | Path, entries: list[ManifestEntry]) -> None:
     atomic_write_text(Path(folder) / "manifest.jsonl", "".join(json.dumps(entry_dict(e)) + "\n" for e in entries))
 
 
-def decode_png(source: Path | bytes) -> torch.Tensor:
-    """A PNG file or its bytes → uint8 (C, H, W)."""
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-        im.load()
-        arr = torch.from_numpy(np.asarray(im).copy())
+def decode_png(source: Path | bytes, where: str | Path | None = None) -> torch.Tensor:
+    """A PNG file or its bytes → uint8 (C, H, W); a generated image larger than any generator makes is refused."""
+    try:
+        with open_image(source) as im:
+            im.load()
+            arr = torch.from_numpy(np.asarray(im).copy())
+    except ImageTooLarge as e:
+        name = where or (source if not isinstance(source, bytes) else "generated image")
+        raise GalotError(f"{name}: {e}; not an image galot generated — delete it (and its manifest line) or "
+                         "`dvc pull` the dataset again") from None
     return arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
 
 
@@ -128,7 +185,7 @@ def decode_entries(items: list[tuple[ManifestEntry, bytes]], size: int,
     Resized once here, with the same antialiased resize the classifier's preprocessing
     uses, so training never decodes or resizes a PNG again.
     """
-    images = [resize_uint8(decode_png(data).unsqueeze(0), size, channels) for _, data in items]
+    images = [resize_uint8(decode_png(data, e.file).unsqueeze(0), size, channels) for e, data in items]
     if not images:
         return torch.zeros((0, channels, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
     return torch.cat(images), torch.tensor([e.label for e, _ in items], dtype=torch.int64)

@@ -18,8 +18,10 @@ Problems are returned, not raised, so the command can list all of them at once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from galot_core import export, synthetic
 from galot_core.config import config_from_dict
@@ -68,6 +70,19 @@ class _Checker:
             self.add("corrupt", path, f"not valid JSON ({e.__class__.__name__})")
             return None
 
+    def read(self, path: Path, reader: Callable[[], Any]) -> Any:
+        """What a run-folder reader returns for ``path``; a GalotError from it becomes a problem (None)."""
+        if not path.exists():
+            return None
+        self.checked += 1
+        try:
+            return reader()
+        except GalotError as e:
+            detail = str(e).splitlines()[0]
+            detail = detail[len(str(path)) + 2:] if detail.startswith(f"{path}: ") else detail
+            self.add("corrupt", path, detail)
+            return None
+
     def hashed(self, path: Path, expected: str | None, what: str) -> bool:
         if not path.exists():
             self.add("missing", path, f"{what} not found")
@@ -106,27 +121,15 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
             cfg = config_from_dict(raw, source=str(run.config_path))
         except GalotError as e:
             c.add("corrupt", run.config_path, str(e))
-    pool = c.json(run.pool_path, required=False)
-    if pool is not None:
-        try:
-            n, labelled = int(pool["pool_size"]), [int(i) for i in pool["labelled"]]
-            if not (len(labelled) == len(pool["labels"]) == len(pool["cycles"])):
-                c.add("inconsistent", run.pool_path, "labelled, labels and cycles differ in length")
-            if len(set(labelled)) != len(labelled) or any(not 0 <= i < n for i in labelled):
-                c.add("inconsistent", run.pool_path, "duplicate or out-of-range pool indices")
-        except (KeyError, TypeError, ValueError):
-            c.add("corrupt", run.pool_path, "missing keys or wrong types")
-            pool = None
-
-    cycles = sorted(p for p in (run_dir / "cycles").glob("cycle_*") if p.is_dir()) if (run_dir / "cycles").exists() else []
+    pool = c.read(run.pool_path, lambda: run.read_pool_json(
+        num_classes=len(cfg.data.classes) if cfg is not None and cfg.data.classes else None))
     last_model = None
-    for cdir in cycles:
-        m = c.json(cdir / "metrics.json", required=False)
+    for cycle in _cycle_numbers(run_dir):
+        m = c.read(run.metrics_path(cycle), lambda n=cycle: run.read_metrics(n))
         if m is None:
-            continue  # an incomplete cycle: the next run finishes it
-        cycle = int(m["cycle"])
+            continue  # an incomplete cycle (the next run finishes it), or a problem already reported
         for name, digest in (m.get("files") or {}).items():
-            c.hashed(cdir / name, digest, name)
+            c.hashed(run.cycle_dir(cycle) / name, digest, name)
         c.classifier(run.model_path(cycle))
         last_model = run.model_path(cycle)
         if pool is not None and sum(1 for k in pool["cycles"] if k <= cycle) != m["labelled"]:
@@ -147,6 +150,15 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
     return c.problems, c.checked
 
 
+def _cycle_numbers(run_dir: Path) -> list[int]:
+    """The cycles with a folder named cycle_NNN (anything else under cycles/ is not a cycle)."""
+    folder = run_dir / "cycles"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name[6:]) for p in folder.iterdir()
+                  if p.is_dir() and p.name.startswith("cycle_") and p.name[6:].isdigit() and len(p.name) <= 12)
+
+
 def _check_synthetic(c: _Checker, folder: Path, metrics: dict, cfg) -> None:
     try:
         entries = synthetic.read_manifest(folder)
@@ -161,9 +173,10 @@ def _check_synthetic(c: _Checker, folder: Path, metrics: dict, cfg) -> None:
             c.add("missing", path, "listed in the manifest")
             continue
         c.checked += 1
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != e.sha256:
-            kind = "truncated" if not data.endswith(b"IEND\xaeB`\x82") else "altered"
+        if sha256_file(path) != e.sha256:
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 8))
+                kind = "truncated" if not f.read().endswith(b"IEND\xaeB`\x82") else "altered"
             c.add(kind, path, "does not match its manifest hash")
     accumulate = bool(cfg and cfg.gal.accumulate)
     if not accumulate and metrics.get("generated") is not None and metrics["generated"] != len(entries):

@@ -31,10 +31,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         from galot_core.data.imagefolder import load_imagefolder
 
         return load_imagefolder(cfg.root, class_names_file=cfg.class_names_file, image_size=cfg.image_size,
-                                test_fraction=cfg.test_fraction, on_bad_image=cfg.on_bad_image)
+                                test_fraction=cfg.test_fraction, on_bad_image=cfg.on_bad_image,
+                                max_pixels=cfg.max_pixels)
     if cfg.dataset == "folder":
         from galot_core.data.folder import load_folder
 
         return load_folder(cfg.root, cfg.classes or (), image_size=cfg.image_size, test_root=cfg.test_root,
-                           on_bad_image=cfg.on_bad_image)
+                           on_bad_image=cfg.on_bad_image, max_pixels=cfg.max_pixels)
     raise ValueError(cfg.dataset)  # unreachable: config validation restricts the names

@@ -25,12 +25,14 @@ from galot_core.data.base import Dataset, ImageSet
 from galot_core.data.imagefolder import (OnBadImage, _hidden, _size_and_mode, _visible_dirs, channel_stats,
                                          decode_images)
 from galot_core.errors import GalotError
+from galot_core.images import DEFAULT_MAX_PIXELS
 
 _FIX_BAD = "remove or replace the file, or set data.on_bad_image: skip"
 
 
 def load_folder(root: str | Path, classes: list[str] | tuple[str, ...], *, image_size: int | None = None,
-                test_root: str | Path | None = None, on_bad_image: OnBadImage = "skip") -> Dataset:
+                test_root: str | Path | None = None, on_bad_image: OnBadImage = "skip",
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """Every image under ``root`` as an unlabelled pool; the test split from ``test_root`` or empty."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -39,13 +41,13 @@ def load_folder(root: str | Path, classes: list[str] | tuple[str, ...], *, image
     files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root)))
     if not files:
         raise GalotError(f"data.root: '{root}' holds no files; put the images to label there")
-    size, mode = _size_and_mode(files, image_size, None)
-    images, kept = decode_images(files, size, mode, on_bad_image, fix=_FIX_BAD)
+    size, mode = _size_and_mode(files, image_size, None, max_pixels)
+    images, kept = decode_images(files, size, mode, on_bad_image, fix=_FIX_BAD, max_pixels=max_pixels)
     if not kept:
         raise GalotError(f"data.root: no readable images in '{root}'; add image files (PNG, JPEG, ...)")
     pool = ImageSet(images, torch.full((len(kept),), -1, dtype=torch.int64))
     pool_files = tuple(files[i].relative_to(root).as_posix() for i in kept)
-    test = _test_set(Path(test_root).expanduser(), names, size, mode, on_bad_image) if test_root else \
+    test = _test_set(Path(test_root).expanduser(), names, size, mode, on_bad_image, max_pixels) if test_root else \
         ImageSet(torch.empty((0, len(mode), *size), dtype=torch.uint8), torch.empty((0,), dtype=torch.int64))
     mean, std = channel_stats(pool.images)
     # A user's folder may hold digits, text or left/right classes: no flips unless asked for.
@@ -54,7 +56,7 @@ def load_folder(root: str | Path, classes: list[str] | tuple[str, ...], *, image
 
 
 def _test_set(test_root: Path, names: list[str], size: tuple[int, int], mode: str,
-              on_bad_image: OnBadImage) -> ImageSet:
+              on_bad_image: OnBadImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
     """A labelled test set: ``test_root/<class>/*``, folder names matched to ``data.classes``."""
     if not test_root.is_dir():
         raise GalotError(f"data.test_root: folder '{test_root}' does not exist; point it at a folder with one "
@@ -73,5 +75,5 @@ def _test_set(test_root: Path, names: list[str], size: tuple[int, int], mode: st
     if not files:
         raise GalotError(f"data.test_root: '{test_root}' has no images in class sub-folders; add some or remove "
                          "data.test_root")
-    images, kept = decode_images(files, size, mode, on_bad_image, fix=_FIX_BAD)
+    images, kept = decode_images(files, size, mode, on_bad_image, fix=_FIX_BAD, max_pixels=max_pixels)
     return ImageSet(images, torch.tensor([labels[i] for i in kept], dtype=torch.int64))

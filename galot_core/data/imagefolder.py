@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from galot_core.data.base import Dataset, ImageSet
 from galot_core.errors import GalotError
+from galot_core.images import DEFAULT_MAX_PIXELS, open_image
 
 OnBadImage = Literal["skip", "fail"]
 
@@ -45,6 +46,7 @@ def load_imagefolder(
     test_fraction: float = 0.2,
     seed: int = 0,
     on_bad_image: OnBadImage = "skip",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Dataset:
     """Load ``root`` (split or flat layout) into memory as a natural-image :class:`Dataset`.
 
@@ -60,8 +62,8 @@ def load_imagefolder(
     train_files, train_labels = _list_files(train_dir, folders)
     test_files, test_labels = _list_files(test_dir, folders) if test_dir else ([], [])
     files, all_labels = train_files + test_files, train_labels + test_labels
-    size, mode = _size_and_mode(files, image_size, channels)
-    images, kept = decode_images(files, size, mode, on_bad_image)
+    size, mode = _size_and_mode(files, image_size, channels, max_pixels)
+    images, kept = decode_images(files, size, mode, on_bad_image, max_pixels=max_pixels)
     labels = torch.tensor([all_labels[i] for i in kept], dtype=torch.int64)
     in_train = torch.tensor([i < len(train_files) for i in kept], dtype=torch.bool)
     _check_readable_classes(labels, in_train, folders, train_dir, test_dir)
@@ -78,7 +80,8 @@ def load_imagefolder(
 
 
 def decode_images(
-    files: Sequence[Path], size: tuple[int, int], mode: str, on_bad_image: OnBadImage, *, fix: str = _FIX_BAD
+    files: Sequence[Path], size: tuple[int, int], mode: str, on_bad_image: OnBadImage, *, fix: str = _FIX_BAD,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[torch.Tensor, list[int]]:
     """Decode ``files`` into one uint8 (N, C, H, W) tensor of ``size`` (H, W) and PIL ``mode``.
 
@@ -91,7 +94,7 @@ def decode_images(
     kept: list[int] = []
     quiet = True if len(files) < _PROGRESS_MIN_FILES else None  # None: tqdm shows it on a terminal only
     for index, path in enumerate(tqdm(files, desc="decoding images", unit="img", disable=quiet)):
-        image = _decode(path, mode, (width, height), on_bad_image, fix)
+        image = _decode(path, mode, (width, height), on_bad_image, fix, max_pixels)
         if image is not None:
             pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
             out[len(kept)] = pixels.view(height, width, len(mode)).permute(2, 0, 1)
@@ -113,10 +116,11 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def _decode(path: Path, mode: str, size: tuple[int, int], on_bad_image: OnBadImage, fix: str) -> Image.Image | None:
-    """``path`` as a ``mode`` image of ``size`` (W, H), or None when it is bad and skipped."""
+def _decode(path: Path, mode: str, size: tuple[int, int], on_bad_image: OnBadImage, fix: str,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image | None:
+    """``path`` as a ``mode`` image of ``size`` (W, H), or None when it is bad (or too large) and skipped."""
     try:
-        with Image.open(path) as image:
+        with open_image(path, max_pixels) as image:
             image = image.convert(mode)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
         _bad_image(path, exc, on_bad_image, fix)
@@ -267,12 +271,12 @@ def _hidden(relative: Path) -> bool:
     return any(name.startswith(".") for name in relative.parts)
 
 
-def _headers(files: Sequence[Path]) -> list[tuple[int, int, str]]:
-    """(H, W, mode) of every readable file, from headers only; bad files are reported when decoded."""
+def _headers(files: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[tuple[int, int, str]]:
+    """(H, W, mode) of every readable file, from headers only; bad (or too large) files are reported when decoded."""
     headers = []
     for path in files:
         try:
-            with Image.open(path) as image:
+            with open_image(path, max_pixels) as image:
                 headers.append((image.height, image.width, image.mode))
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
@@ -280,13 +284,13 @@ def _headers(files: Sequence[Path]) -> list[tuple[int, int, str]]:
 
 
 def _size_and_mode(
-    files: Sequence[Path], image_size: int | None, channels: int | None
+    files: Sequence[Path], image_size: int | None, channels: int | None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[tuple[int, int], str]:
     """Target (H, W) and PIL mode: the most common size (ties: larger) and L only if all are gray."""
     mode = {1: "L", 3: "RGB"}.get(channels or 0, "")
     if image_size and mode:
         return (image_size, image_size), mode
-    headers = _headers(files)
+    headers = _headers(files, max_pixels)
     if not headers:
         raise GalotError("data.root: no readable images found; add image files to the class sub-folders")
     sizes = Counter((height, width) for height, width, _ in headers)

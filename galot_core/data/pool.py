@@ -1,7 +1,8 @@
 """Which pool images have been labelled so far — the state a run must never lose.
 
 Labels may have cost real money (a person labelled them), so the state is a small,
-human-readable JSON file written atomically after every change. It records, for each
+human-readable JSON file written atomically after every change; it is read back, and
+validated, by galot_core.runfolder.RunFolder.read_pool (the one reader of pool.json). It records, for each
 labelled pool index, its label and the cycle in which it was bought; images answered
 "none of these classes" are recorded as removed so they are never offered again.
 """
@@ -10,12 +11,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from galot_core.errors import GalotError
-from galot_core.io import atomic_write_json, read_json
+from galot_core.io import atomic_write_json
 
 
 @dataclass
@@ -64,26 +63,3 @@ class PoolState:
             "cycles": self.cycles,
             "removed": self.removed,
         })
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "PoolState":
-        try:
-            d = read_json(path)
-            state = cls(int(d["pool_size"]), [int(i) for i in d["labelled"]], [int(v) for v in d["labels"]],
-                        [int(c) for c in d["cycles"]], [int(i) for i in d.get("removed", [])])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise GalotError(f"{path}: pool state is unreadable ({e.__class__.__name__}); "
-                             "restore it from a backup or start a new experiment name") from None
-        if not (len(state.labelled) == len(state.labels) == len(state.cycles)):
-            raise GalotError(f"{path}: pool state is inconsistent (lengths differ); restore it from a backup")
-        return state
-
-    @classmethod
-    def load_or_new(cls, path: str | os.PathLike, pool_size: int) -> "PoolState":
-        if Path(path).exists():
-            state = cls.load(path)
-            if state.pool_size != pool_size:
-                raise GalotError(f"{path}: pool has {state.pool_size} images but the dataset has {pool_size}; "
-                                 "the dataset changed — use a new experiment.name")
-            return state
-        return cls(pool_size)

@@ -55,15 +55,16 @@ def receive_labels(ctx: Context, cycle: int) -> dict[str, int]:
     if batch is None:
         raise GalotError(f"{ctx.folder.label_batch_path(cycle)}: cycle {cycle} has no selected batch; run its "
                          "select step first")
-    state = ctx.pool_state()
-    answers = labelling.read_answers(ctx.dir, cycle)
-    if not labelling.committed(batch, {"labelled": state.labelled, "removed": state.removed}):
-        left = labelling.missing(batch, answers)
-        if left:
-            raise labelling.WaitingForLabels(ctx.dir, cycle, len(left), len(batch.items))
-        picked, classes, skipped = labelling.split_answers(batch, answers)
-        state.add(picked, classes, cycle)
-        state.remove(skipped)
-        ctx.folder.write_pool(state)
+    with ctx.folder.labels_lock():  # no answer can change between reading and committing them
+        state = ctx.pool_state()
+        answers = labelling.read_answers(ctx.dir, cycle)
+        if not labelling.committed(batch, {"labelled": state.labelled, "removed": state.removed}):
+            left = labelling.missing(batch, answers)
+            if left:
+                raise labelling.WaitingForLabels(ctx.dir, cycle, len(left), len(batch.items))
+            picked, classes, skipped = labelling.split_answers(batch, answers)
+            state.add(picked, classes, cycle)
+            state.remove(skipped)
+            ctx.folder.write_pool(state)
     skipped = sum(1 for a in answers if a["answer"] == labelling.SKIP)
     return {"labelled": len(batch.items) - skipped, "skipped": skipped}

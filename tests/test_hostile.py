@@ -1,0 +1,687 @@
+"""Hostile inputs (issue 19): each guarantee, tried with the cases a hostile probe found and their relatives.
+
+Every case goes through the real `galot` command in a fresh process with a memory limit
+(tests/hostile_util.py) and asserts one line, the exit code (2 for a bad input; `galot verify`
+reports problems with 1), a bound on time and memory, and an unchanged run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import struct
+import tarfile
+import typing
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from galot_core import labels, synthetic
+from galot_core.config import Config, config_from_dict
+from galot_core.errors import GalotError
+from galot_core.runfolder import RunFolder
+from tests.hostile_util import CLASSES, assert_one_line_error, cli, galot, human_run, snapshot
+
+
+def verify_problems(run: Path, capsys=None, budget_mb: int = 300) -> list[str]:
+    """`galot verify RUN` (in this process with ``capsys``, else in a process with a memory limit):
+    exit 1, no traceback; its problem lines."""
+    r = cli(capsys, "verify", str(run)) if capsys is not None else galot("verify", str(run), budget_mb=budget_mb)
+    assert "Traceback" not in r.err + r.out, (r.err + r.out)[-2000:]
+    assert r.code == 1, (r.code, r.out, r.err)
+    return [line for line in r.out.splitlines() if not line.startswith("galot verify:")]
+
+
+# ----- 1. every number is finite and bounded ---------------------------------------------------
+def _numeric_fields():
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+            if base in (int, float):
+                yield f"{section.name}.{f.name}", base, f
+
+
+NUMERIC = list(_numeric_fields())
+FLOATS = [key for key, tp, _ in NUMERIC if tp is float]
+
+
+@pytest.mark.parametrize("key", FLOATS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 10**400])
+def test_every_float_key_refuses_non_finite_numbers(key, value):
+    section, name = key.split(".")
+    with pytest.raises(GalotError, match=f"{key} must be a finite number") as e:
+        config_from_dict({section: {name: value}})
+    assert len(str(e.value)) < 200 and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("key", [key for key, _, _ in NUMERIC])
+def test_every_number_has_an_upper_bound_with_a_reason(key):
+    """Size-like keys (every integer) say why their bound is where it is; max + 1 is refused naming it."""
+    tp, f = next((tp, f) for k, tp, f in NUMERIC if k == key)
+    hi = f.metadata["max"]
+    assert hi is not None, f"{key} has no upper bound"
+    if tp is int:
+        assert f.metadata["why"] and f.metadata["why"] in f.metadata["help"], f"{key}: no reason for its bound"
+    section, name = key.split(".")
+    with pytest.raises(GalotError, match=f"{key} must be <= ") as e:
+        config_from_dict({section: {name: int(hi) + 1 if tp is int else hi * 2 + 1}})
+    assert f.metadata["why"] in str(e.value)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.lr=.inf", "train.lr must be a finite number, got inf"),
+    ("train.lr=.nan", "train.lr must be a finite number, got nan"),
+    ("gal.epsilon=-.inf", "gal.epsilon must be a finite number"),
+    ("t2i.guidance_scale=.NaN", "t2i.guidance_scale must be a finite number"),
+    ("data.image_size=100000", "data.image_size must be <= 4096 (every image is held in memory"),
+    ("t2i.batch_size=1e999", "t2i.batch_size must be an integer, got '1e999'"),
+    ("t2i.guidance_scale=1.0e+999", "t2i.guidance_scale must be a finite number, got inf"),
+    ("train.batch_size=" + "9" * 5000, "train.batch_size must be an integer, got '9999"),
+    ("train.batch_size=" + "9" * 4000, "train.batch_size must be <= 65536"),
+])
+def test_non_finite_and_oversized_numbers_on_the_command_line(tmp_path, capsys, override, expected):
+    params = tmp_path / "params.yaml"
+    params.write_text("experiment: {name: x}\n")
+    r = cli(capsys, "verify", "--params", str(params), "--set", override)
+    assert_one_line_error(r, expected)
+    assert not (tmp_path / "runs").exists()
+
+
+# ----- 2. error messages never echo unbounded input; YAML aliases refused ---------------------
+BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+@pytest.mark.parametrize("text, expected", [
+    (BOMB + "gal:\n  template: *i\n", "YAML alias (*name) at line"),                       # value bomb
+    (BOMB + "gal: *i\n", "YAML alias (*name) at line"),                                    # section bomb
+    ("[" * 100_000 + "]" * 100_000, "params.yaml"),                                         # nesting
+    ("al:\n  budget_per_cycle: " + "9" * 100_000 + "\n", "a number with thousands of digits"),
+])
+def test_params_bombs_are_one_line_in_bounded_memory(tmp_path, text, expected):
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    r = galot("verify", "--params", str(params), budget_mb=200, timeout=60)
+    assert_one_line_error(r, expected)
+    assert len(r.err) < 400 and r.seconds < 60
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("base: &b {name: x}\nexperiment: *b\n", "YAML alias (*name) at line 2"),              # a harmless alias
+    ("gal:\n  template: '" + "A" * 500_000 + "'\n", "gal.template must contain '{label}', got 'AAAA"),
+    ("experiment:\n  name: '" + "../" * 100_000 + "'\n", "experiment.name must be a plain folder name"),
+    ("al:\n  strategy: [" + ",".join(["Margin"] * 100_000) + "]\n", "al.strategy must be a string"),
+    ("x" * 2_000_000, "larger than 1 MiB"),
+    ("gal: {" + ",".join(f"k{i}: 1" for i in range(20000)) + "}\n", "unknown key 'gal.k0'"),
+    ("? " + "k" * 300_000 + "\n: 1\n", "unknown section 'kkkk"),
+])
+def test_error_messages_never_echo_unbounded_input(tmp_path, capsys, text, expected):
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    r = cli(capsys, "verify", "--params", str(params))
+    assert_one_line_error(r, expected)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_params_that_is_not_a_regular_file_is_one_line(tmp_path, kind):
+    path = {"fifo": tmp_path / "fifo", "dev-zero": Path("/dev/zero"), "directory": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    r = galot("verify", "--params", str(path), timeout=30)
+    assert_one_line_error(r, "not a regular file")
+
+
+def test_alias_in_a_set_override_is_refused(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("experiment: {name: x}\n")
+    r = cli(capsys, "verify", "--params", str(params), "--set", "baselines.strategies=[&a BALD, *a]")
+    assert_one_line_error(r, "YAML alias")
+
+
+# ----- 3. everything read back from a run folder is validated -----------------------------------
+POOL_CASES = {
+    "index out of range": ({"labelled": [10], "labels": [0], "cycles": [1]}, "'labelled'[0] must be a pool index"),
+    "negative index": ({"labelled": [-1], "labels": [0], "cycles": [1]}, "'labelled'[0] must be a pool index"),
+    "float index": ({"labelled": [1.0], "labels": [0], "cycles": [1]}, "got 1.0"),
+    "truncated float index": ({"labelled": [2.7], "labels": [0], "cycles": [1]}, "got 2.7"),
+    "boolean index": ({"labelled": [True], "labels": [0], "cycles": [1]}, "got True"),
+    "string index": ({"labelled": ["1"], "labels": [0], "cycles": [1]}, "got '1'"),
+    "negative label": ({"labelled": [1], "labels": [-1], "cycles": [1]}, "'labels'[0] must be a class index"),
+    "removed out of range": ({"removed": [99]}, "'removed'[0] must be a pool index"),
+    "lengths differ": ({"labelled": [1, 2], "labels": [0], "cycles": [1]}, "one entry per labelled image"),
+    "duplicate index": ({"labelled": [1, 1], "labels": [0, 0], "cycles": [1, 1]}, "must not repeat"),
+    "pool_size negative": ({"pool_size": -5}, "'pool_size' must be an integer"),
+    "pool_size float": ({"pool_size": 10.5}, "'pool_size' must be an integer"),
+    "labelled not a list": ({"labelled": {"1": 0}}, "'labelled' must be a list"),
+}
+RAW_POOL = {
+    "a list": ("[]", "must be a JSON object"),
+    "not JSON": ("{", "pool state is unreadable (JSONDecodeError)"),
+    "deep nesting": ("[" * 100_000 + "]" * 100_000, "pool state is unreadable (RecursionError)"),
+    "huge number": ('{"pool_size": 1e999, "labelled": [], "labels": [], "cycles": []}', "got inf"),
+}
+
+
+def _write_pool(run: Path, case: str) -> str:
+    if case in RAW_POOL:
+        (run / "pool.json").write_text(RAW_POOL[case][0])
+        return RAW_POOL[case][1]
+    change, expected = POOL_CASES[case]
+    pool = {"pool_size": 10, "labelled": [], "labels": [], "cycles": [], "removed": [], **change}
+    (run / "pool.json").write_text(json.dumps(pool))
+    return expected
+
+
+@pytest.mark.parametrize("case", list(POOL_CASES) + list(RAW_POOL))
+def test_bad_pool_state_is_one_line_exit_2_and_a_verify_problem(tmp_path, capsys, case):
+    run = human_run(tmp_path)
+    expected = _write_pool(run, case)
+    before = snapshot(run)
+    r = cli(capsys, "label", "export", str(run), "-o", "-")
+    assert_one_line_error(r, "pool.json", expected)
+    problems = verify_problems(run, capsys)
+    assert any("pool.json" in p and expected in p for p in problems), problems
+    with pytest.raises(GalotError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        RunFolder(run).read_pool(10, num_classes=2)
+    assert snapshot(run) == before
+    print(f"{case}: exit {r.code}: {r.err.strip()}")
+
+
+def test_label_outside_the_classes_is_refused_by_the_reader_and_verify(tmp_path, capsys):
+    """Only readers that know the classes can tell (the experiment, and verify from data.classes)."""
+    run = human_run(tmp_path)
+    (run / "pool.json").write_text(json.dumps({"pool_size": 10, "labelled": [1], "labels": [2], "cycles": [1]}))
+    with pytest.raises(GalotError, match=r"'labels'\[0\] must be a class index \(0 to 1\), got 2"):
+        RunFolder(run).read_pool(10, num_classes=2)
+    assert any("'labels'[0] must be a class index" in p for p in verify_problems(run, capsys))
+
+
+def _cycle(run: Path, metrics, manifest: list | None = None) -> None:
+    cdir = run / "cycles" / "cycle_001"
+    cdir.mkdir(parents=True, exist_ok=True)
+    (cdir / "metrics.json").write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
+    if manifest is not None:
+        folder = run / "synthetic" / "cycle_001"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in manifest))
+
+
+GOOD_METRICS = {"cycle": 1, "labelled": 0, "generated": 0, "epsilon": 0.0, "test_accuracy": None, "files": {}}
+METRICS_CASES = {
+    "a list": ("[]", "must be a JSON object"),
+    "no cycle": ({k: v for k, v in GOOD_METRICS.items() if k != "cycle"}, "'cycle' must be 1"),
+    "another cycle": ({**GOOD_METRICS, "cycle": 7}, "'cycle' must be 1 (the cycle folder's number), got 7"),
+    "cycle as text": ({**GOOD_METRICS, "cycle": "1"}, "'cycle' must be 1"),
+    "negative count": ({**GOOD_METRICS, "labelled": -3}, "'labelled' must be a count"),
+    "NaN epsilon": ('{"cycle": 1, "labelled": 0, "generated": 0, "epsilon": NaN}', "'epsilon' must be a finite"),
+    "files escaping": ({**GOOD_METRICS, "files": {"../../config.json": "0" * 64}}, "names '../../config.json'"),
+    "files absolute": ({**GOOD_METRICS, "files": {"/etc/passwd": "0" * 64}}, "names '/etc/passwd'"),
+    "files a list": ({**GOOD_METRICS, "files": ["x"]}, "'files' must map file names"),
+    "files bad hash": ({**GOOD_METRICS, "files": {"model.safetensors": 5}}, "must be a SHA-256"),
+    "not JSON": ("{", "cycle metrics is unreadable"),
+}
+
+
+@pytest.mark.parametrize("case", list(METRICS_CASES))
+def test_bad_metrics_are_a_verify_problem_never_a_crash(tmp_path, capsys, case):
+    run = human_run(tmp_path)
+    metrics, expected = METRICS_CASES[case]
+    _cycle(run, metrics)
+    before = snapshot(run)
+    problems = verify_problems(run, capsys)
+    assert any(p.startswith("CORRUPT") and "metrics.json" in p and expected in p for p in problems), problems
+    with pytest.raises(GalotError, match="metrics.json"):
+        RunFolder(run).all_metrics()
+    assert snapshot(run) == before
+    print(f"{case}: {problems}")
+
+
+GOOD_ENTRY = {"file": "000_cat/000000.png", "sha256": "0" * 64, "label": 0, "class_name": "cat", "prompt": "p",
+              "cycle": 1, "epsilon": 0.0, "embedding_sha256": "0" * 64, "seed": 0, "model_id": "m", "revision": "",
+              "scheduler": "s", "steps": 1, "guidance_scale": 1.0}
+MANIFEST_CASES = {
+    "parent path": ({"file": "../../pool.json"}, "field 'file'"),
+    "absolute path": ({"file": "/etc/passwd"}, "field 'file'"),
+    "inner parent": ({"file": "000_cat/../../../x.png"}, "field 'file'"),
+    "backslash": ({"file": "..\\..\\x.png"}, "field 'file'"),
+    "empty path": ({"file": ""}, "field 'file'"),
+    "not a hash": ({"sha256": "abc"}, "field 'sha256'"),
+    "float label": ({"label": 1.5}, "field 'label'"),
+    "negative label": ({"label": -1}, "field 'label'"),
+    "unknown field": ({"evil": 1}, "unknown field 'evil'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_CASES))
+def test_manifest_paths_outside_the_cycle_folder_are_refused(tmp_path, capsys, case):
+    run = human_run(tmp_path)
+    change, expected = MANIFEST_CASES[case]
+    _cycle(run, {**GOOD_METRICS, "generated": 1}, [{**GOOD_ENTRY, **change}])
+    problems = verify_problems(run, capsys)
+    assert any("manifest.jsonl" in p and "line 1" in p and expected in p for p in problems), problems
+    with pytest.raises(GalotError, match=expected):
+        synthetic.read_manifest(run / "synthetic" / "cycle_001")
+
+
+def _classifier(path: Path, meta: dict, fc_rows: int = 2) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = {"arch": "small_cnn", "in_channels": "1", "num_classes": "2", "dropout": "0.2", **meta}
+    save_file({"model.fc.weight": torch.zeros(fc_rows, 128)}, str(path), metadata={"galot": json.dumps(full)})
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ({"num_classes": "2000000"}, "header field 'num_classes' must be 1 to 100000"),
+    ({"num_classes": "4000000000"}, "header field 'num_classes' must be 1 to 100000"),
+    ({"num_classes": "3"}, "match the stored weights ((2, 128))"),
+    ({"num_classes": "0"}, "'num_classes'"),
+    ({"num_classes": "many"}, "missing or not a number"),
+    ({"in_channels": "100000"}, "'in_channels' must be 1 or 3"),
+    ({"arch": "../../evil"}, "'arch' must be one of"),
+    ({"dropout": "nan"}, "'dropout' must be in [0, 1)"),
+])
+def test_classifier_metadata_is_checked_before_anything_is_allocated(tmp_path, capsys, meta, expected):
+    run = human_run(tmp_path)
+    _cycle(run, GOOD_METRICS)
+    _classifier(run / "cycles" / "cycle_001" / "model.safetensors", meta)
+    # 2e6 classes × 128 floats would be 1 GB: only that case runs under a memory limit
+    problems = verify_problems(run, None if "2000000" in meta.get("num_classes", "") else capsys, budget_mb=150)
+    assert any("model.safetensors" in p and expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("tensors, expected", [
+    ({"s_star": torch.zeros(2, 4), "s": torch.full((2, 4), math.nan), "epsilon": torch.zeros(2)}, "tensor 's'"),
+    ({"s_star": torch.zeros(2, 4), "epsilon": torch.zeros(2)}, "tensor 's' must be present"),
+    ({"s_star": torch.zeros(2, 4), "s": torch.zeros(3, 4), "epsilon": torch.zeros(2)}, "one row per class"),
+    (b"\xff" * 64, "embeddings are unreadable"),
+])
+def test_bad_embeddings_are_one_line(tmp_path, tensors, expected):
+    run = RunFolder(tmp_path)
+    path = run.embeddings_path(1)
+    path.parent.mkdir(parents=True)
+    if isinstance(tensors, bytes):
+        path.write_bytes(tensors)
+    else:
+        save_file(tensors, str(path))
+    with pytest.raises(GalotError, match=expected) as e:
+        run.read_embeddings(1)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("file, content, expected", [
+    ("cycle_001.answers.json", {"cycle": 1, "answers": [{"index": "0", "image": "a", "answer": "cat"}]},
+     "'answers'[0] must be {index: integer"),
+    ("cycle_001.answers.json", {"cycle": 1, "answers": {"0": "cat"}}, "'answers' must be a list"),
+    ("cycle_001.answers.json", [], "'answers' must be a list"),
+    ("cycle_001.json", {"cycle": 1, "classes": CLASSES, "items": [
+        {"index": 0, "image": "a", "source": None, "thumbnail": "../../../etc/passwd"}]}, "thumbnail"),
+    ("cycle_001.json", {"cycle": 1, "classes": CLASSES, "items": [
+        {"index": -1, "image": "a", "source": None, "thumbnail": "labels/x.png"}]}, "'items'[0].index"),
+    ("cycle_001.json", {"cycle": 1, "classes": "cat", "items": []}, "'classes' must list"),
+    ("cycle_001.json", {"cycle": 2, "classes": CLASSES, "items": []}, "'cycle' must be 1"),
+])
+def test_bad_label_files_are_one_line_exit_2(tmp_path, capsys, file, content, expected):
+    run = human_run(tmp_path)
+    (run / "labels" / file).write_text(json.dumps(content))
+    before = snapshot(run)
+    r = cli(capsys, "label", "export", str(run), "-o", "-")
+    assert_one_line_error(r, file, expected)
+    assert snapshot(run) == before
+
+
+# ----- 4. bounded resources ----------------------------------------------------------------------
+def _tar_header(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, kind
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("8 GiB member", "declares 8589934592 bytes"),
+    ("member past the end", "declares 20000 bytes"),
+    ("huge PAX header", "declares 4294967296 bytes"),
+    ("garbage header", "bad header"),
+])
+def test_shard_member_sizes_are_checked_before_reading(tmp_path, capsys, case, expected):
+    run = human_run(tmp_path)
+    _cycle(run, GOOD_METRICS)
+    head = {"8 GiB member": _tar_header("manifest.jsonl", 8 << 30),
+            "member past the end": _tar_header("manifest.jsonl", 20000),
+            "huge PAX header": _tar_header("././@PaxHeader", 4 << 30, tarfile.XHDTYPE),
+            "garbage header": b"\xff" * 512}[case]
+    data = head + b"\0" * (10_000 - len(head))
+    shard = run / "dataset" / "synthetic" / "cycle_001.tar"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(data)
+    import hashlib
+
+    (run / "dataset" / "index.json").write_text(json.dumps({"format": "galot-dataset/1", "shards": [
+        {"cycle": 1, "file": "synthetic/cycle_001.tar", "sha256": hashlib.sha256(data).hexdigest(), "images": 1}]}))
+    (run / "dataset" / "real.json").write_text(json.dumps({"labelled": []}))
+    problems = verify_problems(run, None if case == "8 GiB member" else capsys, budget_mb=150)
+    assert any("cycle_001.tar" in p and expected in p for p in problems), problems
+
+
+def _png_header_only_bomb(path: Path, side: int) -> None:
+    """A valid grayscale PNG of side × side black pixels, compressed to a few hundred KB."""
+    comp, row = zlib.compressobj(9), b"\0" * (side + 1)
+    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def bomb_folder(tmp_path_factory):
+    """A folder dataset: six small PNGs and one 12,000 × 12,000 PNG (~140 KB on disk, 144 MB decoded)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("bomb")
+    for i in range(6):
+        Image.fromarray(np.full((16, 16), 30 * i, dtype=np.uint8)).save(root / f"small{i}.png")
+    _png_header_only_bomb(root / "bomb.png", 12_000)
+    assert (root / "bomb.png").stat().st_size < 1 << 20
+    return root
+
+
+@pytest.mark.parametrize("sets, code, expected", [
+    (["data.on_bad_image=fail"], 2, "bomb.png' (12000×12000 pixels, more than the limit of 16777216"),
+    (["data.on_bad_image=skip"], 0, "skipping unreadable image"),
+    (["data.on_bad_image=skip", "data.max_pixels=100"], 2, "no readable images found"),  # 16×16 > 100 px
+    (["data.max_pixels=1e999"], 2, "data.max_pixels must be an integer"),
+])
+def test_pixel_limit_on_decode(tmp_path, capsys, bomb_folder, sets, code, expected):
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"experiment": {"name": "b", "runs_dir": str(tmp_path / "runs"), "judge": None,
+                                                 "oracle": "human", "mode": "al"},
+                                  "data": {"dataset": "folder", "root": str(bomb_folder), "classes": CLASSES}}))
+    args = ["prepare", "--params", str(params), "--out", str(tmp_path / "prepared.json")]
+    sets = [x for s in sets for x in ("--set", s)]
+    # decoding the bomb would take 144 MB: those cases run under a memory limit
+    r = galot(*args, *sets, budget_mb=100) if "bomb" in expected or code == 0 else cli(capsys, *args, *sets)
+    if code == 2:
+        assert_one_line_error(r, expected)
+    else:
+        assert r.code == 0 and "Traceback" not in r.err, r.err[-2000:]
+        assert expected in r.err and "bomb.png" in r.err
+        assert json.loads((tmp_path / "prepared.json").read_text())["pool"] == 6
+
+
+def _label_file(tmp: Path, case: str) -> Path:
+    path = tmp / "labels.csv"
+    if case == "dev-zero":
+        return Path("/dev/zero")
+    if case == "fifo":
+        os.mkfifo(path)  # nobody writes: reading it would hang forever
+    elif case == "directory":
+        path.mkdir()
+    elif case == "sparse 65 MiB":
+        with open(path, "wb") as f:
+            f.truncate(65 << 20)
+    elif case == "NUL byte":
+        path.write_bytes(b"image,label\nimg0.png,c\0at\n")
+    elif case == "huge field":
+        path.write_text("image,label\n" + "x" * 200_000 + ",cat\n")
+    elif case == "not UTF-8":
+        path.write_bytes(b"image,label\n\xff\xfe,cat\n")
+    elif case == "long field":
+        path.write_text("image,label\n" + "x" * 5000 + ",cat\n")
+    return path
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("dev-zero", "not a regular file"),
+    ("fifo", "not a regular file"),
+    ("directory", "not a regular file"),
+    ("sparse 65 MiB", "larger than 64 MiB"),
+    ("NUL byte", "labels.csv:2: not a labels CSV (a NUL byte)"),
+    ("huge field", "labels.csv:2: not a labels CSV (field larger than field limit"),
+    ("long field", "labels.csv:2: not a labels CSV (a cell longer than 4096 characters)"),
+    ("not UTF-8", "not UTF-8 text (byte 12)"),
+])
+def test_label_import_of_a_hostile_file_is_one_line(tmp_path, capsys, case, expected):
+    run = human_run(tmp_path)
+    before = snapshot(run)
+    args = ("label", "import", str(run), str(_label_file(tmp_path, case)))
+    # /dev/zero and a FIFO never end: a process with a deadline and a memory limit
+    r = galot(*args, budget_mb=200, timeout=60) if case in ("dev-zero", "fifo") else cli(capsys, *args)
+    assert_one_line_error(r, expected)
+    assert r.seconds < 60 and snapshot(run) == before
+
+
+def test_label_import_prints_at_most_a_screenful_of_problems(tmp_path):
+    run = human_run(tmp_path)
+    path = tmp_path / "labels.csv"
+    path.write_text("image,label\n" + "nope.png,cat\n" * 500_000)  # 6.5 MB, half a million bad rows
+    before = snapshot(run)
+    r = galot("label", "import", str(run), str(path), budget_mb=200, timeout=120)
+    lines = r.err.splitlines()
+    assert r.code == 2 and "Traceback" not in r.err
+    assert len(lines) == labels.PROBLEMS_SHOWN + 2 and len(r.err) < 10_000
+    assert "… and 499980 more problems" in lines[-2] and "nothing imported (500000 problems)" in lines[-1]
+    assert snapshot(run) == before
+
+
+# ----- 5. CSV written for spreadsheets is safe ---------------------------------------------------
+HOSTILE_NAMES = ["=1+2+cmd|' -C calc'!A0.png", "@SUM(1+1)x.png", "+1.png", "-2.png", "\tx.png", "\rcr.png",
+                 "'quoted.png", "''=x.png", "'=already.png", 'a,"b".png', "new\nline.png", "plain.png"]
+
+
+def test_label_csv_round_trip_with_hostile_names(tmp_path, capsys):
+    run = human_run(tmp_path, HOSTILE_NAMES, pool_size=20)
+    r = cli(capsys, "label", "export", str(run), "-o", "-")
+    assert r.code == 0, r.err
+    rows = list(csv.reader(io.StringIO(r.out)))
+    for row in rows[1:]:
+        assert not any(cell.startswith(labels.FORMULA_START) for cell in row), row  # nothing a spreadsheet runs
+    assert [labels.unescape_cell(row[0]) for row in rows[1:]] == HOSTILE_NAMES
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(rows[0])
+    for k, row in enumerate(rows[1:]):
+        w.writerow([row[0], CLASSES[k % 2], row[2]])   # a person fills the label column, cells kept as exported
+    path = tmp_path / "filled.csv"
+    path.write_text(out.getvalue())
+    r = cli(capsys, "label", "import", str(run), str(path))
+    assert r.code == 0 and "imported 12 labels" in r.out, r.out + r.err
+    answers = labels.read_answers(run, 1)
+    assert [(a["image"], a["answer"]) for a in answers] == [(n, CLASSES[k % 2]) for k, n in enumerate(HOSTILE_NAMES)]
+
+
+@pytest.mark.parametrize("text", ["=1+2", "+x", "-x", "@x", "\tx", "\rx", "'x", "''", "'=x", "x", "", "'"])
+def test_escape_then_unescape_is_the_identity(text):
+    escaped = labels.escape_cell(text)
+    assert labels.unescape_cell(escaped) == text
+    assert not escaped.startswith(labels.FORMULA_START)
+
+
+# ----- 4b. the labelling page: bounded bodies, timeouts, 400 for bad types ------------------------
+@pytest.fixture
+def page(tmp_path):
+    import threading
+
+    from flows.labelpage import LabelServer
+
+    run = human_run(tmp_path)
+    server = LabelServer(run, timeout_s=0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, run
+    server.shutdown()
+
+
+def _post(server, path: str, body: bytes, length: str | None = "auto", timeout: float = 5) -> tuple[int, dict]:
+    """A raw HTTP POST, with any Content-Length header (or none)."""
+    import socket
+
+    headers = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}", f"X-Galot-Token: {server.token}",
+               "Content-Type: application/json", "Connection: close"]
+    if length is not None:
+        headers.append(f"Content-Length: {len(body) if length == 'auto' else length}")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as s:
+        s.sendall(("\r\n".join(headers) + "\r\n\r\n").encode() + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload or b"{}")
+
+
+BAD_BODIES = {
+    "index [7]": b'{"cycle": 1, "index": [7], "answer": "cat"}',
+    "index {}": b'{"cycle": 1, "index": {}, "answer": "cat"}',
+    "index null": b'{"cycle": 1, "index": null, "answer": "cat"}',
+    "index 1e999": b'{"cycle": 1, "index": 1e999, "answer": "cat"}',
+    "index 7.9": b'{"cycle": 1, "index": 0.9, "answer": "cat"}',
+    "index true": b'{"cycle": 1, "index": true, "answer": "cat"}',
+    "index string": b'{"cycle": 1, "index": "0", "answer": "cat"}',
+    "index NaN": b'{"cycle": 1, "index": NaN, "answer": "cat"}',
+    "cycle list": b'{"cycle": [1], "index": 0, "answer": "cat"}',
+    "answer list": b'{"cycle": 1, "index": 0, "answer": ["cat"]}',
+    "deep nesting": b"[" * 60_000 + b"]" * 5_000,
+    "a list": b"[1, 2]",
+    "not JSON": b"\xff\xfe",
+    "huge integer": b'{"cycle": 1, "index": ' + b"9" * 5000 + b', "answer": "cat"}',
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+def test_page_answers_bad_types_with_400_and_no_traceback(page, capfd, case):
+    server, run = page
+    before = snapshot(run)
+    status, body = _post(server, "/api/label", BAD_BODIES[case])
+    assert status == 400 and "\n" not in body["error"] and len(body["error"]) < 300, (status, body)
+    assert "Traceback" not in capfd.readouterr().err
+    assert snapshot(run) == before
+    status, body = _post(server, "/api/label", b'{"cycle": 1, "index": 0, "answer": "cat"}')
+    assert status == 200 and body["labelled"] == 1  # the server still works
+
+
+@pytest.mark.parametrize("length", ["-1", "99999999999", "65537", "abc", "1e3", " -0"])
+def test_page_body_cap_holds_for_any_content_length(page, capfd, length):
+    server, run = page
+    before = snapshot(run)
+    status, body = _post(server, "/api/label", b'{"cycle": 1, "index": 0, "answer": "cat"}', length=length)
+    assert status == 400 and "Content-Length" in body["error"]
+    assert "Traceback" not in capfd.readouterr().err and snapshot(run) == before
+
+
+def test_page_closes_idle_and_half_open_connections(page):
+    """100 connections that send nothing (or half a request) do not hold 100 threads: each is closed."""
+    import socket
+    import threading
+    import time
+
+    server, _ = page
+    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+    socks[0].sendall(b"POST /api/label HTTP/1.1\r\nHost: 127.0.0.1\r\n")                 # headers never end
+    socks[1].sendall(b"POST /api/label HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Galot-Token: %s\r\n"
+                     b"Content-Length: 100\r\n\r\n{" % (server.port, server.token.encode()))  # body never ends
+    deadline = time.monotonic() + 10
+    for s in socks:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        while s.recv(1024):  # a socket.timeout here: the server kept the connection open
+            pass
+        s.close()
+    time.sleep(0.5)
+    handlers = [t for t in threading.enumerate() if "process_request" in t.name]
+    assert len(handlers) < 5, len(handlers)
+
+
+# ----- 6. one writer at a time -------------------------------------------------------------------
+def _give_all(run: str, indices: list[int], barrier) -> None:
+    """One process answering: the page's way (labels.give, one per call) for even indices, import for odd."""
+    batch = labels.read_batch(run, 1)
+    barrier.wait()
+    for i in indices:
+        if i % 2:
+            labels.import_rows(run, [(f"row {i}", f"img{i}.png", CLASSES[i % 2])], 1)
+        else:
+            labels.give(run, batch, i, CLASSES[i % 2])
+
+
+def test_concurrent_page_and_import_never_lose_an_acknowledged_answer(tmp_path):
+    import multiprocessing as mp
+
+    n, procs = 24, 6
+    run = human_run(tmp_path, [f"img{i}.png" for i in range(n)], pool_size=n)
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(procs)
+    workers = [ctx.Process(target=_give_all, args=(str(run), list(range(k, n, procs)), barrier))
+               for k in range(procs)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    answers = labels.read_answers(run, 1)
+    assert sorted(a["index"] for a in answers) == list(range(n))  # every acknowledged answer is there
+
+
+def _press_done(run: str, command: list[str], barrier, out) -> None:
+    from flows.labelling import Continuation
+
+    cont = Continuation(Path(run), command)
+    barrier.wait()
+    out.put(cont(1))
+    if cont.proc is not None:
+        cont.proc.wait()
+
+
+def test_concurrent_done_requests_start_at_most_one_run(tmp_path):
+    """Four "done" at once, from four processes (pages): one run starts, the others say it is running."""
+    import multiprocessing as mp
+    import sys
+
+    run = human_run(tmp_path)
+    marker = tmp_path / "started"
+    # A stand-in for `galot run` that adopts the lock the page hands it, as galot run does.
+    script = ("import sys, time; from pathlib import Path; from galot_core.runfolder import RunFolder\n"
+              f"with RunFolder({str(run)!r}).run_lock():\n"
+              f"    open({str(marker)!r}, 'a').write('x\\n'); time.sleep(3)\n")
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_press_done, args=(str(run), [sys.executable, "-c", script], barrier, out))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    messages = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert marker.read_text() == "x\n", messages
+    assert sum("continuing the experiment" in m for m in messages) == 1, messages
+    assert sum("already running" in m for m in messages) == 3, messages
+
+
+def test_a_second_run_on_the_same_folder_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    run = human_run(tmp_path)
+    fd = RunFolder(run).try_run_lock()
+    assert fd is not None
+    try:
+        with pytest.raises(GalotError, match="another `galot run`.*is already running this experiment"):
+            with RunFolder(run).run_lock():
+                pass
+        # The descriptor handed down (the labelling page's way) is adopted, not refused.
+        code = ("import os; from galot_core.runfolder import RunFolder, RUN_LOCK_ENV\n"
+                f"with RunFolder({str(run)!r}).run_lock(): print('adopted', RUN_LOCK_ENV in os.environ)\n")
+        p = subprocess.run([sys.executable, "-c", code], pass_fds=(fd,), capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "GALOT_RUN_LOCK_FD": str(fd)})
+        assert p.stdout.strip() == "adopted False", p.stderr
+    finally:
+        os.close(fd)
+    assert RunFolder(run).try_run_lock() is not None  # released with the last descriptor
