@@ -177,7 +177,10 @@ def _handler(server: LabelServer) -> type[BaseHTTPRequestHandler]:
                 page = PAGE.replace("__TOKEN__", server.token).encode()
                 return self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
             if path == "/api/state":
-                return self._json(HTTPStatus.OK, server.state())
+                try:
+                    return self._json(HTTPStatus.OK, server.state())
+                except GalotError as e:  # a damaged run folder: its one line, not a traceback
+                    return self._json(HTTPStatus.CONFLICT, {"error": str(e)})
             if path.startswith("/labels/") and path.endswith(".png"):
                 target = (server.run_dir / path.lstrip("/")).resolve()
                 root = labels.labels_dir(server.run_dir).resolve()
@@ -199,7 +202,11 @@ def _handler(server: LabelServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True  # the body may not have been read
                 return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
             except GalotError as e:
-                return self._json(HTTPStatus.CONFLICT, {"error": str(e), "state": server.state()})
+                try:
+                    state = server.state()
+                except GalotError:
+                    state = None
+                return self._json(HTTPStatus.CONFLICT, {"error": str(e), "state": state})
             except OSError:  # TimeoutError included: the client stopped sending; drop the connection
                 self.close_connection = True
 

@@ -66,7 +66,7 @@ class _Checker:
         self.checked += 1
         try:
             return read_json(path)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             self.add("corrupt", path, f"not valid JSON ({e.__class__.__name__})")
             return None
 
@@ -203,7 +203,7 @@ def _check_export(c: _Checker, out: Path) -> None:
         except GalotError as e:
             c.add("corrupt", path, str(e).split(": ", 1)[-1])
     real = c.json(out / "real.json")
-    if real is not None and not isinstance(real.get("labelled"), list):
+    if real is not None and not (isinstance(real, dict) and isinstance(real.get("labelled"), list)):
         c.add("corrupt", out / "real.json", "no 'labelled' list")
 
 

@@ -685,3 +685,19 @@ def test_a_second_run_on_the_same_folder_is_one_line(tmp_path):
     finally:
         os.close(fd)
     assert RunFolder(run).try_run_lock() is not None  # released with the last descriptor
+
+
+def test_page_reports_a_damaged_run_folder_in_one_line(page, capfd):
+    import urllib.error
+    import urllib.request
+
+    server, run = page
+    (run / "pool.json").write_text(json.dumps({"pool_size": 10, "labelled": [-1], "labels": [0], "cycles": [1]}))
+    try:
+        urllib.request.urlopen(server.url + "api/state", timeout=5)
+        raise AssertionError("expected an error status")
+    except urllib.error.HTTPError as e:
+        assert e.code == 409 and "pool.json: 'labelled'[0] must be a pool index" in json.loads(e.read())["error"]
+    status, body = _post(server, "/api/label", b'{"cycle": 1, "index": 0, "answer": "cat"}')
+    assert status == 409 and "pool.json" in body["error"]
+    assert "Traceback" not in capfd.readouterr().err
