@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from dataclasses import asdict
 from pathlib import Path

@@ -25,7 +25,7 @@ CLASSES = ["cat", "dog"]
 # passing. A case that does not answer within its deadline (a read that never ends) kills it.
 _WORKER = """
 import contextlib, io, json, os, resource, sys, time, traceback
-import flows.cli, galot_core.export, galot_core.labels, galot_core.verify, galot_core.prepare, galot_core.data
+import galot.flows.cli, galot_core.export, galot_core.labels, galot_core.verify, galot_core.prepare, galot_core.data
 import galot_core.data.folder, galot_core.checkpoint, PIL.PngImagePlugin
 def vmsize():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) << 10
@@ -41,7 +41,7 @@ for line in sys.stdin:
     start = time.monotonic()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = flows.cli.main(req["args"])
+            code = galot.flows.cli.main(req["args"])
     except BaseException:
         code = -1
         err.write(traceback.format_exc())
@@ -109,7 +109,7 @@ def galot(*args: str, budget_mb: int = 300, timeout: float = 60) -> Result:
 
 def cli(capsys, *args: str) -> Result:
     """``galot ARGS`` in this process (fast), for cases where no memory or time bound is at stake."""
-    from flows.cli import main
+    from galot.flows.cli import main
 
     capsys.readouterr()
     start = time.monotonic()

@@ -513,7 +513,7 @@ def test_escape_then_unescape_is_the_identity(text):
 def page(tmp_path):
     import threading
 
-    from flows.labelpage import LabelServer
+    from galot.flows.labelpage import LabelServer
 
     run = human_run(tmp_path)
     server = LabelServer(run, timeout_s=0.5)
@@ -631,7 +631,7 @@ def test_concurrent_page_and_import_never_lose_an_acknowledged_answer(tmp_path):
 
 
 def _press_done(run: str, command: list[str], barrier, out) -> None:
-    from flows.labelling import Continuation
+    from galot.flows.labelling import Continuation
 
     cont = Continuation(Path(run), command)
     barrier.wait()
