@@ -173,7 +173,7 @@ def test_a_generated_image_is_decoded_once_per_cycle(tmp_path, tiny_digits, tiny
     save_classifier(build_model("small_cnn", 1, 10, 0.2), judge, arch="small_cnn", in_channels=1)
     decoded = []
     decode = synthetic.decode_png
-    monkeypatch.setattr(synthetic, "decode_png", lambda source: decoded.append(source) or decode(source))
+    monkeypatch.setattr(synthetic, "decode_png", lambda source, *a, **k: decoded.append(source) or decode(source, *a, **k))
     cfg = gal_cfg(tmp_path, tiny_sd_folder, experiment={"mode": "gal", "cycles": 1, "judge": str(judge)})
     m = Experiment(cfg, dataset=tiny_digits).run_cycle()
     assert m.generated == 10 and m.judged_accuracy is not None and (cfg.run_dir / "cycles/cycle_001/grid.png").exists()
