@@ -670,6 +670,11 @@ def fashion() -> list[str]:
              "`python benchmarks/study.py --world fashion`).", "",
              f"**Status: {len(runs)} of {len(jobs)} planned runs are done** ({wall / 3600:.1f} h of one-thread run "
              "time so far). Cells with fewer seeds are marked; their verdicts in the side-by-side table are pending.",
+             "", "Seed 2's runs that generate images (GALOT, GALOT basic, GAL only) use a galot-mini re-pretrained "
+             "by the same recipe on the same split after the first one was lost with its machine (on one torch thread; "
+             "the first run's thread count was not recorded. Not bit-identical: its VAE scaling factor is 0.7795 "
+             "against 0.7779); seeds 0 and 1 "
+             "used the first. The model is thus part of seed 2's variation.",
              "", protocol("The Fashion world's protocol"), "", *table1("fashion_"), *fig3("fashion_")]
     use_world(study.MNIST)
     return lines

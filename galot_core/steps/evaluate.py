@@ -78,9 +78,9 @@ def evaluate_cycle(ctx: Context, cycle: int, seconds: dict[str, float]) -> dict[
                            epsilon=effective_epsilon(ctx, cycle), test_accuracy=acc, seconds=seconds,
                            judged_accuracy=judge_generated(ctx, cycle), unet_calls=unet_calls(ctx, cycle),
                            files=files)
+    grid = sample_grid(ctx, cycle)  # before the metrics: a cycle with metrics is complete, never revisited
     run.write_metrics(cycle, metrics.to_dict())
     write_summary(ctx)
-    grid = sample_grid(ctx, cycle)
     return {**metrics.to_dict(), "grid": str(grid) if grid else None}
 
 
