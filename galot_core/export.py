@@ -43,9 +43,9 @@ import torch
 from galot_core import synthetic
 from galot_core.data import Dataset
 from galot_core.errors import GalotError
-from galot_core.io import atomic_write_bytes, atomic_write_json, read_json
+from galot_core.io import atomic_write_bytes, atomic_write_json
 from galot_core.config import show
-from galot_core.runfolder import RunFolder, bad_file, read_checked_json
+from galot_core.runfolder import RunFolder, bad_file, check_pool, read_checked_json
 
 FORMAT = "galot-dataset/2"  # 2: WebDataset shards; 1: PNGs + one manifest.jsonl (still read)
 _READABLE = (FORMAT, "galot-dataset/1")
@@ -227,10 +227,12 @@ def load_training_set(dataset_dir: str | Path, dataset: Dataset,
         raise GalotError(f"{dataset_dir}: exported for classes {index['class_names'][:3]}… at "
                          f"{index['image_size']} px, but data.* now loads a different dataset; use the same data "
                          "section as the experiment")
-    real = read_json(dataset_dir / "real.json")
-    if real["pool_size"] != len(dataset.pool):
-        raise GalotError(f"{dataset_dir}: real selections index a pool of {real['pool_size']} images but the "
+    path = dataset_dir / "real.json"
+    real = read_checked_json(path, "real selections", "`dvc pull` the dataset again")
+    if isinstance(real, dict) and real.get("pool_size") != len(dataset.pool):
+        raise GalotError(f"{dataset_dir}: real selections index a pool of {show(real.get('pool_size'))} images but the "
                          f"dataset's pool has {len(dataset.pool)}; use the same data section as the experiment")
+    real = check_pool(real, path, len(dataset.pool), dataset.num_classes)  # pool.json's shape, checked the same way
     last = up_to_cycle if up_to_cycle is not None else max(index["cycles"], default=0)
     keep = [(i, y) for i, y, c in zip(real["labelled"], real["labels"], real["cycles"]) if c <= last]
     idx = torch.tensor([i for i, _ in keep], dtype=torch.int64)

@@ -116,3 +116,24 @@ def test_relabelled_sample_is_refused(finished, tiny_digits, tmp_path):
 def test_missing_export_is_one_clear_error(tmp_path, tiny_digits):
     with pytest.raises(GalotError, match="no exported dataset"):
         export.load_training_set(tmp_path, tiny_digits)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("labelled", [-1, 1], "'labelled'\\[0\\] must be a pool index"),
+    ("labelled", [1.5, 1], "'labelled'\\[0\\] must be a pool index"),
+    ("labels", [3, 99], "'labels'\\[1\\] must be a class index"),
+    ("cycles", "1", "'cycles' must be a list of integers"),
+])
+def test_damaged_real_selections_are_one_line_naming_the_field(finished, tiny_digits, tmp_path, field, value, says):
+    """real.json is read back like pool.json: indices inside the pool, labels among the classes."""
+    import shutil
+
+    cfg, _ = finished
+    copy = tmp_path / "dataset"
+    shutil.copytree(cfg.run_dir / "dataset", copy)
+    real = json.loads((copy / "real.json").read_text())
+    real.update({"labelled": real["labelled"][:2], "labels": real["labels"][:2], "cycles": real["cycles"][:2]})
+    real[field] = value
+    (copy / "real.json").write_text(json.dumps(real))
+    with pytest.raises(GalotError, match=f"real.json: {says}"):
+        export.load_training_set(copy, tiny_digits)
