@@ -51,7 +51,7 @@ def code_fingerprint() -> str:
     import importlib
 
     h = hashlib.sha256()
-    for name in ("galot_core", "tasks", "flows"):
+    for name in ("galot_core", "galot.tasks", "galot.flows"):
         root = Path(importlib.import_module(name).__file__).parent
         for f in sorted(root.rglob("*.py")):
             h.update(f"{name}/{f.relative_to(root).as_posix()}\0".encode())
