@@ -58,7 +58,7 @@ torch.set_num_threads(1)
 from galot_core.data.base import Dataset, ImageSet
 from galot_core.experiment import Experiment
 from tests.test_experiment_gal import gal_cfg
-t = torch.load(sys.argv[2])
+t = torch.load(sys.argv[2], weights_only=True)
 d = Dataset(name="tiny_digits", pool=ImageSet(t["pool_x"], t["pool_y"]), test=ImageSet(t["test_x"], t["test_y"]),
             class_names=t["names"], natural=False, mean=t["mean"], std=t["std"])
 cfg = gal_cfg(sys.argv[3], sys.argv[4], experiment={"judge": sys.argv[5]}, gal={"diversity": 0.2, "candidates": 2})
