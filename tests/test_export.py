@@ -70,30 +70,8 @@ def test_format_1_shards_still_read(finished, tiny_digits, tmp_path):
     assert export.read_shard(old) == export.read_shard(cfg.run_dir / "dataset/synthetic/cycle_002.tar")
 
 
-def test_altered_shard_is_refused(finished, tiny_digits, tmp_path):
-    cfg, _ = finished
-    import shutil
-
-    copy = tmp_path / "dataset"
-    shutil.copytree(cfg.run_dir / "dataset", copy)
-    shard = copy / "synthetic/cycle_002.tar"
-    with tarfile.open(shard) as tar:
-        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    png = next(n for n in files if n.endswith(".png"))
-    files[png] = files[png][:-8] + b"\0" * 8
-    with tarfile.open(shard, "w") as tar:
-        import io
-
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    with pytest.raises(GalotError, match="missing or altered"):
-        export.load_training_set(copy, tiny_digits)
-
-
-def test_relabelled_sample_is_refused(finished, tiny_digits, tmp_path):
-    """A .cls that disagrees with the manifest entry (a sample relabelled by hand) is refused."""
+def rewrite_shard(finished, tmp_path, change):
+    """A copy of the run's exported dataset whose cycle-2 shard holds ``change(name, data)`` per member."""
     import io
     import shutil
 
@@ -103,12 +81,32 @@ def test_relabelled_sample_is_refused(finished, tiny_digits, tmp_path):
     shard = copy / "synthetic/cycle_002.tar"
     with tarfile.open(shard) as tar:
         files = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-    files = [(n, b"9" if n.endswith(".cls") and d != b"9" else d) for n, d in files]
     with tarfile.open(shard, "w") as tar:
         for name, data in files:
+            data = change(name, data)
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return copy
+
+
+def test_altered_shard_is_refused(finished, tiny_digits, tmp_path):
+    altered = []  # the first PNG's last 8 bytes zeroed
+
+    def change(name, data):
+        if name.endswith(".png") and not altered:
+            altered.append(name)
+            return data[:-8] + b"\0" * 8
+        return data
+
+    copy = rewrite_shard(finished, tmp_path, change)
+    with pytest.raises(GalotError, match="missing or altered"):
+        export.load_training_set(copy, tiny_digits)
+
+
+def test_relabelled_sample_is_refused(finished, tiny_digits, tmp_path):
+    """A .cls that disagrees with the manifest entry (a sample relabelled by hand) is refused."""
+    copy = rewrite_shard(finished, tmp_path, lambda n, d: b"9" if n.endswith(".cls") and d != b"9" else d)
     with pytest.raises(GalotError, match="missing or altered"):
         export.load_training_set(copy, tiny_digits)
 
