@@ -24,11 +24,16 @@ any result was looked at:
    cycle c − 1 classifier does not) and wrong pseudo-labels (judge disagrees), the c − 1
    classifier's error on the generated images and on real validation images, UNet calls and
    seconds. Raw results: benchmarks/results/gal_probe_<world>.json (resumable per arm × budget).
+5. Each row names the galot-mini it was made with (the first 12 hex digits of its UNet's
+   sha256). Arms are compared only with ``basic`` of the same model; a re-pretrained model is
+   not bit-identical, so a new model means a new ``basic`` (rows of the first Fashion galot-mini,
+   lost with its machine, carry ``"first"``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -153,6 +158,20 @@ def source_run(world: str, budgets: list[int]) -> Experiment:
     return exp
 
 
+def model_tag(cfg) -> str:
+    """The galot-mini a row was made with: the first 12 hex digits of its UNet weights' sha256."""
+    weights = Path(cfg.t2i.model) / "unet" / "diffusion_pytorch_model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+
+
+def by_model(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped by the model that made them, in the order the models first appear."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r.get("model", "first"), []).append(r)
+    return groups
+
+
 def mean_sem(v: list[float]) -> tuple[float, float]:
     m = sum(v) / len(v)
     return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else float("nan")
@@ -203,18 +222,21 @@ def main() -> None:
         os.chdir(WORLDS[args.world])  # the world's params.yaml names its paths relative to its folder
         source = source_run(args.world, args.budgets)
         judge = load_or_train_judge(source.dataset, source.cfg.experiment.judge)
+        model = model_tag(source.cfg)
         for budget in args.budgets:
             for arm in args.arms:
-                if any(r["arm"] == arm and r["budget"] == budget for r in rows):
+                if any(r["arm"] == arm and r["budget"] == budget and r.get("model", "first") == model for r in rows):
                     continue
-                row = probe(args.world, arm, budget, source, judge)
+                row = {**probe(args.world, arm, budget, source, judge), "model": model}
                 rows.append(row)
                 out.write_text(json.dumps(rows, indent=1) + "\n")
                 m, s = mean_sem(row["val_accuracy"])
                 print(f"{arm} |L|={budget}: val {100 * m:.1f} ± {100 * s:.1f}, judged {row['judged_accuracy']:.3f}, "
                       f"{row['seconds']:.0f} s", flush=True)
-    print(summary(rows))
-    print(report(rows))
+    for model, group in by_model(rows).items():
+        print(f"galot-mini {model}:")
+        print(summary(group))
+        print(report(group))
 
 
 if __name__ == "__main__":

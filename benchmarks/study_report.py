@@ -698,10 +698,12 @@ def variants() -> list[str]:
     for world in gal_probe.WORLDS:
         path = ROOT / "benchmarks" / "results" / f"gal_probe_{world}.json"
         if path.exists():
-            rows = json.loads(path.read_text())
-            lines += [f"### {world}", "", "Summary: each arm against basic, averaged over the probed budgets "
-                      "(\"better\"/\"worse\": by more than 2 combined SEM):", "", gal_probe.summary(rows), "",
-                      "Per budget:", "", gal_probe.report(rows), ""]
+            for model, rows in gal_probe.by_model(json.loads(path.read_text())).items():
+                made = ("the first galot-mini (lost with its machine)" if model == "first"
+                        else f"the galot-mini whose UNet sha256 starts {model}")
+                lines += [f"### {world}, {made}", "", "Summary: each arm against basic of the same model, averaged "
+                          "over the probed budgets (\"better\"/\"worse\": by more than 2 combined SEM):", "",
+                          gal_probe.summary(rows), "", "Per budget:", "", gal_probe.report(rows), ""]
         steps = ROOT / "benchmarks" / "results" / f"pgd_steps_{world}.json"
         if steps.exists():
             summary = json.loads(steps.read_text())["summary"]
