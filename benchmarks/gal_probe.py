@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from galot_core import synthetic  # noqa: E402
-from galot_core.config import load_config  # noqa: E402
+from galot_core.params_file import load_config  # noqa: E402
 from galot_core.data import ImageSet, PoolState  # noqa: E402
 from galot_core.experiment import Experiment  # noqa: E402
 from galot_core.judge import load_or_train_judge, preprocess_for  # noqa: E402

@@ -28,7 +28,6 @@ Fashion world); its params.yaml names the dataset, the galot-mini folder and the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -42,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from galot_core import acquisition, textopt  # noqa: E402
-from galot_core.config import TrainConfig, load_config  # noqa: E402
+from galot_core.config import TrainConfig  # noqa: E402
+from galot_core.params_file import load_config  # noqa: E402
 from galot_core.data import load_dataset  # noqa: E402
 from galot_core.judge import judged_accuracy, load_or_train_judge, preprocess_for  # noqa: E402
 from galot_core.models import build_model  # noqa: E402
@@ -123,7 +123,7 @@ def cas(t2i, s_star, judge, d, cfg) -> dict:
     pre = preprocess_for(d)
     sizes = [n for n in (1000, 5000) if n <= len(d.pool)] or [len(d.pool)]
     sizes += [len(d.pool)] if len(d.pool) < 5000 else []
-    out: dict = {"steps": cfg.t2i.steps, "guidance": cfg.t2i.guidance_scale, "train": dataclasses.asdict(cfg.train), "rows": []}
+    out: dict = {"steps": cfg.t2i.steps, "guidance": cfg.t2i.guidance_scale, "train": cfg.train.model_dump(mode="json"), "rows": []}
     gen_all, gen_labels = generate_per_class(t2i, s_star, max(sizes) // d.num_classes, 3, cfg.t2i.steps,
                                              cfg.t2i.guidance_scale)
     gen_all = resize_uint8(to_uint8(gen_all), d.image_size, d.channels)  # what a PNG on disk gives training

@@ -77,7 +77,7 @@ def _replace_if_code_changed(run_dir: Path, runs_dir: Path, code: str) -> Path |
 def _prepare_run(args: argparse.Namespace, overrides: list[str], stack: ExitStack):
     """Validate everything cheap to check before Prefect starts, so mistakes are one line; then
     hold the run folder's lock (in ``stack``) so that no second process runs the same experiment."""
-    from galot_core.config import load_config
+    from galot_core.params_file import load_config
     from galot_core.experiment import replace_if_changed
 
     cfg = load_config(params_path(args), overrides)
@@ -94,7 +94,7 @@ def _prepare_run(args: argparse.Namespace, overrides: list[str], stack: ExitStac
 
     # The flow's tasks reuse this context (same parameters, same process), so the dataset
     # and the diffusion model loaded for these checks are loaded once.
-    exp = context(cfg.to_dict())
+    exp = context(cfg)
     # Everything that can be wrong is checked before the first byte is written.
     exp.dataset  # noqa: B018  (a bad dataset path fails here, with one line)
     exp.check()
@@ -111,10 +111,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = _run_overrides(args)
     with ExitStack() as stack:
         cfg, exp = _prepare_run(args, overrides, stack)
-        return _run(args, overrides, cfg, exp)
+        return _run(args, cfg, exp)
 
 
-def _run(args: argparse.Namespace, overrides: list[str], cfg, exp) -> int:
+def _run(args: argparse.Namespace, cfg, exp) -> int:
     from galot.flows.galot import galot_run
 
     print(f"galot: experiment '{cfg.experiment.name}' ({cfg.experiment.mode}, {cfg.data.dataset}, "
@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace, overrides: list[str], cfg, exp) -> int:
         if not PREFECT_API_URL.value():
             raise GalotError("--wait-for-labels: pausing for labels needs a Prefect server; start one and set "
                              "PREFECT_API_URL, or run without --wait-for-labels (galot then stops and you rerun it)")
-    rows = galot_run(params_path(args), overrides, args.wait_for_labels)
+    rows = galot_run(cfg, pause_for_labels=args.wait_for_labels)
     print(format_table(rows))
     return 0
 
@@ -139,7 +139,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         cfg, exp = _prepare_run(args, overrides, stack)
         next_cycle(exp)  # one line when every cycle is complete
-        m = galot_cycle(params_path(args), overrides)
+        m = galot_cycle(cfg)
     print(format_table(exp.all_metrics()))
     print(f"galot: cycle {m['cycle']} complete, test accuracy {describe(m['test_accuracy'])}")
     return 0
@@ -151,7 +151,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     cfg = load_args_config(args)
     read_index(cfg.run_dir / "dataset")  # one clear line if the experiment has not exported anything yet
-    results = galot_transfer(params_path(args), list(args.overrides), args.arch or None)
+    results = galot_transfer(cfg, archs=args.arch or None)
     print(f"{'arch':<14}  {'real':>5}  {'gen':>5}  {'test acc':>8}  {'seconds':>7}  unet calls")
     for r in results:
         acc = "n/a" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"

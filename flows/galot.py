@@ -14,9 +14,12 @@ With ``experiment.oracle: human`` a cycle waits for a person's labels after sele
 batch: ``pause_for_labels`` chooses between stopping the flow (resumable; the CLI's
 default) and pausing the flow run until it is resumed with the labels (flows/labelling.py).
 
-All three take the path of a ``params.yaml`` plus ``section.key=value`` overrides, the
-same inputs as the CLI and ``dvc exp run -S``. Without a Prefect server they run in
-Prefect's ephemeral mode (that is how the CLI, ``dvc repro`` and the tests call them).
+All three take the experiment's parameters as one typed :class:`~galot_core.config.Config`
+(the schema of params.yaml; the Prefect UI renders it as a form with each key's type, range,
+choices and help), plus optional ``section.key=value`` overrides applied to it (as the CLI's
+``--set`` and ``dvc exp run -S``). Without a config they read ``params.yaml`` in the working
+directory. Without a Prefect server they run in Prefect's ephemeral mode (that is how the
+CLI, ``dvc repro`` and the tests call them).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from prefect import flow
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from galot_core.config import ARCHITECTURES, load_config
+from galot_core.config import ARCHITECTURES, Config
+from galot_core.params_file import load_config, with_overrides
 from galot_core.context import Context, describe
 from galot_core.cycle import next_cycle, run_cycle
 from galot_core.errors import GalotError
@@ -51,9 +55,9 @@ def _artifact_key(name: str, what: str) -> str:
     return f"galot-{slug}-{what}"[:100]
 
 
-def _summary_markdown(cfg_dict: dict[str, Any], rows: list[dict[str, Any]], last: dict[str, Any]) -> str:
-    e = cfg_dict["experiment"]
-    lines = [f"# {e['name']}: cycle {last['cycle']} of {e['cycles']} ({e['mode']}, {cfg_dict['data']['dataset']})",
+def _summary_markdown(cfg: Config, rows: list[dict[str, Any]], last: dict[str, Any]) -> str:
+    e = cfg.experiment
+    lines = [f"# {e.name}: cycle {last['cycle']} of {e.cycles} ({e.mode}, {cfg.data.dataset})",
              "", f"- test accuracy **{describe(last['test_accuracy'])}** with |L| = {last['labelled']} real labels"
              f" and |G| = {last['generated']} generated images (ε = {last['epsilon']:.3f})"]
     if last.get("judged_accuracy") is not None:
@@ -71,14 +75,14 @@ class PrefectSteps:
     """The executor galot_core.cycle.run_cycle gets in a flow: every step a Prefect task
     (tasks/cycle.py), fan-outs a ``galot-fanout`` subflow on the configured task runner."""
 
-    def __init__(self, cfg: dict[str, Any], pause_for_labels: bool) -> None:
+    def __init__(self, cfg: Config, pause_for_labels: bool) -> None:
         self.cfg, self.pause_for_labels = cfg, pause_for_labels
 
     def one(self, step, ctx: Context, cycle: int, *args: Any) -> Any:
         return TASKS[step](self.cfg, cycle, *args)
 
     def each(self, step, ctx: Context, cycle: int, keys: list[int]) -> list[Any]:
-        remote = _absolute(self.cfg) if self.cfg["runner"]["task_runner"] == "dask" else self.cfg
+        remote = _absolute(self.cfg) if self.cfg.runner.task_runner == "dask" else self.cfg
         return fan_out.with_options(task_runner=task_runner(self.cfg))(step.__name__, remote, cycle, keys)
 
     def wait_for_labels(self, ctx: Context, cycle: int) -> None:
@@ -86,18 +90,18 @@ class PrefectSteps:
 
 
 @flow(name="galot-fanout", log_prints=True)
-def fan_out(step: str, cfg: dict[str, Any], cycle: int, keys: list[int]) -> list[Any]:
+def fan_out(step: str, cfg: Config, cycle: int, keys: list[int]) -> list[Any]:
     """One task per TextOpt group or generation shard, placed by the task runner; all their records."""
     task_ = next(t for fn, t in TASKS.items() if fn.__name__ == step)
     return [f.result() for f in [task_.submit(cfg, cycle, k) for k in keys]]
 
 
-def run_one_cycle(cfg: dict[str, Any], pause_for_labels: bool = False) -> dict[str, Any]:
+def run_one_cycle(cfg: Config, pause_for_labels: bool = False) -> dict[str, Any]:
     """The experiment's next cycle (galot_core.cycle.run_cycle, steps as tasks), then its artifacts."""
     ctx = context(cfg)
     ctx.start()
     metrics = run_cycle(ctx, next_cycle(ctx), PrefectSteps(cfg, pause_for_labels))
-    rows, name = ctx.folder.all_metrics(), ctx.cfg.experiment.name
+    rows, name = ctx.folder.all_metrics(), cfg.experiment.name
     create_table_artifact([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], key=_artifact_key(name, "accuracy"),
                           description=f"Accuracy by cycle of experiment '{name}'")
     create_markdown_artifact(_summary_markdown(cfg, rows, metrics), key=_artifact_key(name, "summary"),
@@ -110,33 +114,33 @@ _NO_DASK = ("runner.task_runner: dask needs the prefect-dask package; pip instal
             "or use runner.task_runner: thread")
 
 
-def _local_cluster_kwargs(runner: dict[str, Any]) -> dict[str, Any]:
+def _local_cluster_kwargs(runner) -> dict[str, Any]:
     """A local cluster of single-threaded worker processes: runner.dask_workers, 0 = one per visible GPU."""
     import torch
 
-    workers = runner["dask_workers"] or max(1, torch.cuda.device_count())
+    workers = runner.dask_workers or max(1, torch.cuda.device_count())
     return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
 
 
-def task_runner(cfg: dict[str, Any]) -> TaskRunner:
+def task_runner(cfg: Config) -> TaskRunner:
     """``runner.task_runner``: threads in this process, or prefect-dask on a local or existing Dask cluster."""
-    r = cfg["runner"]
-    if r["task_runner"] == "thread":
+    r = cfg.runner
+    if r.task_runner == "thread":
         return ThreadPoolTaskRunner()
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
         raise GalotError(_NO_DASK) from None
-    if r["dask_address"]:
-        return DaskTaskRunner(address=r["dask_address"])
+    if r.dask_address:
+        return DaskTaskRunner(address=r.dask_address)
     return DaskTaskRunner(cluster_kwargs=_local_cluster_kwargs(r))
 
 
 @contextmanager
-def local_dask_cluster(cfg: dict[str, Any]) -> Iterator[str | None]:
+def local_dask_cluster(cfg: Config) -> Iterator[str | None]:
     """A local Dask cluster for ``runner.task_runner: dask`` without ``dask_address``, else nothing."""
-    r = cfg["runner"]
-    if r["task_runner"] != "dask" or r["dask_address"]:
+    r = cfg.runner
+    if r.task_runner != "dask" or r.dask_address:
         yield None
         return
     try:
@@ -147,69 +151,73 @@ def local_dask_cluster(cfg: dict[str, Any]) -> Iterator[str | None]:
         yield cluster.scheduler_address
 
 
-def _absolute(cfg: dict[str, Any]) -> dict[str, Any]:
+def _absolute(cfg: Config) -> Config:
     """Paths that exist here made absolute, for Dask workers that run in another directory (a
     shared filesystem mounted at the same path on every worker is assumed)."""
-    out = {k: dict(v) for k, v in cfg.items()}
+    out = cfg.to_dict()
     out["experiment"]["runs_dir"] = str(Path(out["experiment"]["runs_dir"]).resolve())
     for section, key in (("experiment", "judge"), ("t2i", "model"), ("data", "root")):
         value = out[section].get(key)
         if value and Path(value).exists():  # a hub id such as stabilityai/... stays as it is
             out[section][key] = str(Path(value).resolve())
-    return out
+    return Config.model_validate(out)
+
+
+def parameters(config: Config | None, overrides: list[str] | None) -> Config:
+    """A flow's parameters: ``config`` (else the working directory's params.yaml) with ``overrides``."""
+    return with_overrides(config if config is not None else load_config("params.yaml"), list(overrides or []))
 
 
 @flow(name="galot", log_prints=True)
-def galot_cycle(params: str | None = "params.yaml", overrides: list[str] | None = None,
+def galot_cycle(config: Config | None = None, overrides: list[str] | None = None,
                 pause_for_labels: bool = False) -> dict[str, Any]:
-    """Advance the experiment named in ``params`` by one active-learning cycle.
+    """Advance the experiment of ``config`` by one active-learning cycle.
 
     ``pause_for_labels``: with a human oracle, pause this flow run until the batch is labelled
     (needs a Prefect server) instead of stopping with "waits for labels"."""
-    cfg = load_config(params, overrides or [])
-    with tracked_run(cfg.to_dict()):  # the MLflow run ends with this flow, unless galot-run owns it
-        return run_one_cycle(cfg.to_dict(), pause_for_labels)
+    cfg = parameters(config, overrides)
+    with tracked_run(cfg):  # the MLflow run ends with this flow, unless galot-run owns it
+        return run_one_cycle(cfg, pause_for_labels)
 
 
 @flow(name="galot-run", log_prints=True)
-def galot_run(params: str | None = "params.yaml", overrides: list[str] | None = None,
+def galot_run(config: Config | None = None, overrides: list[str] | None = None,
               pause_for_labels: bool = False) -> list[dict[str, Any]]:
     """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
-    cfg = load_config(params, overrides or [])
-    with tracked_run(cfg.to_dict()):  # FINISHED (classifier logged as an MLflow model), FAILED or KILLED
-        return _run_cycles(cfg, params, overrides, pause_for_labels)
+    cfg = parameters(config, overrides)
+    with tracked_run(cfg):  # FINISHED (classifier logged as an MLflow model), FAILED or KILLED
+        return _run_cycles(cfg, pause_for_labels)
 
 
-def _run_cycles(cfg, params: str, overrides: list[str] | None, pause_for_labels: bool) -> list[dict[str, Any]]:
-    ctx = context(cfg.to_dict())
+def _run_cycles(cfg: Config, pause_for_labels: bool) -> list[dict[str, Any]]:
+    ctx = context(cfg)
     ctx.start()
     if ctx.folder.completed_cycles() < cfg.experiment.cycles:
-        with local_dask_cluster(cfg.to_dict()) as address:
+        with local_dask_cluster(cfg) as address:
             # One cluster for every cycle, so its workers keep the diffusion model loaded.
             extra = [f"runner.dask_address={address}"] if address else []
             for _ in range(ctx.folder.completed_cycles(), cfg.experiment.cycles):
-                galot_cycle(params, [*(overrides or []), *extra], pause_for_labels)
+                galot_cycle(cfg, extra, pause_for_labels)
     if ctx.folder.completed_cycles():
         # The deliverables (exported dataset, summary, classifier copy) exist even when every
         # cycle was already done, e.g. after `dvc repro` removed them to rerun the stage.
         export_cycle(ctx, ctx.folder.completed_cycles())
         write_summary(ctx)
-    track_experiment(cfg.to_dict())  # catch up cycles completed by an earlier, interrupted run
+    track_experiment(cfg)  # catch up cycles completed by an earlier, interrupted run
     return ctx.folder.all_metrics()
 
 
 @flow(name="galot-transfer", log_prints=True)
-def galot_transfer(params: str | None = "params.yaml", overrides: list[str] | None = None,
+def galot_transfer(config: Config | None = None, overrides: list[str] | None = None,
                    archs: list[str] | None = None) -> list[dict[str, Any]]:
     """Train ``archs`` (default ``transfer.archs``) on the experiment's cached real + synthetic data."""
-    cfg = load_config(params, overrides or [])
-    d = cfg.to_dict()
+    cfg = parameters(config, overrides)
     results = []
     for arch in archs or list(cfg.transfer.archs):
         if arch not in ARCHITECTURES:
             raise GalotError(f"--arch: unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)}")
-        metrics = train_transfer(d, arch)
-        track_transfer(d, metrics)
+        metrics = train_transfer(cfg, arch)
+        track_transfer(cfg, metrics)
         results.append(metrics)
     create_table_artifact([{k: r[k] for k in ("arch", "test_accuracy", "real", "generated", "unet_calls")}
                            for r in results], key=_artifact_key(cfg.experiment.name, "transfer"),

@@ -67,7 +67,7 @@ def cmd_label_import(args: argparse.Namespace) -> int:
 
 def _continue_command(args: argparse.Namespace, run: Path) -> list[str]:
     """The `galot run` that continues this run folder: with --params if they name it, else its config.json."""
-    from galot_core.config import load_config
+    from galot_core.params_file import load_config
 
     base = [sys.executable, "-m", "galot.flows.cli", "run"]
     params = Path(params_path(args) or "params.yaml")

@@ -24,6 +24,6 @@ def params_path(args: argparse.Namespace) -> str | None:
 
 def load_args_config(args: argparse.Namespace):
     """The Config of --params with the --set overrides applied."""
-    from galot_core.config import load_config
+    from galot_core.params_file import load_config
 
     return load_config(params_path(args), args.overrides)

@@ -11,22 +11,24 @@ run -S section.key=value`` edits) sets values for them. Two layers, stated once 
   keys of :data:`EMBEDDED_PRESET` changed for the embedded model galot-mini
   (tests/test_config.py checks that the file and this table agree).
 
-A mistake is reported as one line naming the key and what is allowed, e.g.
-``params.yaml: al.strategy must be one of [...], got 'Margin'``.
+The schema is a set of frozen pydantic models, so one declaration serves everything: the CLI
+and ``dvc repro`` validate params.yaml with it (galot_core/params_file.py), the flows take a
+:class:`Config` as their typed parameter (the Prefect UI renders it as a form, with each key's
+choices, range and help), and tasks receive the validated object — nothing re-reads the file.
+A mistake is reported as one line naming the key and what is allowed (galot_core/config_errors.py),
+e.g. ``params.yaml: al.strategy must be one of [...], got 'Margin'``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import reprlib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from galot_core.config_errors import one_line
 from galot_core.errors import GalotError
 from galot_core.images import DEFAULT_MAX_PIXELS
 
@@ -53,13 +55,43 @@ MODES = ("al", "gal", "al+gal")
 ORACLES = ("simulated", "human")
 
 
-def _field(default: Any, *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None, min_exclusive: bool = False, help: str = "", why: str = "") -> Any:
-    """A schema entry; ``why`` says why ``max`` is where it is (appended to the help text)."""
+def _field(default: Any, *, min: float | None = None, max: float | None = None, min_exclusive: bool = False,
+           help: str = "", why: str = "") -> Any:
+    """A schema entry; ``why`` says why ``max`` is where it is (appended to the help text, which
+    the Prefect UI shows next to the field)."""
     if max is not None and why:
         help = f"{help} (at most {max:g}: {why})" if help else f"at most {max:g}: {why}"
-    meta = {"choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "help": help, "why": why}
-    return field(default=default, metadata=meta)
+    bounds: dict[str, Any] = {"le": max} if max is not None else {}
+    if min is not None:
+        bounds["gt" if min_exclusive else "ge"] = min
+    return Field(default, description=help or None, json_schema_extra={"why": why} if why else None, **bounds)
+
+
+class _Section(BaseModel):
+    """One section of params.yaml: immutable, no unknown keys, no silent type conversion (``"10"``
+    is not an integer, ``true`` is not a number), finite numbers only. A list is accepted for a
+    tuple (YAML and JSON have no tuples), as is one bare value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _lists_are_tuples(cls, value: Any, info: Any) -> Any:
+        if typing.get_origin(_without_none(cls.model_fields[info.field_name].annotation)) is not tuple or value is None:
+            return value
+        value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        if not value:
+            raise ValueError("must list at least one value")
+        return value
+
+
+def _without_none(tp: Any) -> Any:
+    """``X | None`` → ``X``; any other type as it is."""
+    args = typing.get_args(tp)
+    if type(None) in args and typing.get_origin(tp) is not Literal:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else tp
+    return tp
 
 
 # Values echoed in error messages are shortened: a params file must never make galot print
@@ -85,24 +117,22 @@ def _name(key: Any) -> str:
     return text[1:-1] if text[:1] in "'\"" else text
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(_Section):
     name: str = _field("default", help="run folder name under runs_dir")
     runs_dir: str = _field("runs", help="where run folders live")
     seed: int = _field(0, min=0, max=_SEED_MAX, why="generators take 32-bit seeds")
-    mode: str = _field("al+gal", choices=MODES, help="al: real labels only; gal: generated only; al+gal: GALOT")
+    mode: Literal[MODES] = _field("al+gal", help="al: real labels only; gal: generated only; al+gal: GALOT")
     cycles: int = _field(10, min=1, max=10_000, help="N, active-learning cycles",
                          why="one folder and one classifier per cycle")
-    oracle: str = _field("simulated", choices=ORACLES,
+    oracle: Literal[ORACLES] = _field("simulated",
                          help="simulated: labels read from the dataset (benchmarks); human: a person labels each "
                               "selected batch (`galot label serve|import`), the run stops until they are given")
     judge: str | None = _field(None, help="fully-supervised classifier (safetensors) that judges pseudo-labels; "
                                           "written by `galot prepare`, skipped when the file is absent")
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = _field("mnist5k", choices=DATASETS)
+class DataConfig(_Section):
+    dataset: Literal[DATASETS] = _field("mnist5k")
     root: str = _field("data", help="dataset folder (fashion_mnist: its IDX files, else Debian's copy; cifar/tinyimagenet/imagefolder/folder)")
     classes: tuple[str, ...] | None = _field(None, help="folder: the class names (words put into prompts)")
     test_root: str | None = _field(None, help="folder: optional labelled test set, one sub-folder per class "
@@ -112,7 +142,7 @@ class DataConfig:
                                     why="every image is held in memory at this size")
     class_names_file: str | None = _field(None, help="imagefolder: folder name -> class name mapping")
     test_fraction: float = _field(0.2, min=0.0, max=0.9, min_exclusive=True)
-    on_bad_image: str = _field("skip", choices=("skip", "fail"),
+    on_bad_image: Literal["skip", "fail"] = _field("skip",
                                help="an image that cannot be decoded (or is larger than data.max_pixels): skip it with a warning, or fail")
     max_pixels: int = _field(DEFAULT_MAX_PIXELS, min=64, max=2**28,
                              help="largest image (width × height) decoded; a larger one is a bad image "
@@ -120,22 +150,20 @@ class DataConfig:
                              why="a 1 MB PNG can declare 2^28 pixels, about 1 GB decoded")
 
 
-@dataclass(frozen=True)
-class ALConfig:
-    strategy: str = _field("MarginSampling", choices=AL_STRATEGIES, help="σ_AL")
+class ALConfig(_Section):
+    strategy: Literal[AL_STRATEGIES] = _field("MarginSampling", help="σ_AL")
     budget_per_cycle: int = _field(20, min=1, max=1_000_000, help="B_AL, real images labelled per cycle",
                                   why="more labels per cycle than any pool holds")
     mc_samples: int = _field(10, min=2, max=1000, help="MC-dropout passes for BALD / MeanSTD",
                             why="each pass scores the whole pool")
 
 
-@dataclass(frozen=True)
-class GALConfig:
-    strategy: str = _field("MarginSampling", choices=GAL_STRATEGIES, help="σ_GAL, maximised by TextOpt")
+class GALConfig(_Section):
+    strategy: Literal[GAL_STRATEGIES] = _field("MarginSampling", help="σ_GAL, maximised by TextOpt")
     template: str = _field("a realistic photo of a {label}", help="prompt template τ with {label}")
     epsilon: float = _field(0.5, min=0.0, max=1e6, help="ε (final value of the schedule)",
                             why="far beyond any text embedding's norm")
-    epsilon_schedule: str = _field("linear", choices=("linear", "constant"),
+    epsilon_schedule: Literal["linear", "constant"] = _field("linear",
                                    help="linear: ε·(c-1)/(N-1) in cycle c, as linear(0, ε) in Table 8")
     epsilon_relative: bool = _field(False, help="ε as a fraction of ||s*||₂ instead of absolute")
     alpha_ratio: float = _field(0.2, min=0.0, min_exclusive=True, max=100.0, help="α = alpha_ratio·ε (Table 8: ε/5)",
@@ -143,8 +171,8 @@ class GALConfig:
     steps: int = _field(10, min=0, max=10_000, help="n, PGD steps", why="each step runs k denoising passes")
     samples: int = _field(6, min=1, max=4096, help="k, images per gradient estimate",
                          why="k images are denoised at every PGD step")
-    step_rule: str = _field("sign", choices=("sign", "l2"), help="sign: Eq. 5; l2: the authors' code")
-    estimator: str = _field("last_step", choices=("last_step", "full", "tweedie", "last_m"),
+    step_rule: Literal["sign", "l2"] = _field("sign", help="sign: Eq. 5; l2: the authors' code")
+    estimator: Literal["last_step", "full", "tweedie", "last_m"] = _field("last_step",
                             help="gradient through the last step (Prop. 1), all steps, or one x0 prediction")
     momentum: float = _field(0.0, min=0.0, max=0.99, help="heavy-ball momentum across PGD steps (0 = paper)")
     common_noise: bool = _field(False, help="same k noise samples at every PGD step (common random numbers)")
@@ -152,7 +180,7 @@ class GALConfig:
                                   why="every generated image is kept on disk")
     accumulate: bool = _field(False, help="keep earlier cycles' synthetic images in training")
     # Beyond the paper (issue 15; docs/results.md "Generated images that teach"). Defaults = the paper.
-    step_scale: str = _field("paper", choices=("paper", "ball"),
+    step_scale: Literal["paper", "ball"] = _field("paper",
                              help="paper: α = alpha_ratio·ε per coordinate (a sign step then has L2 norm α·√D and "
                                   "leaves the ball); ball: α = alpha_ratio·ε in L2 norm (sign steps of α/√D)")
     diversity: float = _field(0.0, min=0.0, max=2.0,
@@ -164,31 +192,30 @@ class GALConfig:
     candidates: int = _field(1, min=1, max=32, help="m: generate m·B_GAL candidates and keep the B_GAL the classifier "
                                                     "is least sure of by σ_GAL (1 = keep all, as the paper)",
                              why="each candidate costs a full generation")
-    select_by: str = _field("sigma", choices=("sigma", "intended_loss"),
+    select_by: Literal["sigma", "intended_loss"] = _field("sigma",
                             help="which candidates to keep: sigma: the highest σ_GAL (uncertain between any classes); "
                                  "intended_loss: the highest cross-entropy of their prompted class (hard positives, "
                                  "as online hard example mining, Shrivastava et al., CVPR 2016)")
-    label_check: str = _field("none", choices=("none", "diffusion"),
+    label_check: Literal["none", "diffusion"] = _field("none",
                               help="diffusion: drop generated images that the T2I model itself, as a zero-shot "
                                    "classifier (Diffusion Classifier), does not put in their prompted class")
 
 
-@dataclass(frozen=True)
-class T2IConfig:
+class T2IConfig(_Section):
     model: str = _field("models/galot-mini", help="diffusers folder or hub id")
     steps: int = _field(10, min=1, max=10_000, help="denoising steps T", why="schedulers train on 1,000 timesteps")
     guidance_scale: float = _field(3.0, min=0.0, max=1000.0, why="far beyond any useful guidance (1–20)")
-    timestep_spacing: str | None = _field("trailing", choices=(None, "leading", "trailing", "linspace"))
-    scheduler: str | None = _field(None, choices=(None, "ddim", "dpm++", "euler", "unipc"),
+    timestep_spacing: Literal[None, "leading", "trailing", "linspace"] = _field("trailing")
+    scheduler: Literal[None, "ddim", "dpm++", "euler", "unipc"] = _field(None,
                                    help="null: the model folder's scheduler; else this one on its noise schedule")
-    dtype: str = _field("auto", choices=("auto", "fp32", "fp16", "bf16"))
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = _field("auto")
     device: str = _field("auto")
     batch_size: int = _field(100, min=1, max=_BATCH_MAX, help="images per generation batch (halved on out-of-memory)",
                             why="more than any accelerator holds")
     allow_download: bool = _field(False, help="fetch t2i.model from the Hugging Face hub if it is not local")
     revision: str = _field("", help="hub revision to pin (branch, tag or commit); empty = the default branch")
     variant: str = _field("", help="weight variant on the hub/in the folder, e.g. fp16; empty = the default weights")
-    text_encoder_dtype: str = _field("fp32", choices=("fp32", "fp16", "bf16"),
+    text_encoder_dtype: Literal["fp32", "fp16", "bf16"] = _field("fp32",
                                      help="bf16 halves the text encoders' memory (T5-XXL: 9.5 GB in fp32)")
     resolution: int | None = _field(None, min=8, max=4096,
                                     help="image height = width in pixels; null = the model's default",
@@ -197,14 +224,12 @@ class T2IConfig:
                                                       "(less memory, more time)")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = _field("small_cnn", choices=ARCHITECTURES)
+class ModelConfig(_Section):
+    arch: Literal[ARCHITECTURES] = _field("small_cnn")
     dropout: float = _field(0.2, min=0.0, max=0.9, help="before the last layer; MC dropout for BALD/MeanSTD")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     epochs: int = _field(40, min=1, max=100_000, why="epochs over the labelled set, retrained every cycle")
     min_steps: int = _field(300, min=0, max=_STEPS_MAX,
                             help="at least this many SGD steps, so tiny labelled sets still train",
@@ -213,7 +238,7 @@ class TrainConfig:
     lr: float = _field(0.01, min=0.0, min_exclusive=True, max=_LR_MAX, why="larger rates diverge")
     momentum: float = _field(0.9, min=0.0, max=1.0)
     weight_decay: float = _field(5e-4, min=0.0, max=1.0, why="a decay of 1 zeroes the weights every step")
-    augment: str = _field("auto", choices=("auto", "none", "crop", "crop+flip"),
+    augment: Literal["auto", "none", "crop", "crop+flip"] = _field("auto",
                           help="auto: crop+flip for natural images, crop for digits and for your own "
                                "imagefolder/folder images (a flip may change their class; set crop+flip "
                                "if mirrored images keep their class)")
@@ -221,8 +246,7 @@ class TrainConfig:
     eval_batch_size: int = _field(512, min=1, max=_BATCH_MAX, why="more than any accelerator holds")
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(_Section):
     """Pretraining of the embedded galot-mini model (``galot pretrain-t2i``, DVC stage ``pretrain_t2i``)."""
 
     out: str = _field("models/galot-mini", help="where the diffusers folder is written")
@@ -239,38 +263,33 @@ class PretrainConfig:
     seed: int = _field(0, min=0, max=_SEED_MAX, why="generators take 32-bit seeds")
 
 
-@dataclass(frozen=True)
-class TransferConfig:
+class TransferConfig(_Section):
     """Other architectures trained on a finished experiment's data (paper Table 2), no generation."""
 
-    archs: tuple[str, ...] = _field(("vgg16", "densenet121", "mobilenet_v2"), choices=ARCHITECTURES)
+    archs: tuple[Literal[ARCHITECTURES], ...] = _field(("vgg16", "densenet121", "mobilenet_v2"))
     epochs: int = _field(40, min=1, max=100_000, why="epochs over the cached dataset")
     min_steps: int = _field(300, min=0, max=_STEPS_MAX, why="days of training")
     lr: float = _field(0.01, min=0.0, min_exclusive=True, max=_LR_MAX, why="larger rates diverge")
     seed: int = _field(0, min=0, max=_SEED_MAX, why="generators take 32-bit seeds")
 
 
-@dataclass(frozen=True)
-class BaselinesConfig:
+class BaselinesConfig(_Section):
     """AL-only runs with the same budgets, for comparison (DVC stage ``baselines``, ``galot report``)."""
 
-    strategies: tuple[str, ...] = _field(("RandomSampling", "EntropySampling", "MarginSampling"),
-                                         choices=AL_STRATEGIES)
+    strategies: tuple[Literal[AL_STRATEGIES], ...] = _field(("RandomSampling", "EntropySampling", "MarginSampling"))
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(_Section):
     """MLflow; the tracking URI comes from ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``)."""
 
     mlflow: bool = _field(True, help="log params, per-cycle metrics, models and grids to MLflow")
     experiment: str = _field("galot", help="MLflow experiment name")
 
 
-@dataclass(frozen=True)
-class RunnerConfig:
+class RunnerConfig(_Section):
     """Where the diffusion-model work runs; never changes what is computed (same images, same manifest)."""
 
-    task_runner: str = _field("thread", choices=("thread", "dask"),
+    task_runner: Literal["thread", "dask"] = _field("thread",
                               help="thread: this process; dask: prefect-dask's DaskTaskRunner")
     dask_address: str | None = _field(None, help="an existing Dask scheduler (tcp://host:8786); "
                                                  "unset: a local cluster of dask_workers processes")
@@ -285,35 +304,40 @@ class RunnerConfig:
                                                "(cheapest on one device)", why="more than any dataset has")
 
 
-@dataclass(frozen=True)
-class Config:
-    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    al: ALConfig = field(default_factory=ALConfig)
-    gal: GALConfig = field(default_factory=GALConfig)
-    t2i: T2IConfig = field(default_factory=T2IConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    runner: RunnerConfig = field(default_factory=RunnerConfig)
+class Config(BaseModel):
+    """Every parameter of an experiment; what a flow takes (the Prefect UI renders it as a form)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    al: ALConfig = Field(default_factory=ALConfig)
+    gal: GALConfig = Field(default_factory=GALConfig)
+    t2i: T2IConfig = Field(default_factory=T2IConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        problem = inconsistency(self)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        d = dataclasses.asdict(self)
-        for section in d.values():  # tuples → lists, so the dict is plain JSON / YAML
-            for k, v in section.items():
-                if isinstance(v, tuple):
-                    section[k] = list(v)
-        return d
+        """Plain JSON / YAML: tuples become lists."""
+        return self.model_dump(mode="json")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.experiment.runs_dir) / self.experiment.name
 
 
-# params.yaml = Config() with these values (why: the comments next to them in params.yaml).
 EMBEDDED_PRESET: dict[tuple[str, str], Any] = {
     ("experiment", "judge"): "models/judge-mnist5k.safetensors",  # written by `galot prepare`
     ("gal", "epsilon"): 0.2,               # relative: galot-mini's MiniLM embedding has ‖s*‖ ≈ 36
@@ -324,222 +348,46 @@ EMBEDDED_PRESET: dict[tuple[str, str], Any] = {
 }
 
 
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    args = typing.get_args(tp)
-    if args and type(None) in args and typing.get_origin(tp) is not tuple:  # Optional[...]
-        if value is None:
-            return None
-        tp = next(a for a in args if a is not type(None))
-        args = typing.get_args(tp)
-    if typing.get_origin(tp) is tuple:  # tuple[str, ...]: a YAML list (or one bare value)
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if not items:
-            raise GalotError(f"{source}: {key} must list at least one value")
-        return tuple(_coerce(v, args[0], key, source) for v in items)
-    if args and type(None) in args:  # Optional[...]
-        if value is None:
-            return None
-        tp = next(a for a in args if a is not type(None))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:  # an integer too large for a float
-                number = math.inf
-            if not math.isfinite(number):
-                raise GalotError(f"{source}: {key} must be a finite number, got {show(value)}")
-            return number
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise GalotError(f"{source}: {key} must be {_type_name(tp)}, got {show(value)}")
-
-
-def _check_range(value: Any, f: dataclasses.Field, key: str, source: str) -> None:
-    m = f.metadata
-    if isinstance(value, tuple):
-        for v in value:
-            _check_range(v, f, key, source)
-        return
-    if m.get("choices") is not None and value not in m["choices"]:
-        allowed = ", ".join("null" if c is None else str(c) for c in m["choices"])
-        raise GalotError(f"{source}: {key} must be one of [{allowed}], got {show(value)}")
-    if value is None or isinstance(value, (str, bool)):
-        return
-    lo, hi = m.get("min"), m.get("max")
-    if lo is not None and (value < lo or (m.get("min_exclusive") and value == lo)):
-        op = ">" if m.get("min_exclusive") else ">="
-        raise GalotError(f"{source}: {key} must be {op} {lo}, got {show(value)}")
-    if hi is not None and value > hi:
-        why = f" ({m['why']})" if m.get("why") else ""
-        raise GalotError(f"{source}: {key} must be <= {hi:g}{why}, got {show(value)}")
-
-
-def _build_section(cls: type, raw: Any, section: str, source: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise GalotError(f"{source}: '{section}' must be a mapping of keys, got {show(raw)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted((k for k in raw if k not in fields), key=str)
-    if unknown:
-        raise GalotError(
-            f"{source}: unknown key '{section}.{_name(unknown[0])}' (allowed in '{section}': {', '.join(fields)})"
-        )
-    values = {}
-    for name, f in fields.items():
-        key = f"{section}.{name}"
-        value = _coerce(raw[name], hints[name], key, source) if name in raw else f.default
-        _check_range(value, f, key, source)
-        values[name] = value
-    return cls(**values)
-
-
 def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:
-    """Validate a parsed ``params.yaml`` and return a :class:`Config`."""
+    """Validate a parsed ``params.yaml`` and return a :class:`Config`; a mistake is one line."""
     if raw is None:
         raw = {}
-    if not isinstance(raw, dict):
-        raise GalotError(f"{source}: expected a mapping of sections at the top level")
-    hints = typing.get_type_hints(Config)
-    sections = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted((k for k in raw if k not in sections), key=str)
-    if unknown:
-        raise GalotError(f"{source}: unknown section '{_name(unknown[0])}' (allowed: {', '.join(sorted(sections))})")
-    cfg = Config(**{name: _build_section(hints[name], raw.get(name), name, source) for name in sections})
-    _check_consistency(cfg, source)
-    return cfg
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise GalotError(f"{source}: {one_line(e)}") from None
+    except RecursionError:
+        raise GalotError(f"{source}: nested too deeply; parameters are section.key: value") from None
 
 
-def _check_consistency(cfg: Config, source: str) -> None:
-    """Rules that involve more than one key."""
+def inconsistency(cfg: Config) -> str | None:
+    """Rules that involve more than one key (or a key's format): what is wrong, or None."""
     if "{label}" not in cfg.gal.template:
-        raise GalotError(f"{source}: gal.template must contain '{{label}}', got {show(cfg.gal.template)}")
-    _check_data_source(cfg, source)
-    for name in ("experiment.name",):
-        value = cfg.experiment.name
-        if not value or "/" in value or "\\" in value or value in (".", "..") or "\0" in value:
-            raise GalotError(f"{source}: {name} must be a plain folder name (no '/', '..'), got {show(value)}")
+        return f"gal.template must contain '{{label}}', got {show(cfg.gal.template)}"
+    name = cfg.experiment.name
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        return f"experiment.name must be a plain folder name (no '/', '..'), got {show(name)}"
+    return _data_source_problem(cfg)
 
 
-def _check_data_source(cfg: Config, source: str) -> None:
+def _data_source_problem(cfg: Config) -> str | None:
     """An unlabelled folder needs class names and a person to label it; class names are for the folder only."""
     d = cfg.data
     if d.dataset == "folder":
         if not d.classes:
-            raise GalotError(f"{source}: data.classes must list the class names for data.dataset: folder, "
-                             "e.g. classes: [cat, dog]")
+            return "data.classes must list the class names for data.dataset: folder, e.g. classes: [cat, dog]"
         if cfg.experiment.oracle != "human" and cfg.experiment.mode != "gal":
-            raise GalotError(f"{source}: experiment.oracle must be human for data.dataset: folder (its images have "
-                             "no labels to simulate the oracle with); set experiment.oracle: human")
+            return ("experiment.oracle must be human for data.dataset: folder (its images have no labels to "
+                    "simulate the oracle with); set experiment.oracle: human")
     elif d.classes is not None or d.test_root is not None:
         key = "data.classes" if d.classes is not None else "data.test_root"
-        raise GalotError(f"{source}: {key} is only used with data.dataset: folder, got data.dataset: {d.dataset}; "
-                         f"remove {key}")
+        return f"{key} is only used with data.dataset: folder, got data.dataset: {d.dataset}; remove {key}"
     names = [" ".join(c.split()) for c in d.classes or ()]
     if any(not n for n in names):
-        raise GalotError(f"{source}: data.classes must not contain empty names")
+        return "data.classes must not contain empty names"
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise GalotError(f"{source}: data.classes lists {show(dup[0])} twice; give each class once")
+        return f"data.classes lists {show(dup[0])} twice; give each class once"
     if any(n.lower() == "skip" for n in names):
-        raise GalotError(f"{source}: data.classes must not contain 'skip' (it is the label for 'none of these "
-                         "classes'); rename that class")
-
-
-PARAMS_MAX_BYTES = 1 << 20   # a params file is a few KB; anything larger is not one
-
-
-class _AliasRefused(yaml.YAMLError):
-    def __init__(self, mark: Any) -> None:
-        self.line = mark.line + 1 if mark else None
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without aliases (``*name``): a 300-byte file of nested aliases expands to gigabytes
-    (a "billion laughs" bomb), and no galot parameter needs one."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            raise _AliasRefused(self.peek_event().start_mark)
-        return super().compose_node(parent, index)
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """``text`` parsed as YAML without aliases; a mistake is one :class:`GalotError` line."""
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
-    except _AliasRefused as e:
-        where = f" at line {e.line}" if e.line else ""
-        raise GalotError(f"{source}: YAML alias (*name){where} is not allowed; write the value out") from None
-    except RecursionError:
-        raise GalotError(f"{source}: YAML nested too deeply; parameters are section.key: value") from None
-    except ValueError:  # an integer of more than 4,300 digits
-        raise GalotError(f"{source}: a number with thousands of digits; no parameter takes one") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise GalotError(f"{source}: not valid YAML{where}; fix the syntax") from None
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"al.strategy=BALD"`` → (["al", "strategy"], "BALD"); values are parsed as YAML scalars."""
-    if "=" not in text:
-        raise GalotError(f"--set {show(text)}: expected section.key=value, e.g. --set al.strategy=BALD")
-    key, value = text.split("=", 1)
-    parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise GalotError(f"--set {show(text)}: key must be section.key, e.g. gal.epsilon")
-    try:
-        parsed = parse_yaml(value, f"--set {show(text)}") if value.strip() else None
-    except GalotError as e:
-        if "alias" in str(e) or "nested" in str(e):
-            raise
-        parsed = value  # not YAML: the text itself (a string value)
-    return parts, parsed
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    if raw is not None and not isinstance(raw, dict):
-        return raw  # config_from_dict says what is wrong with it
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw or {}).items()}
-    for text in overrides:
-        (section, key), value = parse_override(text)
-        sec = out.setdefault(section, {})
-        if not isinstance(sec, dict):
-            raise GalotError(f"--set {show(text)}: '{section}' is not a section")
-        sec[key] = value
-    return out
-
-
-def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Config:
-    """Read, override and validate ``params.yaml``; ``path=None``: every key at its default."""
-    if path is None:
-        return config_from_dict(apply_overrides({}, overrides or []), source="defaults (no params.yaml)")
-    path = Path(path)
-    if not path.exists():
-        raise GalotError(f"{path}: file not found; pass --params PATH, or `galot init` to write a starter params.yaml")
-    if not path.is_file():
-        raise GalotError(f"{path}: not a regular file; pass --params with a YAML file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(PARAMS_MAX_BYTES + 1)
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise GalotError(f"{path}: cannot read the parameters ({e.__class__.__name__}); give a UTF-8 YAML file") \
-            from None
-    if len(data) > PARAMS_MAX_BYTES:
-        raise GalotError(f"{path}: larger than {PARAMS_MAX_BYTES >> 20} MiB; a parameters file is a few KB")
-    raw = parse_yaml(text, str(path)) or {}
-    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+        return "data.classes must not contain 'skip' (it is the label for 'none of these classes'); rename that class"
+    return None

@@ -14,7 +14,6 @@ card in its metadata.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 from dataclasses import asdict, dataclass
@@ -86,7 +85,7 @@ def card_of_run(run: Path) -> ModelCard:
         if value and not Path(value).is_absolute() and not Path(value).exists():
             project = run.resolve().parent.parent
             if (project / value).exists():
-                data = dataclasses.replace(data, **{key: str(project / value)})
+                data = data.model_copy(update={key: str(project / value)})
     return ModelCard.of(load_dataset(data))
 
 

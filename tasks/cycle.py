@@ -1,7 +1,7 @@
 """The steps of one GALOT cycle (galot_core.steps) as Prefect tasks, one task per step function.
 
-Thin on purpose: each task gets the experiment's :class:`~galot_core.context.Context` for its
-parameters (a plain dict, so Prefect can show it and Dask can ship it), calls the step
+Thin on purpose: each task gets the experiment's :class:`~galot_core.config.Config` (a pydantic
+model: Prefect shows it, Dask pickles it, nothing re-reads params.yaml), calls the step
 function of the same name, and returns a small record — paths and numbers, never tensors
 or models. :data:`TASKS` maps each step function to its task, which is how the flow's
 executor (flows/galot.py) runs galot_core.cycle.run_cycle's steps as tasks.
@@ -18,7 +18,6 @@ an accelerator, where transient faults (a driver hiccup, a preempted device) hap
 
 from __future__ import annotations
 
-import json
 import threading
 from functools import lru_cache
 from typing import Any
@@ -27,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from galot_core import steps
-from galot_core.config import config_from_dict
+from galot_core.config import Config
 from galot_core.errors import GalotError
 from galot_core.experiment import Experiment
 
@@ -35,18 +34,18 @@ _lock = threading.Lock()
 
 
 @lru_cache(maxsize=4)
-def _context(cfg_json: str) -> Experiment:
+def _context(cfg: Config) -> Experiment:
     # One context per process and configuration: the dataset and the diffusion model are
     # loaded once and shared by the tasks of every cycle this process runs.
-    return Experiment(config_from_dict(json.loads(cfg_json), source="flow parameters"))
+    return Experiment(cfg)
 
 
-def context(cfg: dict[str, Any]) -> Experiment:
+def context(cfg: Config) -> Experiment:
     with _lock:  # tasks in threads must share one context (and its one copy of the model)
-        return _context(json.dumps(cfg, sort_keys=True))
+        return _context(cfg)
 
 
-def on_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+def on_worker(cfg: Config) -> Config:
     """``cfg`` for this process: on the i-th worker of a local Dask cluster with several
     GPUs, the diffusion model goes to GPU i mod #GPUs (one worker per GPU)."""
     try:
@@ -58,8 +57,8 @@ def on_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     gpus = torch.cuda.device_count()
-    if gpus > 1 and isinstance(name, int) and cfg["t2i"]["device"] in ("auto", "cuda"):
-        return {**cfg, "t2i": {**cfg["t2i"], "device": f"cuda:{name % gpus}"}}
+    if gpus > 1 and isinstance(name, int) and cfg.t2i.device in ("auto", "cuda"):
+        return cfg.model_copy(update={"t2i": cfg.t2i.model_copy(update={"device": f"cuda:{name % gpus}"})})
     return cfg
 
 
@@ -74,7 +73,7 @@ def _fan_out_task(step, letter: str):
 
     @task(name=step.__name__, cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=transient,
           task_run_name=step.__name__ + "-c{cycle}-" + letter + "{key}")
-    def run_part(cfg: dict[str, Any], cycle: int, key: int) -> dict[str, Any]:
+    def run_part(cfg: Config, cycle: int, key: int) -> dict[str, Any]:
         return {"cycle": cycle, "part": key, "result": step(context(on_worker(cfg)), cycle, key)}
 
     run_part.__doc__ = step.__doc__
@@ -87,7 +86,7 @@ generate_shard = _fan_out_task(steps.generate_shard, "s")
 
 
 @task(name="select_real_batch", cache_policy=NO_CACHE)
-def select_real_batch(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+def select_real_batch(cfg: Config, cycle: int) -> dict[str, Any]:
     """Line 5: the most informative unlabelled images by σ_AL, labelled by the oracle."""
     ctx = context(cfg)
     picked = steps.select_real_batch(ctx, cycle)
@@ -95,13 +94,13 @@ def select_real_batch(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
 
 
 @task(name="receive_labels", cache_policy=NO_CACHE)
-def receive_labels(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+def receive_labels(cfg: Config, cycle: int) -> dict[str, Any]:
     """The human oracle's answers for the batch, committed to the pool (raises WaitingForLabels until complete)."""
     return {"cycle": cycle, **steps.receive_labels(context(cfg), cycle)}
 
 
 @task(name="merge_embeddings", cache_policy=NO_CACHE)
-def merge_embeddings(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+def merge_embeddings(cfg: Config, cycle: int) -> dict[str, Any]:
     """Every class's optimised embedding in one file, the input of generation."""
     ctx = context(cfg)
     info = steps.merge_embeddings(ctx, cycle)
@@ -109,7 +108,7 @@ def merge_embeddings(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
 
 
 @task(name="merge_generated", cache_policy=NO_CACHE)
-def merge_generated(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+def merge_generated(cfg: Config, cycle: int) -> dict[str, Any]:
     """The shards' images in the cycle's manifest (and the B_GAL kept of the candidates)."""
     ctx = context(cfg)
     n = steps.merge_generated(ctx, cycle)
@@ -117,7 +116,7 @@ def merge_generated(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
 
 
 @task(name="train_classifier", cache_policy=NO_CACHE)
-def train_classifier(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+def train_classifier(cfg: Config, cycle: int) -> dict[str, Any]:
     """Line 10: a fresh classifier on the real labelled ∪ generated images."""
     ctx = context(cfg)
     info = steps.train_classifier(ctx, cycle)
@@ -125,13 +124,13 @@ def train_classifier(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
 
 
 @task(name="export_cycle", cache_policy=NO_CACHE)
-def export_cycle(cfg: dict[str, Any], cycle: int) -> dict[str, Any]:
+def export_cycle(cfg: Config, cycle: int) -> dict[str, Any]:
     """The cycle's shard of the exported dataset, for DVC and the transfer flow."""
     return {"cycle": cycle, "dataset": str(steps.export_cycle(context(cfg), cycle))}
 
 
 @task(name="evaluate_cycle", cache_policy=NO_CACHE)
-def evaluate_cycle(cfg: dict[str, Any], cycle: int, seconds: dict[str, float]) -> dict[str, Any]:
+def evaluate_cycle(cfg: Config, cycle: int, seconds: dict[str, float]) -> dict[str, Any]:
     """Test accuracy (and judged pseudo-label accuracy); writing the metrics completes the cycle."""
     return steps.evaluate_cycle(context(cfg), cycle, seconds)
 

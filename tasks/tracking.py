@@ -40,7 +40,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from galot_core.config import config_from_dict
+from galot_core.config import Config
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_json, read_json
 from galot_core.runfolder import RunFolder
@@ -80,8 +80,8 @@ def _get_or_create_experiment(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def _flatten(cfg: dict[str, Any]) -> dict[str, str]:
-    return {f"{section}.{key}": str(value) for section, values in cfg.items() for key, value in values.items()}
+def _flatten(cfg: Config) -> dict[str, str]:
+    return {f"{section}.{key}": str(value) for section, values in cfg.to_dict().items() for key, value in values.items()}
 
 
 def cycle_metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -94,7 +94,7 @@ def cycle_metrics(row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _client_and_run(cfg: dict[str, Any], run_dir: Path, state: dict[str, Any]):
+def _client_and_run(cfg: Config, run_dir: Path, state: dict[str, Any]):
     from mlflow import MlflowClient
 
     uri = tracking_uri()
@@ -109,12 +109,12 @@ def _client_and_run(cfg: dict[str, Any], run_dir: Path, state: dict[str, Any]):
             if info.status != "RUNNING":  # the experiment goes on: reopen its run
                 client.update_run(run_id, status="RUNNING")
             return client, run_id
-    exp_id = _get_or_create_experiment(client, cfg["tracking"]["experiment"])
-    run_name = cfg["experiment"]["name"]
+    exp_id = _get_or_create_experiment(client, cfg.tracking.experiment)
+    run_name = cfg.experiment.name
     if run_dir.parent.name.endswith("-baselines"):  # e.g. default-baselines/MarginSampling
         run_name = f"{run_dir.parent.name}/{run_name}"
     run = client.create_run(exp_id, run_name=run_name,
-                            tags={"galot.run_dir": str(run_dir.resolve()), "galot.mode": cfg["experiment"]["mode"]})
+                            tags={"galot.run_dir": str(run_dir.resolve()), "galot.mode": cfg.experiment.mode})
     from mlflow.entities import Param
 
     params = [Param(k, v[:6000]) for k, v in sorted(_flatten(cfg).items())]
@@ -125,12 +125,11 @@ def _client_and_run(cfg: dict[str, Any], run_dir: Path, state: dict[str, Any]):
     return client, run.info.run_id
 
 
-def log_experiment(cfg: dict[str, Any]) -> dict[str, Any]:
+def log_experiment(cfg: Config) -> dict[str, Any]:
     """Log every completed, not yet logged cycle of the experiment; returns the MLflow run id."""
     from mlflow.entities import Metric
 
-    c = config_from_dict(cfg, source="flow parameters")
-    run_dir = c.run_dir
+    run_dir = cfg.run_dir
     run = RunFolder(run_dir)
     path = run.tracking_path
     everything = read_json(path) if path.exists() else {}
@@ -157,7 +156,7 @@ def log_experiment(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": run_id, "tracking_uri": redacted(uri), "logged": [r["cycle"] for r in new]}
 
 
-def log_model(cfg: dict[str, Any], client, run_id: str, run_dir: Path) -> str | None:
+def log_model(cfg: Config, client, run_id: str, run_dir: Path) -> str | None:
     """The run's newest classifier as an MLflow pytorch model at ``model/`` (pt2, no pickle);
     returns the classifier's SHA-256, or None when there is none yet."""
     import mlflow.pytorch
@@ -189,7 +188,7 @@ def log_model(cfg: dict[str, Any], client, run_id: str, run_dir: Path) -> str | 
         folder = Path(tmp) / MODEL_PATH
         mlflow.pytorch.save_model(Predictor(model, card), str(folder), serialization_format="pt2",
                                   signature=signature, input_example=example, pip_requirements=requirements,
-                                  metadata={"galot": {**card.to_dict(), "arch": cfg["model"]["arch"],
+                                  metadata={"galot": {**card.to_dict(), "arch": cfg.model.arch,
                                                       "input": "uint8 images (N, C, S, S)",
                                                       "output": "class probabilities (N, K)"}})
         shutil.copy(weights, folder / "classifier.safetensors")
@@ -197,10 +196,9 @@ def log_model(cfg: dict[str, Any], client, run_id: str, run_dir: Path) -> str | 
     return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
-def finish_experiment(cfg: dict[str, Any], status: str) -> str | None:
+def finish_experiment(cfg: Config, status: str) -> str | None:
     """End the experiment's MLflow run with ``status``; on FINISHED first log its classifier as a model."""
-    c = config_from_dict(cfg, source="flow parameters")
-    path = RunFolder(c.run_dir).tracking_path
+    path = RunFolder(cfg.run_dir).tracking_path
     everything = read_json(path) if path.exists() else {}
     state = everything.get(redacted(tracking_uri()), {})
     if not state.get("run_id"):
@@ -209,22 +207,22 @@ def finish_experiment(cfg: dict[str, Any], status: str) -> str | None:
 
     client = MlflowClient(tracking_uri=tracking_uri())
     run_id = state["run_id"]
-    weights = RunFolder(c.run_dir).classifier_path
+    weights = RunFolder(cfg.run_dir).classifier_path
     if status == "FINISHED" and weights.exists() and \
             state.get("model_sha256") != hashlib.sha256(weights.read_bytes()).hexdigest():
-        state["model_sha256"] = log_model(cfg, client, run_id, c.run_dir)
+        state["model_sha256"] = log_model(cfg, client, run_id, cfg.run_dir)
         atomic_write_json(path, everything)
     client.set_terminated(run_id, status)
     return run_id
 
 
 @contextmanager
-def tracked_run(cfg: dict[str, Any]) -> Iterator[None]:
+def tracked_run(cfg: Config) -> Iterator[None]:
     """Around a top-level flow: its MLflow run ends FINISHED, FAILED or KILLED with it (nested
     flows leave that to the outermost). A tracking failure here never hides the flow's own error."""
     from galot_core.labels import WaitingForLabels
 
-    if not cfg["tracking"]["mlflow"] or _owner.get():
+    if not cfg.tracking.mlflow or _owner.get():
         yield
         return
     token = _owner.set(True)
@@ -264,15 +262,15 @@ def load_logged_model(uri: str):
     return module, ModelCard.from_dict(meta["galot"])
 
 
-def log_transfer(cfg: dict[str, Any], metrics: dict[str, Any]) -> str:
+def log_transfer(cfg: Config, metrics: dict[str, Any]) -> str:
     """A transfer result as its own MLflow run, tagged with the experiment it reused."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
     client = MlflowClient(tracking_uri=tracking_uri())
-    exp_id = _get_or_create_experiment(client, cfg["tracking"]["experiment"])
-    run = client.create_run(exp_id, run_name=f"{cfg['experiment']['name']}-transfer-{metrics['arch']}",
-                            tags={"galot.transfer_of": cfg["experiment"]["name"], "galot.arch": metrics["arch"]})
+    exp_id = _get_or_create_experiment(client, cfg.tracking.experiment)
+    run = client.create_run(exp_id, run_name=f"{cfg.experiment.name}-transfer-{metrics['arch']}",
+                            tags={"galot.transfer_of": cfg.experiment.name, "galot.arch": metrics["arch"]})
     now = int(time.time() * 1000)
     client.log_batch(run.info.run_id,
                      metrics=[Metric(k, float(metrics[k]), now, 0) for k in ("test_accuracy", "real", "generated",
@@ -286,11 +284,11 @@ def log_transfer(cfg: dict[str, Any], metrics: dict[str, Any]) -> str:
 
 
 @task(name="track_experiment", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def track_experiment(cfg: dict[str, Any]) -> dict[str, Any] | None:
+def track_experiment(cfg: Config) -> dict[str, Any] | None:
     """MLflow catch-up for the experiment (no-op with ``tracking.mlflow: false``)."""
-    return log_experiment(cfg) if cfg["tracking"]["mlflow"] else None
+    return log_experiment(cfg) if cfg.tracking.mlflow else None
 
 
 @task(name="track_transfer", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def track_transfer(cfg: dict[str, Any], metrics: dict[str, Any]) -> str | None:
-    return log_transfer(cfg, metrics) if cfg["tracking"]["mlflow"] else None
+def track_transfer(cfg: Config, metrics: dict[str, Any]) -> str | None:
+    return log_transfer(cfg, metrics) if cfg.tracking.mlflow else None

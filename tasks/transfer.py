@@ -7,13 +7,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from galot_core.config import config_from_dict
+from galot_core.config import Config
 from galot_core.transfer import transfer, transfer_dir
 
 
 @task(name="transfer", cache_policy=NO_CACHE)
-def train_transfer(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+def train_transfer(cfg: Config, arch: str) -> dict[str, Any]:
     """Train ``arch`` on the exported real + synthetic set; never loads the diffusion model."""
-    c = config_from_dict(cfg, source="flow parameters")
-    metrics = transfer(c, arch)
-    return {**metrics, "model": str(transfer_dir(c, arch) / "model.safetensors")}
+    metrics = transfer(cfg, arch)
+    return {**metrics, "model": str(transfer_dir(cfg, arch) / "model.safetensors")}

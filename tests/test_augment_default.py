@@ -52,7 +52,7 @@ def test_default_does_not_flip_a_users_digit_folder(monkeypatch, tmp_path, one_t
                                                     dataset_kind):
     import yaml
 
-    from galot_core.config import load_config
+    from galot_core.params_file import load_config
     from galot_core.data import load_dataset
 
     data = {"dataset": dataset_kind, "root": str(digit_imagefolder)}

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from galot_core.config import AL_STRATEGIES, Config, load_config
+from galot_core.config import AL_STRATEGIES, Config
+from galot_core.params_file import load_config
 from galot_core.errors import GalotError
 
 

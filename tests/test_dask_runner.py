@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from galot_core import synthetic
+from galot_core.params_file import load_config
 from tests.test_flows import write_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +30,7 @@ def test_dask_runner_matches_thread_runner(prefect_api, tmp_path, tiny_sd_folder
         params = write_params(tmp_path / runner, tiny_sd_folder, name=runner, t2i={"batch_size": 4},
                               runner={"task_runner": runner, "dask_workers": 2, "shard_size": 4,
                                       "textopt_classes_per_task": 3})
-        rows = galot_run(str(params))
+        rows = galot_run(load_config(params))
         assert [r["generated"] for r in rows] == [10, 20]
         runs[runner] = tmp_path / runner / "runs" / runner
 

@@ -11,6 +11,7 @@ import yaml
 
 from galot_core import export, synthetic
 from galot_core.checkpoint import load_classifier
+from galot_core.params_file import load_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,7 +58,7 @@ def test_run_flow_two_cycles_each_mode(prefect_api, tmp_path, tiny_sd_folder, mo
 
     name = f"flow-{mode.replace('+', '-')}"
     params = write_params(tmp_path, tiny_sd_folder, name=name, mode=mode)
-    rows = galot_run(str(params))
+    rows = galot_run(load_config(params))
     assert [r["cycle"] for r in rows] == [1, 2]
     assert [r["labelled"] for r in rows] == labelled and [r["generated"] for r in rows] == generated
     run_dir = tmp_path / "runs" / name
@@ -90,7 +91,7 @@ def test_logged_model_is_a_real_mlflow_model(prefect_api, tmp_path, tiny_sd_fold
     from galot_core.predict import load_predictor
 
     params = write_params(tmp_path, tiny_sd_folder, name="mlmodel", mode="al")
-    galot_run(str(params))
+    galot_run(load_config(params))
     client, run = mlflow_run("mlmodel")
     uri = f"runs:/{run.info.run_id}/model"
     files = {a.path for a in client.list_artifacts(run.info.run_id, "model/data")}
@@ -110,14 +111,14 @@ def test_mlflow_run_ends_with_the_flow_and_reopens(prefect_api, tmp_path, tiny_s
     from galot.flows.galot import galot_cycle
 
     params = write_params(tmp_path, tiny_sd_folder, name="lifecycle", mode="al")
-    galot_cycle(str(params))
+    galot_cycle(load_config(params))
     client, run = mlflow_run("lifecycle")
     assert run.info.status == "FINISHED"
     # A failing cycle (the classifier cannot be built: unknown device) ends the reopened run FAILED.
     with pytest.raises(Exception):
-        galot_cycle(str(params), ["train.device=nodevice"])
+        galot_cycle(load_config(params), ["train.device=nodevice"])
     assert client.get_run(run.info.run_id).info.status == "FAILED"
-    galot_cycle(str(params))  # resumed: the same run, reopened, then FINISHED
+    galot_cycle(load_config(params))  # resumed: the same run, reopened, then FINISHED
     client, again = mlflow_run("lifecycle")
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")) == [1, 2]
@@ -130,8 +131,8 @@ def test_cycle_flow_advances_by_one_and_makes_artifacts(prefect_api, tmp_path, t
     from galot.flows.galot import galot_cycle
 
     params = write_params(tmp_path, tiny_sd_folder, name="one-by-one")
-    first = galot_cycle(str(params))
-    second = galot_cycle(str(params))
+    first = galot_cycle(load_config(params))
+    second = galot_cycle(load_config(params))
     assert (first["cycle"], second["cycle"]) == (1, 2)
     assert second["unet_calls"]["textopt"] > 0 and second["unet_calls"]["generate"] > 0
     with get_client(sync_client=True) as client:
@@ -145,18 +146,18 @@ def test_cycle_flow_advances_by_one_and_makes_artifacts(prefect_api, tmp_path, t
     from galot_core.errors import GalotError
 
     with pytest.raises(GalotError, match="experiment.cycles"):
-        galot_cycle(str(params))
+        galot_cycle(load_config(params))
 
 
 def test_transfer_flow_reuses_cached_data_without_the_t2i_model(prefect_api, tmp_path, tiny_sd_folder):
     from galot.flows.galot import galot_run, galot_transfer
 
     params = write_params(tmp_path, tiny_sd_folder, name="tr")
-    galot_run(str(params))
+    galot_run(load_config(params))
     run_dir = tmp_path / "runs" / "tr"
     manifests = {c: synthetic.read_manifest(synthetic.cycle_folder(run_dir, c)) for c in (1, 2)}
     # The T2I model is made unreachable: transfer must never need it.
-    results = galot_transfer(str(params), ["t2i.model=/nonexistent/model"], ["small_cnn", "mobilenet_v2"])
+    results = galot_transfer(load_config(params), ["t2i.model=/nonexistent/model"], ["small_cnn", "mobilenet_v2"])
     assert [r["arch"] for r in results] == ["small_cnn", "mobilenet_v2"]
     assert all(r["real"] == 20 and r["generated"] == 20 and r["unet_calls"] == 0 for r in results)
     assert {c: synthetic.read_manifest(synthetic.cycle_folder(run_dir, c)) for c in (1, 2)} == manifests
@@ -174,7 +175,7 @@ def test_judge_scores_pseudo_labels_when_it_exists(prefect_api, tmp_path, tiny_s
     judge = tmp_path / "judge.safetensors"
     save_classifier(build_model("small_cnn", 1, 10, 0.2), judge, arch="small_cnn", in_channels=1)
     params = write_params(tmp_path, tiny_sd_folder, name="judged", experiment={"judge": str(judge)})
-    m = galot_cycle(str(params))
+    m = galot_cycle(load_config(params))
     assert m["judged_accuracy"] is not None and 0.0 <= m["judged_accuracy"] <= 1.0
     client, run = mlflow_run("judged")
     assert "judged_accuracy" in run.data.metrics

@@ -8,14 +8,12 @@ reports problems with 1), a bound on time and memory, and an unchanged run folde
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
 import os
 import struct
 import tarfile
-import typing
 import zlib
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from safetensors.torch import save_file
 
 from galot_core import labels, synthetic
 from galot_core.config import Config, config_from_dict
+from galot_core.config_errors import field_spec
 from galot_core.errors import GalotError
 from galot_core.runfolder import RunFolder
 from tests.hostile_util import CLASSES, assert_one_line_error, cli, galot, human_run, snapshot
@@ -41,14 +40,11 @@ def verify_problems(run: Path, capsys=None, budget_mb: int = 300) -> list[str]:
 
 # ----- 1. every number is finite and bounded ---------------------------------------------------
 def _numeric_fields():
-    for section in dataclasses.fields(Config):
-        cls = typing.get_type_hints(Config)[section.name]
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            tp = hints[f.name]
-            base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
-            if base in (int, float):
-                yield f"{section.name}.{f.name}", base, f
+    for section, info in Config.model_fields.items():
+        for name in info.annotation.model_fields:
+            spec = field_spec(section, name)
+            if spec.kind in (int, float):
+                yield f"{section}.{name}", spec.kind, spec
 
 
 NUMERIC = list(_numeric_fields())
@@ -68,14 +64,14 @@ def test_every_float_key_refuses_non_finite_numbers(key, value):
 def test_every_number_has_an_upper_bound_with_a_reason(key):
     """Size-like keys (every integer) say why their bound is where it is; max + 1 is refused naming it."""
     tp, f = next((tp, f) for k, tp, f in NUMERIC if k == key)
-    hi = f.metadata["max"]
+    hi = f.max
     assert hi is not None, f"{key} has no upper bound"
     if tp is int:
-        assert f.metadata["why"] and f.metadata["why"] in f.metadata["help"], f"{key}: no reason for its bound"
+        assert f.why and f.why in f.help, f"{key}: no reason for its bound"
     section, name = key.split(".")
     with pytest.raises(GalotError, match=f"{key} must be <= ") as e:
         config_from_dict({section: {name: int(hi) + 1 if tp is int else hi * 2 + 1}})
-    assert f.metadata["why"] in str(e.value)
+    assert f.why in str(e.value)
 
 
 @pytest.mark.parametrize("override, expected", [

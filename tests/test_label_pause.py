@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from galot_core import labels
+from galot_core.params_file import load_config
 from tests.test_labels import human_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,7 +52,7 @@ def test_paused_flow_run_resumes_with_labels(prefect_api, tmp_path, digit_folder
 
     def target():
         try:
-            out["metrics"] = galot_cycle(str(params), pause_for_labels=True)
+            out["metrics"] = galot_cycle(load_config(params), pause_for_labels=True)
         except BaseException as e:  # noqa: BLE001  (reported by the assertion below)
             out["error"] = e
 

@@ -27,7 +27,6 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -173,7 +172,7 @@ def pretrain(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
             "torch_threads": torch.get_num_threads(),
             "train_images": n, "class_names": class_names,
             **({"templates": list(TEMPLATES)} if captions is None else {"captions": caps}),
-            "scaling_factor": scaling, "config": asdict(cfg)}
+            "scaling_factor": scaling, "config": cfg.model_dump(mode="json")}
     (tmp / "galot_pretrain.json").write_text(json.dumps(info, indent=2))
     if out_dir.exists():
         import shutil
@@ -263,5 +262,5 @@ def pretrained_with(folder: str | Path, cfg: PretrainConfig) -> bool:
     if not (Path(folder) / "model_index.json").exists() or not info_path.exists():
         return False
     saved = {k: v for k, v in json.loads(info_path.read_text()).get("config", {}).items() if k != "out"}
-    wanted = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    wanted = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "out"}
     return saved == wanted

@@ -1,0 +1,101 @@
+"""One line per mistake in the parameters: pydantic's validation errors said in galot's words.
+
+pydantic checks the schema (galot_core/config.py); this module turns its first error into the
+one line every command prints — the key as written in params.yaml, what it accepts (type,
+choices, range and why the range ends there) and the value it got, shortened — and reads each
+key's declaration back (:func:`field_spec`) for that and for the tests.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, Literal, NamedTuple
+
+from annotated_types import Ge, Gt, Le
+from pydantic import ValidationError
+
+
+class FieldSpec(NamedTuple):
+    """What params.yaml accepts for one key: its type, range, choices and the reasons."""
+
+    kind: type            # int, float, bool, str or tuple (of str)
+    optional: bool        # null allowed
+    choices: tuple | None
+    min: float | None
+    min_exclusive: bool
+    max: float | None
+    help: str
+    why: str
+
+
+def field_spec(section: str, key: str) -> FieldSpec:
+    """The schema entry of ``section.key`` (read from the pydantic model, the one declaration)."""
+    from galot_core.config import Config, _without_none
+
+    info = Config.model_fields[section].annotation.model_fields[key]
+    tp = info.annotation
+    optional = type(None) in typing.get_args(tp)
+    tp = _without_none(tp)
+    kind, choices = tp, None
+    if typing.get_origin(tp) is tuple:
+        kind, tp = tuple, typing.get_args(tp)[0]
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        kind = kind if kind is tuple else str
+    ge = next((m.ge for m in info.metadata if isinstance(m, Ge)), None)
+    gt = next((m.gt for m in info.metadata if isinstance(m, Gt)), None)
+    le = next((m.le for m in info.metadata if isinstance(m, Le)), None)
+    why = (info.json_schema_extra or {}).get("why", "")
+    return FieldSpec(kind, optional, choices, gt if gt is not None else ge, gt is not None, le,
+                     info.description or "", why)
+
+
+_KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a list of strings"}
+# pydantic's error types that mean "not a value of this key's type"
+_TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "tuple_type", "literal_error", "none_required"}
+
+
+def _message(err: dict[str, Any]) -> str:
+    """One pydantic error as galot's one line (without the source), naming the key."""
+    from galot_core.config import Config, _name, show
+
+    loc, kind, value = err["loc"], err["type"], err.get("input")
+    if not loc:
+        return "expected a mapping of sections at the top level" if kind == "model_type" else _reason(err)
+    if kind == "extra_forbidden" and len(loc) == 1:
+        return f"unknown section '{_name(loc[0])}' (allowed: {', '.join(sorted(Config.model_fields))})"
+    section = str(loc[0])
+    if len(loc) == 1:
+        return f"'{section}' must be a mapping of keys, got {show(value)}"
+    allowed = Config.model_fields[section].annotation.model_fields
+    if kind == "extra_forbidden":
+        return f"unknown key '{section}.{_name(loc[1])}' (allowed in '{section}': {', '.join(allowed)})"
+    key, spec = f"{section}.{loc[1]}", field_spec(section, str(loc[1]))
+    if kind == "finite_number" or (kind == "float_type" and isinstance(value, int) and not isinstance(value, bool)):
+        return f"{key} must be a finite number, got {show(value)}"  # (or an integer too large for a float)
+    if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # shown as the number it stands for
+    if kind == "literal_error" and isinstance(value, str):
+        names = ", ".join("null" if c is None else str(c) for c in spec.choices)
+        return f"{key} must be one of [{names}], got {show(value)}"
+    if kind in _TYPE_ERRORS:
+        return f"{key} must be {_KIND[str if spec.choices else spec.kind]}, got {show(value)}"
+    if kind in ("greater_than", "greater_than_equal"):
+        return f"{key} must be {'>' if spec.min_exclusive else '>='} {float(spec.min) if spec.kind is float else spec.min}" \
+               f", got {show(value)}"
+    if kind == "less_than_equal":
+        return f"{key} must be <= {spec.max:g}{f' ({spec.why})' if spec.why else ''}, got {show(value)}"
+    return f"{key} {_reason(err)}"
+
+
+def _reason(err: dict[str, Any]) -> str:
+    error = (err.get("ctx") or {}).get("error")
+    return str(error) if error is not None else str(err.get("msg", "invalid"))
+
+
+def one_line(e: ValidationError) -> str:
+    """The error to report, as one line: an unknown section or key first (it explains the others),
+    else the first."""
+    errors = e.errors(include_url=False)
+    unknown = sorted((x for x in errors if x["type"] == "extra_forbidden"), key=lambda x: (len(x["loc"]), str(x["loc"])))
+    return _message(unknown[0] if unknown else errors[0])
