@@ -83,6 +83,10 @@ FASHION_EXPERIMENTS: dict[str, dict[str, list[str]]] = {
     "table1": {"galot": [], "galot_basic": ["gal.epsilon=0.0"], **{f"al_{s}": _al(s) for s in FASHION_AL}},
     "fig3": {"gal_only": ["experiment.mode=gal"],
              "fully_supervised": [*_al("RandomSampling"), "al.budget_per_cycle=5000", "experiment.cycles=1"]},
+    # Issue 15, added after the one-cycle probes (benchmarks/gal_probe.py, validation split): the
+    # best arm there, hard positives (4 candidates per image, keep the highest cross-entropy of the
+    # prompted class), as a full run with GALOT basic's protocol.
+    "issue15": {"hard_select4": ["gal.epsilon=0.0", "gal.candidates=4", "gal.select_by=intended_loss"]},
 }
 
 
