@@ -30,14 +30,14 @@ def _pending(run: Path) -> int:
 
 
 def cmd_label_export(args: argparse.Namespace) -> int:
-    from galot_core import labels
+    from galot_core import label_files, labels
     from galot_core.io import atomic_write_text
 
     run = _run_folder(args.run)
     cycle = _pending(run)
     batch = labels.read_batch(run, cycle)
     answers = labels.read_answers(run, cycle)
-    text = labels.export_csv(batch, answers)
+    text = label_files.export_csv(batch, answers)
     if args.out == "-":
         sys.stdout.write(text)
         return 0
@@ -51,10 +51,10 @@ def cmd_label_export(args: argparse.Namespace) -> int:
 
 def cmd_label_import(args: argparse.Namespace) -> int:
     from galot.flows.labelling import resume_paused
-    from galot_core import labels
+    from galot_core import label_files
 
     run = _run_folder(args.run)
-    report = labels.import_csv(run, args.file)
+    report = label_files.import_csv(run, args.file)
     for line in report.lines():
         print(f"galot: {line}")
     if report.missing:

@@ -29,7 +29,7 @@ from typing import Any
 from prefect.input import RunInput
 from pydantic import Field
 
-from galot_core import labels
+from galot_core import label_files, labels
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_json, read_json
 from galot_core.runfolder import RUN_LOCK_ENV, RunFolder
@@ -82,7 +82,7 @@ def wait_for_labels(run_dir: Path, cycle: int, pause: bool) -> None:
         given = _pause(run_dir, cycle, attempt, waiting)
         if given:
             try:
-                report = labels.import_rows(run_dir, [("resume input", k, v) for k, v in given.items()], cycle)
+                report = label_files.import_rows(run_dir, [("resume input", k, v) for k, v in given.items()], cycle)
                 print(f"galot: {'; '.join(report.lines())}")
             except GalotError as e:  # a typo in the UI form: say so and wait again
                 print(f"galot: labels given when resuming were not used: {e}")

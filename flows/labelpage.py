@@ -132,85 +132,90 @@ class LabelServer:
         return self.state()
 
 
-def _handler(server: LabelServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "galot-label"
-        timeout = server.timeout_s  # StreamRequestHandler sets it on the socket: no half-open connection stays
+class _Handler(BaseHTTPRequestHandler):
+    """The page's HTTP requests, answered from one :class:`LabelServer`."""
 
-        def _body(self) -> dict[str, Any]:
-            """The request's JSON object, at most BODY_MAX bytes whatever Content-Length claims (-1, huge, junk)."""
-            length = (self.headers.get("Content-Length") or "0").strip()
-            if not _LENGTH.fullmatch(length) or int(length) > BODY_MAX:
-                raise BadRequest(f"Content-Length must be 0 to {BODY_MAX} bytes, got {show(length)}")
+    server_version = "galot-label"
+    label_server: LabelServer  # set by :func:`_handler`
+    timeout: float  # StreamRequestHandler sets it on the socket: no half-open connection stays
+
+    def _body(self) -> dict[str, Any]:
+        """The request's JSON object, at most BODY_MAX bytes whatever Content-Length claims (-1, huge, junk)."""
+        length = (self.headers.get("Content-Length") or "0").strip()
+        if not _LENGTH.fullmatch(length) or int(length) > BODY_MAX:
+            raise BadRequest(f"Content-Length must be 0 to {BODY_MAX} bytes, got {show(length)}")
+        try:
+            body = json.loads(self.rfile.read(int(length)) or b"{}")
+        except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
+            raise BadRequest("the body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise BadRequest(f"the body must be a JSON object, got {show(body)}")
+        return body
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+        pass  # one line per thumbnail is noise in the terminal that runs the experiment
+
+    def _host_ok(self) -> bool:
+        host = (self.headers.get("Host") or "").lower()
+        return host in (f"{HOST}:{self.label_server.port}", f"localhost:{self.label_server.port}")
+
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def do_GET(self) -> None:  # noqa: N802
+        if not self._host_ok():
+            return self._json(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
+        path = self.path.split("?", 1)[0]
+        if path == "/":
+            page = PAGE.replace("__TOKEN__", self.label_server.token).encode()
+            return self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+        if path == "/api/state":
             try:
-                body = json.loads(self.rfile.read(int(length)) or b"{}")
-            except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
-                raise BadRequest("the body must be a JSON object") from None
-            if not isinstance(body, dict):
-                raise BadRequest(f"the body must be a JSON object, got {show(body)}")
-            return body
+                return self._json(HTTPStatus.OK, self.label_server.state())
+            except GalotError as e:  # a damaged run folder: its one line, not a traceback
+                return self._json(HTTPStatus.CONFLICT, {"error": str(e)})
+        if path.startswith("/labels/") and path.endswith(".png"):
+            target = (self.label_server.run_dir / path.lstrip("/")).resolve()
+            root = labels.labels_dir(self.label_server.run_dir).resolve()
+            if target.is_relative_to(root) and target.is_file():
+                return self._send(HTTPStatus.OK, target.read_bytes(), "image/png")
+        return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
-            pass  # one line per thumbnail is noise in the terminal that runs the experiment
-
-        def _host_ok(self) -> bool:
-            host = (self.headers.get("Host") or "").lower()
-            return host in (f"{HOST}:{server.port}", f"localhost:{server.port}")
-
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, obj: Any) -> None:
-            self._send(status, json.dumps(obj).encode(), "application/json")
-
-        def do_GET(self) -> None:  # noqa: N802
-            if not self._host_ok():
-                return self._json(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
-            path = self.path.split("?", 1)[0]
-            if path == "/":
-                page = PAGE.replace("__TOKEN__", server.token).encode()
-                return self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
-            if path == "/api/state":
-                try:
-                    return self._json(HTTPStatus.OK, server.state())
-                except GalotError as e:  # a damaged run folder: its one line, not a traceback
-                    return self._json(HTTPStatus.CONFLICT, {"error": str(e)})
-            if path.startswith("/labels/") and path.endswith(".png"):
-                target = (server.run_dir / path.lstrip("/")).resolve()
-                root = labels.labels_dir(server.run_dir).resolve()
-                if target.is_relative_to(root) and target.is_file():
-                    return self._send(HTTPStatus.OK, target.read_bytes(), "image/png")
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._host_ok() or self.headers.get("X-Galot-Token") != self.label_server.token:
+            return self._json(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token; reload the page"})
+        actions = {"/api/label": self.label_server.label, "/api/undo": self.label_server.undo, "/api/done": self.label_server.done}
+        action = actions.get(self.path)
+        if action is None:
             return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
-
-        def do_POST(self) -> None:  # noqa: N802
-            if not self._host_ok() or self.headers.get("X-Galot-Token") != server.token:
-                return self._json(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token; reload the page"})
-            actions = {"/api/label": server.label, "/api/undo": server.undo, "/api/done": server.done}
-            action = actions.get(self.path)
-            if action is None:
-                return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+        try:
+            body = self._body()
+            return self._json(HTTPStatus.OK, action(body))
+        except BadRequest as e:
+            self.close_connection = True  # the body may not have been read
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+        except GalotError as e:
             try:
-                body = self._body()
-                return self._json(HTTPStatus.OK, action(body))
-            except BadRequest as e:
-                self.close_connection = True  # the body may not have been read
-                return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
-            except GalotError as e:
-                try:
-                    state = server.state()
-                except GalotError:
-                    state = None
-                return self._json(HTTPStatus.CONFLICT, {"error": str(e), "state": state})
-            except OSError:  # TimeoutError included: the client stopped sending; drop the connection
-                self.close_connection = True
+                state = self.label_server.state()
+            except GalotError:
+                state = None
+            return self._json(HTTPStatus.CONFLICT, {"error": str(e), "state": state})
+        except OSError:  # TimeoutError included: the client stopped sending; drop the connection
+            self.close_connection = True
 
-    return Handler
+
+def _handler(server: LabelServer) -> type[BaseHTTPRequestHandler]:
+    """http.server's handler class, bound to ``server`` (it builds one handler per request)."""
+    return type("Handler", (_Handler,), {"label_server": server, "timeout": server.timeout_s})
 
 
 PAGE = r"""<!doctype html>

@@ -17,7 +17,7 @@ from galot_core.config import ARCHITECTURES, show
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_bytes, safetensors_bytes, safetensors_metadata
 from galot_core.models import Classifier, LossPredictionHead, build_model
-from galot_core.runfolder import CLASSES_MAX
+from galot_core.runfolder.checks import CLASSES_MAX
 
 
 def save_classifier(model: Classifier, path: str | os.PathLike, *, arch: str, in_channels: int,

@@ -45,7 +45,8 @@ from galot_core.data import Dataset
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_bytes, atomic_write_json
 from galot_core.config import show
-from galot_core.runfolder import RunFolder, bad_file, check_pool, read_checked_json
+from galot_core.runfolder import RunFolder
+from galot_core.runfolder.checks import bad_file, check_pool, read_checked_json
 
 FORMAT = "galot-dataset/2"  # 2: WebDataset shards; 1: PNGs + one manifest.jsonl (still read)
 _READABLE = (FORMAT, "galot-dataset/1")

@@ -9,6 +9,7 @@ parameter and ``dvc exp run -S``: they apply to the parsed file, or to a :class:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,18 @@ def parse_yaml(text: str, source: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise GalotError(f"{source}: not valid YAML{where}; fix the syntax") from None
+
+
+def parse_json(text: str, source: str) -> Any:
+    """``text`` parsed as JSON (a run's config.json given as --params reproduces that run's settings;
+    as YAML, ``1e-06`` would be a string); a mistake is one :class:`GalotError` line."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise GalotError(f"{source}: JSON nested too deeply; parameters are section.key: value") from None
+    except ValueError as e:
+        where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise GalotError(f"{source}: not valid JSON{where}; fix the syntax") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -107,5 +120,5 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
             from None
     if len(data) > PARAMS_MAX_BYTES:
         raise GalotError(f"{path}: larger than {PARAMS_MAX_BYTES >> 20} MiB; a parameters file is a few KB")
-    raw = parse_yaml(text, str(path)) or {}
+    raw = (parse_json(text, str(path)) if path.suffix == ".json" else parse_yaml(text, str(path))) or {}
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))

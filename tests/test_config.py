@@ -93,3 +93,17 @@ def test_params_yaml_is_the_schema_defaults_plus_the_embedded_preset():
     defaults, preset = Config().to_dict(), load_config("params.yaml").to_dict()
     changed = {(s, k): preset[s][k] for s in defaults for k in defaults[s] if preset[s][k] != defaults[s][k]}
     assert changed == EMBEDDED_PRESET
+
+
+def test_a_runs_config_json_is_accepted_as_params(tmp_path):
+    """A run's config.json reproduces its settings as --params, numbers like 1e-06 included (as YAML
+    1.1, ``1e-06`` would be the string '1e-06')."""
+    import json
+
+    cfg = load_config("params.yaml", ["gal.epsilon=0.3"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert "1e-06" in path.read_text() and load_config(path) == cfg
+    path.write_text('{"gal": {"epsilon": 0.1,}}')
+    with pytest.raises(GalotError, match=r"config.json: not valid JSON at line 1; fix the syntax$"):
+        load_config(path)

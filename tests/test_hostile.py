@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from galot_core import labels, synthetic
+from galot_core import label_files, labels, synthetic
 from galot_core.config import Config, config_from_dict
 from galot_core.config_errors import field_spec
 from galot_core.errors import GalotError
@@ -466,7 +466,7 @@ def test_label_import_prints_at_most_a_screenful_of_problems(tmp_path):
     r = galot("label", "import", str(run), str(path), budget_mb=200, timeout=120)
     lines = r.err.splitlines()
     assert r.code == 2 and "Traceback" not in r.err
-    assert len(lines) == labels.PROBLEMS_SHOWN + 2 and len(r.err) < 10_000
+    assert len(lines) == label_files.PROBLEMS_SHOWN + 2 and len(r.err) < 10_000
     assert "… and 499980 more problems" in lines[-2] and "nothing imported (500000 problems)" in lines[-1]
     assert snapshot(run) == before
 
@@ -482,8 +482,8 @@ def test_label_csv_round_trip_with_hostile_names(tmp_path, capsys):
     assert r.code == 0, r.err
     rows = list(csv.reader(io.StringIO(r.out)))
     for row in rows[1:]:
-        assert not any(cell.startswith(labels.FORMULA_START) for cell in row), row  # nothing a spreadsheet runs
-    assert [labels.unescape_cell(row[0]) for row in rows[1:]] == HOSTILE_NAMES
+        assert not any(cell.startswith(label_files.FORMULA_START) for cell in row), row  # nothing a spreadsheet runs
+    assert [label_files.unescape_cell(row[0]) for row in rows[1:]] == HOSTILE_NAMES
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(rows[0])
@@ -499,9 +499,9 @@ def test_label_csv_round_trip_with_hostile_names(tmp_path, capsys):
 
 @pytest.mark.parametrize("text", ["=1+2", "+x", "-x", "@x", "\tx", "\rx", "'x", "''", "'=x", "x", "", "'"])
 def test_escape_then_unescape_is_the_identity(text):
-    escaped = labels.escape_cell(text)
-    assert labels.unescape_cell(escaped) == text
-    assert not escaped.startswith(labels.FORMULA_START)
+    escaped = label_files.escape_cell(text)
+    assert label_files.unescape_cell(escaped) == text
+    assert not escaped.startswith(label_files.FORMULA_START)
 
 
 # ----- 4b. the labelling page: bounded bodies, timeouts, 400 for bad types ------------------------
@@ -603,7 +603,7 @@ def _give_all(run: str, indices: list[int], barrier) -> None:
     barrier.wait()
     for i in indices:
         if i % 2:
-            labels.import_rows(run, [(f"row {i}", f"img{i}.png", CLASSES[i % 2])], 1)
+            label_files.import_rows(run, [(f"row {i}", f"img{i}.png", CLASSES[i % 2])], 1)
         else:
             labels.give(run, batch, i, CLASSES[i % 2])
 
