@@ -245,7 +245,7 @@ class RunFolder:
         path = self.embeddings_path(cycle)
         return checked_tensors(path, ("s_star", "s", "epsilon")) if path.exists() else None
 
-    def embeddingsheader_unet_calls(self, cycle: int) -> int | None:
+    def embeddings_calls(self, cycle: int) -> int | None:
         path = self.embeddings_path(cycle)
         return header_unet_calls(path) if path.exists() else None
 
@@ -280,11 +280,11 @@ class RunFolder:
         folder = self.synthetic_dir(cycle)
         return sorted(folder.glob(".part-*.json")) if folder.exists() else []
 
-    def read_generateheader_unet_calls(self, cycle: int) -> int | None:
+    def read_generate_calls(self, cycle: int) -> int | None:
         path = self.generate_calls_path(cycle)
         return int(read_json(path)["unet_calls"]) if path.exists() else None
 
-    def write_generateheader_unet_calls(self, cycle: int, calls: int) -> None:
+    def write_generate_calls(self, cycle: int, calls: int) -> None:
         atomic_write_json(self.generate_calls_path(cycle), {"unet_calls": calls})
 
     def read_selection(self, cycle: int) -> dict[str, Any] | None:
