@@ -750,12 +750,27 @@ def variants() -> list[str]:
     return lines
 
 
+def refactor_identity() -> list[str]:
+    """Issue 17's before/after check on a real embedded run (benchmarks/compare_runs.py)."""
+    path = ROOT / "benchmarks" / "results" / "refactor_identity_fashion.txt"
+    if not path.exists():
+        return []
+    return ["## Before and after the one-driver refactoring", "",
+            "The Fashion study's `galot-s2` run (GALOT, TextOpt on from cycle 2; made by the code before the "
+            "refactoring, 05b98c5) against the same parameters run for three cycles by the refactored code "
+            "(one driver, run-folder module, pydantic schema; commit 19d21c9), same galot-mini, one torch thread: "
+            "`python benchmarks/compare_runs.py OLD_RUN NEW_RUN --cycles 3` printed", "", "```",
+            path.read_text().rstrip(), "```", "",
+            "The suite checks the same on a tiny model every run (tests/test_cycle.py, two cycles with TextOpt, "
+            "diversity, candidates and the judge against b1b94f3's code).", ""]
+
+
 def main() -> None:
     FIGS.mkdir(parents=True, exist_ok=True)
     data = json.loads(PSEUDO.read_text()) if PSEUDO.exists() else None
     effect = json.loads(EFFECT.read_text()) if EFFECT.exists() else None
     lines = [*header(), *side_by_side(), *claims(data), *table1(), *fig3(), *table2(), *fig4(data),
-             *textopt_effect(effect), *ablations(), *cost(), *fashion(), *variants()]
+             *textopt_effect(effect), *ablations(), *cost(), *fashion(), *variants(), *refactor_identity()]
     DOC.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOC} and {len(list(FIGS.glob('*.png')))} plots in {FIGS}")
 
