@@ -685,16 +685,19 @@ def hard_positives() -> list[str]:
     """Issue 15's full runs: the best one-cycle probe arm against GALOT basic, against the issue's goal."""
     if not load(HARD):
         return []
-    # step seconds recorded in each cycle's metrics (a run finalised by a second study.py call has a
-    # meaningless wall_seconds)
-    wall = {k: stat([sum(sum((r.get("seconds") or {}).values()) for r in run["cycles"]) for run in load(k)])
-            for k in (HARD, BASIC)}
+    def per_run(key: Key, field: str) -> Stat | None:
+        """A per-step dict of every cycle (seconds, UNet calls) summed over the run, as a Stat over seeds."""
+        return stat([sum(sum((r.get(field) or {}).values()) for r in run["cycles"]) for run in load(key)])
+
+    # The steps' seconds, not wall_seconds: a run finalised by a second study.py call has a meaningless one.
+    wall = {k: per_run(k, "seconds") for k in (HARD, BASIC)}
+    calls = {k: per_run(k, "unet_calls") for k in (HARD, BASIC)}
     judged = {k: acc(k, field="judged_accuracy") for k in (HARD, BASIC)}
-    calls = {k: stat([sum(sum((r.get("unet_calls") or {}).values()) for r in run["cycles"]) for run in load(k)])
-             for k in (HARD, BASIC)}
     d = diff(acc(HARD), acc(BASIC))
     text, every = per_budget(HARD, BASIC)
-    goal = d is not None and d.n >= len(W.seeds) and d.mean >= 0.025 and d.mean > 2 * d.sem
+    # The goal's time bound is checked on UNet calls: the seconds depend on what else ran on the machine.
+    goal = (d is not None and d.n >= len(W.seeds) and d.mean >= 0.025 and d.mean > 2 * d.sem and judged[HARD]
+            and judged[HARD].mean >= 0.98 and calls[HARD] and calls[HARD].mean <= 1.5 * calls[BASIC].mean)
     return ["## Fashion: hard positives, full runs (issue 15)", "",
             "The best arm of the one-cycle probes on the validation split (section \"Generated images that teach\" "
             "below): GALOT basic's protocol with `gal.candidates: 4`, `gal.select_by: intended_loss` (generate 4 "
@@ -710,8 +713,8 @@ def hard_positives() -> list[str]:
             "jobs, so this overstates the ratio), and UNet calls per run (load-independent): "
             f"{calls[HARD].mean:.0f} against {calls[BASIC].mean:.0f} ({calls[HARD].mean / calls[BASIC].mean:.1f}×)."
             if wall[HARD] and wall[BASIC] else "- Wall time: pending.",
-            f"- Issue 15's goal (≥ 2.5 pp over basic by more than 2 combined SEM, judged ≥ 98 %, ≤ 1.5× the wall "
-            f"time): **{'met' if goal and judged[HARD] and judged[HARD].mean >= 0.98 else 'not met'}**.", ""]
+            f"- Issue 15's goal (≥ 2.5 pp over basic by more than 2 combined SEM, judged ≥ 98 %, ≤ 1.5× the cost, "
+            f"here in UNet calls): **{'met' if goal else 'not met'}**.", ""]
 
 
 def variants() -> list[str]:

@@ -123,7 +123,8 @@ def cas(t2i, s_star, judge, d, cfg) -> dict:
     pre = preprocess_for(d)
     sizes = [n for n in (1000, 5000) if n <= len(d.pool)] or [len(d.pool)]
     sizes += [len(d.pool)] if len(d.pool) < 5000 else []
-    out: dict = {"steps": cfg.t2i.steps, "guidance": cfg.t2i.guidance_scale, "train": cfg.train.model_dump(mode="json"), "rows": []}
+    out: dict = {"steps": cfg.t2i.steps, "guidance": cfg.t2i.guidance_scale, "train": cfg.train.model_dump(mode="json"),
+                 "rows": []}
     gen_all, gen_labels = generate_per_class(t2i, s_star, max(sizes) // d.num_classes, 3, cfg.t2i.steps,
                                              cfg.t2i.guidance_scale)
     gen_all = resize_uint8(to_uint8(gen_all), d.image_size, d.channels)  # what a PNG on disk gives training

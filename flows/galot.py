@@ -34,7 +34,7 @@ from prefect import flow
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from galot_core.config import ARCHITECTURES, Config
+from galot_core.config import ARCHITECTURES, Config, RunnerConfig
 from galot_core.params_file import load_config, with_overrides
 from galot_core.context import Context, describe
 from galot_core.cycle import next_cycle, run_cycle
@@ -114,7 +114,7 @@ _NO_DASK = ("runner.task_runner: dask needs the prefect-dask package; pip instal
             "or use runner.task_runner: thread")
 
 
-def _local_cluster_kwargs(runner) -> dict[str, Any]:
+def _local_cluster_kwargs(runner: RunnerConfig) -> dict[str, Any]:
     """A local cluster of single-threaded worker processes: runner.dask_workers, 0 = one per visible GPU."""
     import torch
 

@@ -11,8 +11,8 @@ Their default parameters are the experiment's :class:`~galot_core.config.Config`
 here (``params.yaml`` with the ``--set`` overrides, validated once): the Prefect UI shows it as
 a form, one field per key, and a run can change any of them there, or with
 ``prefect deployment run galot/cycle -p overrides='["gal.epsilon=0.1"]'``. The values are those
-of ``params.yaml`` when ``galot serve`` started: restart it after editing the file. ``galot/cycle`` and ``galot-run/run`` pause for labels
-(``pause_for_labels: true``) in human-oracle experiments: the flow run waits, *Paused*, until
+of ``params.yaml`` when ``galot serve`` started: restart it after editing the file.
+``galot/cycle`` and ``galot-run/run`` pause for labels (``pause_for_labels: true``) in human-oracle experiments: the flow run waits, *Paused*, until
 the batch is labelled with ``galot label serve`` (whose done button resumes it) or the
 run is resumed from the UI with the labels as input.
 """

@@ -22,11 +22,10 @@ e.g. ``params.yaml: al.strategy must be one of [...], got 'Margin'``.
 from __future__ import annotations
 
 import reprlib
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from galot_core.config_errors import one_line
 from galot_core.errors import GalotError
@@ -69,29 +68,21 @@ def _field(default: Any, *, min: float | None = None, max: float | None = None, 
 
 class _Section(BaseModel):
     """One section of params.yaml: immutable, no unknown keys, no silent type conversion (``"10"``
-    is not an integer, ``true`` is not a number), finite numbers only. A list is accepted for a
-    tuple (YAML and JSON have no tuples), as is one bare value."""
+    is not an integer, ``true`` is not a number), finite numbers only."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _lists_are_tuples(cls, value: Any, info: Any) -> Any:
-        if typing.get_origin(_without_none(cls.model_fields[info.field_name].annotation)) is not tuple or value is None:
-            return value
-        value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        if not value:
-            raise ValueError("must list at least one value")
-        return value
+
+def _as_tuple(value: Any) -> Any:
+    """YAML and JSON have no tuples: a list, or one bare value, stands for one; never an empty one."""
+    value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not value:
+        raise ValueError("must list at least one value")
+    return value
 
 
-def _without_none(tp: Any) -> Any:
-    """``X | None`` → ``X``; any other type as it is."""
-    args = typing.get_args(tp)
-    if type(None) in args and typing.get_origin(tp) is not Literal:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0] if len(rest) == 1 else tp
-    return tp
+# A tuple key (class names, architectures, strategies) as params.yaml writes it: see _as_tuple.
+_LIST = BeforeValidator(_as_tuple)
 
 
 # Values echoed in error messages are shortened: a params file must never make galot print
@@ -124,9 +115,10 @@ class ExperimentConfig(_Section):
     mode: Literal[MODES] = _field("al+gal", help="al: real labels only; gal: generated only; al+gal: GALOT")
     cycles: int = _field(10, min=1, max=10_000, help="N, active-learning cycles",
                          why="one folder and one classifier per cycle")
-    oracle: Literal[ORACLES] = _field("simulated",
-                         help="simulated: labels read from the dataset (benchmarks); human: a person labels each "
-                              "selected batch (`galot label serve|import`), the run stops until they are given")
+    oracle: Literal[ORACLES] = _field(
+        "simulated",
+        help="simulated: labels read from the dataset (benchmarks); human: a person labels each "
+             "selected batch (`galot label serve|import`), the run stops until they are given")
     judge: str | None = _field(None, help="fully-supervised classifier (safetensors) that judges pseudo-labels; "
                                           "written by `galot prepare`, skipped when the file is absent")
 
@@ -134,7 +126,7 @@ class ExperimentConfig(_Section):
 class DataConfig(_Section):
     dataset: Literal[DATASETS] = _field("mnist5k")
     root: str = _field("data", help="dataset folder (fashion_mnist: its IDX files, else Debian's copy; cifar/tinyimagenet/imagefolder/folder)")
-    classes: tuple[str, ...] | None = _field(None, help="folder: the class names (words put into prompts)")
+    classes: Annotated[tuple[str, ...], _LIST] | None = _field(None, help="folder: the class names (words put into prompts)")
     test_root: str | None = _field(None, help="folder: optional labelled test set, one sub-folder per class "
                                               "named like data.classes; without it test accuracy is not computed")
     download: bool = _field(False, help="allow torchvision to download CIFAR (needs network)")
@@ -142,8 +134,9 @@ class DataConfig(_Section):
                                     why="every image is held in memory at this size")
     class_names_file: str | None = _field(None, help="imagefolder: folder name -> class name mapping")
     test_fraction: float = _field(0.2, min=0.0, max=0.9, min_exclusive=True)
-    on_bad_image: Literal["skip", "fail"] = _field("skip",
-                               help="an image that cannot be decoded (or is larger than data.max_pixels): skip it with a warning, or fail")
+    on_bad_image: Literal["skip", "fail"] = _field(
+        "skip",
+        help="an image that cannot be decoded (or is larger than data.max_pixels): skip it with a warning, or fail")
     max_pixels: int = _field(DEFAULT_MAX_PIXELS, min=64, max=2**28,
                              help="largest image (width × height) decoded; a larger one is a bad image "
                                   "(data.on_bad_image)",
@@ -163,8 +156,9 @@ class GALConfig(_Section):
     template: str = _field("a realistic photo of a {label}", help="prompt template τ with {label}")
     epsilon: float = _field(0.5, min=0.0, max=1e6, help="ε (final value of the schedule)",
                             why="far beyond any text embedding's norm")
-    epsilon_schedule: Literal["linear", "constant"] = _field("linear",
-                                   help="linear: ε·(c-1)/(N-1) in cycle c, as linear(0, ε) in Table 8")
+    epsilon_schedule: Literal["linear", "constant"] = _field(
+        "linear",
+        help="linear: ε·(c-1)/(N-1) in cycle c, as linear(0, ε) in Table 8")
     epsilon_relative: bool = _field(False, help="ε as a fraction of ||s*||₂ instead of absolute")
     alpha_ratio: float = _field(0.2, min=0.0, min_exclusive=True, max=100.0, help="α = alpha_ratio·ε (Table 8: ε/5)",
                                 why="a step of 100ε leaves the ε-ball at once")
@@ -172,17 +166,19 @@ class GALConfig(_Section):
     samples: int = _field(6, min=1, max=4096, help="k, images per gradient estimate",
                          why="k images are denoised at every PGD step")
     step_rule: Literal["sign", "l2"] = _field("sign", help="sign: Eq. 5; l2: the authors' code")
-    estimator: Literal["last_step", "full", "tweedie", "last_m"] = _field("last_step",
-                            help="gradient through the last step (Prop. 1), all steps, or one x0 prediction")
+    estimator: Literal["last_step", "full", "tweedie", "last_m"] = _field(
+        "last_step",
+        help="gradient through the last step (Prop. 1), all steps, or one x0 prediction")
     momentum: float = _field(0.0, min=0.0, max=0.99, help="heavy-ball momentum across PGD steps (0 = paper)")
     common_noise: bool = _field(False, help="same k noise samples at every PGD step (common random numbers)")
     budget_factor: float = _field(1.0, min=0.0, max=1000.0, help="B_GAL = budget_factor·|L| (gal mode: ·B_AL·c)",
                                   why="every generated image is kept on disk")
     accumulate: bool = _field(False, help="keep earlier cycles' synthetic images in training")
     # Beyond the paper (issue 15; docs/results.md "Generated images that teach"). Defaults = the paper.
-    step_scale: Literal["paper", "ball"] = _field("paper",
-                             help="paper: α = alpha_ratio·ε per coordinate (a sign step then has L2 norm α·√D and "
-                                  "leaves the ball); ball: α = alpha_ratio·ε in L2 norm (sign steps of α/√D)")
+    step_scale: Literal["paper", "ball"] = _field(
+        "paper",
+        help="paper: α = alpha_ratio·ε per coordinate (a sign step then has L2 norm α·√D and "
+             "leaves the ball); ball: α = alpha_ratio·ε in L2 norm (sign steps of α/√D)")
     diversity: float = _field(0.0, min=0.0, max=2.0,
                               help="per-image embedding offset, a random direction of this length relative to "
                                    "‖s*‖ (0 = every image of a class from the same embedding, as the paper)")
@@ -192,13 +188,15 @@ class GALConfig(_Section):
     candidates: int = _field(1, min=1, max=32, help="m: generate m·B_GAL candidates and keep the B_GAL the classifier "
                                                     "is least sure of by σ_GAL (1 = keep all, as the paper)",
                              why="each candidate costs a full generation")
-    select_by: Literal["sigma", "intended_loss"] = _field("sigma",
-                            help="which candidates to keep: sigma: the highest σ_GAL (uncertain between any classes); "
-                                 "intended_loss: the highest cross-entropy of their prompted class (hard positives, "
-                                 "as online hard example mining, Shrivastava et al., CVPR 2016)")
-    label_check: Literal["none", "diffusion"] = _field("none",
-                              help="diffusion: drop generated images that the T2I model itself, as a zero-shot "
-                                   "classifier (Diffusion Classifier), does not put in their prompted class")
+    select_by: Literal["sigma", "intended_loss"] = _field(
+        "sigma",
+        help="which candidates to keep: sigma: the highest σ_GAL (uncertain between any classes); "
+             "intended_loss: the highest cross-entropy of their prompted class (hard positives, "
+             "as online hard example mining, Shrivastava et al., CVPR 2016)")
+    label_check: Literal["none", "diffusion"] = _field(
+        "none",
+        help="diffusion: drop generated images that the T2I model itself, as a zero-shot "
+             "classifier (Diffusion Classifier), does not put in their prompted class")
 
 
 class T2IConfig(_Section):
@@ -206,8 +204,9 @@ class T2IConfig(_Section):
     steps: int = _field(10, min=1, max=10_000, help="denoising steps T", why="schedulers train on 1,000 timesteps")
     guidance_scale: float = _field(3.0, min=0.0, max=1000.0, why="far beyond any useful guidance (1–20)")
     timestep_spacing: Literal[None, "leading", "trailing", "linspace"] = _field("trailing")
-    scheduler: Literal[None, "ddim", "dpm++", "euler", "unipc"] = _field(None,
-                                   help="null: the model folder's scheduler; else this one on its noise schedule")
+    scheduler: Literal[None, "ddim", "dpm++", "euler", "unipc"] = _field(
+        None,
+        help="null: the model folder's scheduler; else this one on its noise schedule")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = _field("auto")
     device: str = _field("auto")
     batch_size: int = _field(100, min=1, max=_BATCH_MAX, help="images per generation batch (halved on out-of-memory)",
@@ -215,8 +214,9 @@ class T2IConfig(_Section):
     allow_download: bool = _field(False, help="fetch t2i.model from the Hugging Face hub if it is not local")
     revision: str = _field("", help="hub revision to pin (branch, tag or commit); empty = the default branch")
     variant: str = _field("", help="weight variant on the hub/in the folder, e.g. fp16; empty = the default weights")
-    text_encoder_dtype: Literal["fp32", "fp16", "bf16"] = _field("fp32",
-                                     help="bf16 halves the text encoders' memory (T5-XXL: 9.5 GB in fp32)")
+    text_encoder_dtype: Literal["fp32", "fp16", "bf16"] = _field(
+        "fp32",
+        help="bf16 halves the text encoders' memory (T5-XXL: 9.5 GB in fp32)")
     resolution: int | None = _field(None, min=8, max=4096,
                                     help="image height = width in pixels; null = the model's default",
                                     why="no text-to-image model generates larger images")
@@ -238,10 +238,11 @@ class TrainConfig(_Section):
     lr: float = _field(0.01, min=0.0, min_exclusive=True, max=_LR_MAX, why="larger rates diverge")
     momentum: float = _field(0.9, min=0.0, max=1.0)
     weight_decay: float = _field(5e-4, min=0.0, max=1.0, why="a decay of 1 zeroes the weights every step")
-    augment: Literal["auto", "none", "crop", "crop+flip"] = _field("auto",
-                          help="auto: crop+flip for natural images, crop for digits and for your own "
-                               "imagefolder/folder images (a flip may change their class; set crop+flip "
-                               "if mirrored images keep their class)")
+    augment: Literal["auto", "none", "crop", "crop+flip"] = _field(
+        "auto",
+        help="auto: crop+flip for natural images, crop for digits and for your own "
+             "imagefolder/folder images (a flip may change their class; set crop+flip "
+             "if mirrored images keep their class)")
     device: str = _field("auto")
     eval_batch_size: int = _field(512, min=1, max=_BATCH_MAX, why="more than any accelerator holds")
 
@@ -266,7 +267,7 @@ class PretrainConfig(_Section):
 class TransferConfig(_Section):
     """Other architectures trained on a finished experiment's data (paper Table 2), no generation."""
 
-    archs: tuple[Literal[ARCHITECTURES], ...] = _field(("vgg16", "densenet121", "mobilenet_v2"))
+    archs: Annotated[tuple[Literal[ARCHITECTURES], ...], _LIST] = _field(("vgg16", "densenet121", "mobilenet_v2"))
     epochs: int = _field(40, min=1, max=100_000, why="epochs over the cached dataset")
     min_steps: int = _field(300, min=0, max=_STEPS_MAX, why="days of training")
     lr: float = _field(0.01, min=0.0, min_exclusive=True, max=_LR_MAX, why="larger rates diverge")
@@ -276,7 +277,7 @@ class TransferConfig(_Section):
 class BaselinesConfig(_Section):
     """AL-only runs with the same budgets, for comparison (DVC stage ``baselines``, ``galot report``)."""
 
-    strategies: tuple[Literal[AL_STRATEGIES], ...] = _field(("RandomSampling", "EntropySampling", "MarginSampling"))
+    strategies: Annotated[tuple[Literal[AL_STRATEGIES], ...], _LIST] = _field(("RandomSampling", "EntropySampling", "MarginSampling"))
 
 
 class TrackingConfig(_Section):
@@ -289,8 +290,9 @@ class TrackingConfig(_Section):
 class RunnerConfig(_Section):
     """Where the diffusion-model work runs; never changes what is computed (same images, same manifest)."""
 
-    task_runner: Literal["thread", "dask"] = _field("thread",
-                              help="thread: this process; dask: prefect-dask's DaskTaskRunner")
+    task_runner: Literal["thread", "dask"] = _field(
+        "thread",
+        help="thread: this process; dask: prefect-dask's DaskTaskRunner")
     dask_address: str | None = _field(None, help="an existing Dask scheduler (tcp://host:8786); "
                                                  "unset: a local cluster of dask_workers processes")
     dask_workers: int = _field(0, min=0, max=_WORKERS_MAX,

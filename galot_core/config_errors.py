@@ -9,7 +9,7 @@ key's declaration back (:func:`field_spec`) for that and for the tests.
 from __future__ import annotations
 
 import typing
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from annotated_types import Ge, Gt, Le
 from pydantic import ValidationError
@@ -30,12 +30,15 @@ class FieldSpec(NamedTuple):
 
 def field_spec(section: str, key: str) -> FieldSpec:
     """The schema entry of ``section.key`` (read from the pydantic model, the one declaration)."""
-    from galot_core.config import Config, _without_none
+    from galot_core.config import Config
 
     info = Config.model_fields[section].annotation.model_fields[key]
     tp = info.annotation
-    optional = type(None) in typing.get_args(tp)
-    tp = _without_none(tp)
+    optional = typing.get_origin(tp) is not Literal and type(None) in typing.get_args(tp)  # X | None
+    if optional:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is Annotated:  # a tuple key: Annotated[tuple[...], its list validator]
+        tp = typing.get_args(tp)[0]
     kind, choices = tp, None
     if typing.get_origin(tp) is tuple:
         kind, tp = tuple, typing.get_args(tp)[0]

@@ -81,7 +81,8 @@ def _get_or_create_experiment(client, name: str) -> str:
 
 
 def _flatten(cfg: Config) -> dict[str, str]:
-    return {f"{section}.{key}": str(value) for section, values in cfg.to_dict().items() for key, value in values.items()}
+    return {f"{section}.{key}": str(value) for section, values in cfg.to_dict().items()
+            for key, value in values.items()}
 
 
 def cycle_metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -198,7 +199,8 @@ def log_model(cfg: Config, client, run_id: str, run_dir: Path) -> str | None:
 
 def finish_experiment(cfg: Config, status: str) -> str | None:
     """End the experiment's MLflow run with ``status``; on FINISHED first log its classifier as a model."""
-    path = RunFolder(cfg.run_dir).tracking_path
+    run = RunFolder(cfg.run_dir)
+    path = run.tracking_path
     everything = read_json(path) if path.exists() else {}
     state = everything.get(redacted(tracking_uri()), {})
     if not state.get("run_id"):
@@ -207,7 +209,7 @@ def finish_experiment(cfg: Config, status: str) -> str | None:
 
     client = MlflowClient(tracking_uri=tracking_uri())
     run_id = state["run_id"]
-    weights = RunFolder(cfg.run_dir).classifier_path
+    weights = run.classifier_path
     if status == "FINISHED" and weights.exists() and \
             state.get("model_sha256") != hashlib.sha256(weights.read_bytes()).hexdigest():
         state["model_sha256"] = log_model(cfg, client, run_id, cfg.run_dir)

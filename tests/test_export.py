@@ -70,14 +70,21 @@ def test_format_1_shards_still_read(finished, tiny_digits, tmp_path):
     assert export.read_shard(old) == export.read_shard(cfg.run_dir / "dataset/synthetic/cycle_002.tar")
 
 
-def rewrite_shard(finished, tmp_path, change):
-    """A copy of the run's exported dataset whose cycle-2 shard holds ``change(name, data)`` per member."""
-    import io
+def copy_dataset(finished, tmp_path):
+    """A copy of the finished run's exported dataset, to damage."""
     import shutil
 
     cfg, _ = finished
     copy = tmp_path / "dataset"
     shutil.copytree(cfg.run_dir / "dataset", copy)
+    return copy
+
+
+def rewrite_shard(finished, tmp_path, change):
+    """A copy of the run's exported dataset whose cycle-2 shard holds ``change(name, data)`` per member."""
+    import io
+
+    copy = copy_dataset(finished, tmp_path)
     shard = copy / "synthetic/cycle_002.tar"
     with tarfile.open(shard) as tar:
         files = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -124,11 +131,7 @@ def test_missing_export_is_one_clear_error(tmp_path, tiny_digits):
 ])
 def test_damaged_real_selections_are_one_line_naming_the_field(finished, tiny_digits, tmp_path, field, value, says):
     """real.json is read back like pool.json: indices inside the pool, labels among the classes."""
-    import shutil
-
-    cfg, _ = finished
-    copy = tmp_path / "dataset"
-    shutil.copytree(cfg.run_dir / "dataset", copy)
+    copy = copy_dataset(finished, tmp_path)
     real = json.loads((copy / "real.json").read_text())
     real.update({"labelled": real["labelled"][:2], "labels": real["labels"][:2], "cycles": real["cycles"][:2]})
     real[field] = value
