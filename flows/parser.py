@@ -97,6 +97,11 @@ def _add_init(sub: argparse._SubParsersAction) -> None:
     ip.add_argument("dir", nargs="?", default=".", metavar="DIR")
     ip.add_argument("--dvc", action="store_true", help="also create .dvc/ (dvc init; --no-scm outside a git repo)")
     ip.add_argument("--force", action="store_true", help="overwrite an existing params.yaml / dvc.yaml")
+    ip.add_argument("--preset", metavar="FAMILY",
+                    help="a text-to-image family's settings (sd, sdxl, flux, sd3, flux2, zimage; README, 'Supported "
+                         "text-to-image models'): steps, guidance, dtype, scheduler, estimator, ε, and t2i.model")
+    ip.add_argument("--model", metavar="ID_OR_FOLDER", help="with --preset: t2i.model (default: the preset's "
+                                                            "example hub id)")
     ip.set_defaults(fn=project.cmd_init)
 
 

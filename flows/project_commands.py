@@ -57,6 +57,18 @@ def starter_dvc_yaml(text: str) -> str:
                    if not (line.strip() == "deps:" and not lines[i + 1].lstrip().startswith("- ")))
 
 
+def _with_preset(params: str, family: str, model: str | None) -> str:
+    """The starter params.yaml with ``family``'s preset and ``t2i.model`` (a hub id may be downloaded)."""
+    from galot_core.params_file import set_in_text
+    from galot_core.t2i.presets import PRESETS, preset_settings
+
+    if family not in PRESETS:
+        raise GalotError(f"--preset: {family!r} is not a model family; use one of {', '.join(PRESETS)}")
+    model = model or PRESETS[family].example
+    local = Path(model).expanduser().exists()
+    return set_in_text(params, {**preset_settings(family), "t2i.model": model, "t2i.allow_download": not local})
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
@@ -66,7 +78,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     if folder.exists() and not folder.is_dir():
         raise GalotError(f"DIR: '{folder}' is a file; give a folder (created if missing)")
     templates = files("galot") / "templates"
-    wanted = {"params.yaml": templates.joinpath("params.yaml").read_text(encoding="utf-8"),
+    params = templates.joinpath("params.yaml").read_text(encoding="utf-8")
+    if args.preset is not None:
+        params = _with_preset(params, args.preset, args.model)
+    elif args.model is not None:
+        raise GalotError("--model: only with --preset FAMILY (the model's settings); or set t2i.model in params.yaml")
+    wanted = {"params.yaml": params,
               "dvc.yaml": starter_dvc_yaml(templates.joinpath("dvc.yaml").read_text(encoding="utf-8"))}
     existing = [n for n in wanted if (folder / n).exists()]
     if existing and not args.force:
@@ -88,6 +105,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise GalotError(f"--dvc: `dvc init` failed in {folder}: {(r.stderr or r.stdout).strip().splitlines()[-1]}")
     print(f"galot: wrote {folder / 'params.yaml'} (every key, at its default) and {folder / 'dvc.yaml'}"
           + (" and .dvc/" if args.dvc else ""))
+    if args.preset is not None:
+        print(f"galot: params.yaml uses the {args.preset} preset (README, 'Supported text-to-image models'); a hub "
+              "model is downloaded on first use (t2i.allow_download: true); a gated one needs `hf auth login`")
     print(f"galot: next: cd {folder} && galot run   (or `dvc repro` for the whole pipeline: galot-mini, GALOT, "
           "baselines, transfers, report); edit data.* in params.yaml for your own images")
     return 0

@@ -5,6 +5,7 @@ one input every command takes; every mistake is one :class:`GalotError` line nam
 and, where there is one, the key. Overrides are the CLI's ``--set``, a flow's ``overrides``
 parameter and ``dvc exp run -S``: they apply to the parsed file, or to a :class:`Config`
 (:func:`with_overrides`), and the result is validated by the schema (galot_core/config.py).
+:func:`set_in_text` goes the other way for ``galot init --preset``: keys into a file's text.
 """
 
 from __future__ import annotations
@@ -122,3 +123,25 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
         raise GalotError(f"{path}: larger than {PARAMS_MAX_BYTES >> 20} MiB; a parameters file is a few KB")
     raw = (parse_json(text, str(path)) if path.suffix == ".json" else parse_yaml(text, str(path))) or {}
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def set_in_text(text: str, settings: dict[str, Any]) -> str:
+    """``text`` (a params.yaml with one level of sections, two-space keys) with each ``section.key``
+    of ``settings`` set to its value, everything else kept as written, comments included: the
+    key's line is rewritten in place, or added at the end of its section (created if missing)."""
+    lines = text.splitlines()
+    for dotted, value in settings.items():
+        section, key = dotted.split(".", 1)
+        line = f"  {key}: {json.dumps(value)}"  # JSON scalars are YAML: null, true, 4, 0.2, "bf16"
+        header = next((i for i, s in enumerate(lines) if s.rstrip() == f"{section}:"), None)
+        if header is None:
+            lines += [f"{section}:", line]
+            continue
+        end = next((i for i in range(header + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "#"))),
+                   len(lines))
+        at = next((i for i in range(header + 1, end) if lines[i].startswith(f"  {key}:")), None)
+        if at is None:
+            lines.insert(end, line)
+        else:
+            lines[at] = line
+    return "\n".join(lines) + "\n"

@@ -56,3 +56,40 @@ def test_commands_without_params_yaml_use_the_defaults(tmp_path, monkeypatch, ca
     assert "params.yaml" not in err and "experiment.name: 'default' has no completed cycle" in err
     assert main(["report", "--params", "missing.yaml"]) == 2
     assert "missing.yaml: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "flux", "sd3", "flux2", "zimage"])
+def test_init_with_a_preset_writes_its_settings(family, tmp_path, monkeypatch, capsys):
+    """`galot init --preset F`: the family's settings and example model in a params.yaml that loads,
+    the rest of the starter file (comments included) unchanged."""
+    from galot_core.params_file import load_config
+    from galot_core.t2i.presets import PRESETS, preset_settings
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "proj", "--preset", family]) == 0
+    text = (tmp_path / "proj" / "params.yaml").read_text()
+    cfg = load_config(tmp_path / "proj" / "params.yaml")
+    for dotted, value in preset_settings(family).items():
+        section, key = dotted.split(".")
+        assert getattr(getattr(cfg, section), key) == value, dotted
+    assert cfg.t2i.model == PRESETS[family].example and cfg.t2i.allow_download
+    starter = (ROOT / "params.yaml").read_text()
+    assert cfg.data == load_config(ROOT / "params.yaml").data and "# σ_GAL" in text
+    assert len(text.splitlines()) - len(starter.splitlines()) <= 3  # keys the starter lacks are added, not more
+
+
+def test_init_preset_with_a_local_model_and_bad_inputs(tmp_path, monkeypatch, capsys):
+    from galot_core.params_file import load_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-sdxl").mkdir()
+    assert main(["init", "a", "--preset", "sdxl", "--model", "my-sdxl"]) == 0
+    cfg = load_config(tmp_path / "a" / "params.yaml")
+    assert cfg.t2i.model == "my-sdxl" and not cfg.t2i.allow_download  # a local folder is never downloaded
+    capsys.readouterr()
+    for argv, expected in ((["init", "b", "--preset", "sd4"], "--preset: 'sd4' is not a model family; use one of sd,"),
+                           (["init", "c", "--model", "x"], "--model: only with --preset FAMILY")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+        assert not (tmp_path / argv[1]).exists()  # nothing written

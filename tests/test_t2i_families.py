@@ -1,4 +1,5 @@
-"""The SDXL and FLUX backends against their diffusers pipelines and independent autograd references.
+"""The SDXL and FLUX backends against their diffusers pipelines and independent autograd references
+(SD3, FLUX.2 [klein] and Z-Image: tests/test_t2i_transformers.py); whole runs of every family.
 
 Tiny random pipelines with each family's real layout (tests/tiny_families.py), fp32 on the CPU,
 offline. "Independent" references: the denoising loop, guidance and x0 written again here from
@@ -19,7 +20,8 @@ from diffusers import StableDiffusionXLPipeline  # noqa: E402
 from galot_core.t2i import DiffusersT2I  # noqa: E402
 from galot_core.t2i.flux import FluxT2I  # noqa: E402
 from galot_core.t2i.sdxl import SDXLT2I  # noqa: E402
-from tests.tiny_families import tiny_flux_pipeline, tiny_sdxl_pipeline  # noqa: E402
+from tests.tiny_families import (tiny_flux2_klein_pipeline, tiny_flux_pipeline, tiny_sd3_pipeline,  # noqa: E402
+                                 tiny_sdxl_pipeline, tiny_z_image_pipeline)
 
 PROMPTS = ["a photo of a cat", "a drawing of a seven"]
 
@@ -259,7 +261,16 @@ def test_flow_matching_x0_inverts_the_interpolation(scheduler):
 # ---------------------------------------------------------------------- whole runs from saved folders
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux"])
+SAVED_FOLDERS = {
+    "sdxl": tiny_sdxl_pipeline,
+    "flux": lambda: tiny_flux_pipeline(guidance_embeds=True),
+    "sd3": tiny_sd3_pipeline,
+    "flux2": lambda: tiny_flux2_klein_pipeline(layers=27),  # the real layer indices (9, 18, 27)
+    "zimage": tiny_z_image_pipeline,
+}
+
+
+@pytest.mark.parametrize("family", list(SAVED_FOLDERS))
 def test_two_cycle_al_gal_run_on_a_saved_folder_verifies(family, tmp_path, tiny_digits, one_thread):
     """save_pretrained -> t2i.model by path -> 2 GALOT cycles -> galot verify finds nothing wrong."""
     from galot_core.experiment import Experiment
@@ -268,7 +279,7 @@ def test_two_cycle_al_gal_run_on_a_saved_folder_verifies(family, tmp_path, tiny_
     from tests.test_experiment_gal import gal_cfg
 
     folder = tmp_path / family
-    (tiny_sdxl_pipeline() if family == "sdxl" else tiny_flux_pipeline(guidance_embeds=True)).save_pretrained(folder)
+    SAVED_FOLDERS[family]().save_pretrained(folder)
     cfg = gal_cfg(tmp_path / "runs", folder, t2i={"resolution": 16, "revision": "", "variant": ""})
     exp = Experiment(cfg, dataset=tiny_digits)
     rows = exp.run()
@@ -276,7 +287,8 @@ def test_two_cycle_al_gal_run_on_a_saved_folder_verifies(family, tmp_path, tiny_
     assert type(exp.t2i).family == family
     emb = load_file(str(cfg.run_dir / "cycles/cycle_002/embeddings.safetensors"))
     delta = (emb["s"] - emb["s_star"]).flatten(1).norm(dim=1)
-    assert (delta <= 0.5 + 1e-5).all() and (delta > 0.1).all()  # TextOpt moved tokens+pooled inside the ball
+    # TextOpt moved the optimised parts inside the ball (up to fp32 rounding of s over ~6,000 entries)
+    assert (delta <= 0.5 * (1 + 1e-4)).all() and (delta > 0.1).all()
     entries = read_manifest(cycle_folder(cfg.run_dir, 2))
     assert len(entries) == 20 and all(e.model_id == str(folder) and e.variant == "" for e in entries)
     problems, checked = verify_run(cfg.run_dir)

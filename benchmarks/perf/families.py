@@ -1,4 +1,4 @@
-"""SDXL- and FLUX.1-schnell-SHAPED models: galot's loop vs the diffusers pipeline, and TextOpt's cost.
+"""SDXL-, FLUX.1-schnell- and FLUX.2-klein-4B-SHAPED models: galot's loop vs the diffusers pipeline, and TextOpt's cost.
 
 Like ``benchmarks/perf/sd21_shape.py``: the configs below are those of the real models'
 ``unet/``/``transformer/``, ``vae/``, ``text_encoder*/`` and ``scheduler/`` folders, the weights
@@ -8,7 +8,7 @@ of the tests (prompts are padded to the real lengths either way). Per model it m
 1. generation: ``backend.generate`` vs the family's diffusers pipeline on the same components,
    prompt embeddings, noise, steps and guidance (seconds per image, max abs difference);
 2. a TextOpt step (``acquisition_grad`` with k samples) per estimator vs generating its k images;
-   for FLUX at 1-4 steps also cos(last_step, full) on the same noise (the "gain" of ``full``;
+   for the few-step FLUX models at 1-4 steps also cos(last_step, full) on the same noise (the "gain" of ``full``;
    with random weights this cosine says nothing about real models, only the costs do);
 3. on CUDA, the peak memory of the ``full`` step with and without gradient checkpointing, and
    of the text encoders in fp32 vs bf16.
@@ -16,7 +16,7 @@ of the tests (prompts are padded to the real lengths either way). Per model it m
 ``--smoke`` runs the tiny test models on the CPU instead: a CLEARLY LABELLED smoke test that the
 script works, not a performance result. On a GPU (one H200), the default run is planned for
 < 8 minutes: building the 12 B FLUX transformer in bf16 on the GPU takes ~1 min, the rest is
-seconds per measurement at 512 px.
+seconds per measurement at 512 px (``--models`` runs a subset).
 
     python benchmarks/perf/families.py --smoke                  # CPU, ~1 min
     python benchmarks/perf/families.py --device cuda            # GPU, writes results/perf_families.json
@@ -37,8 +37,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from galot_core.t2i.flux import FluxT2I  # noqa: E402
+from galot_core.t2i.flux2 import Flux2KleinT2I  # noqa: E402
 from galot_core.t2i.sdxl import SDXLT2I  # noqa: E402
-from tests.tiny_families import tiny_flux_pipeline, tiny_sdxl_pipeline, tiny_t5_tokenizer  # noqa: E402
+from tests.tiny_families import (tiny_flux2_klein_pipeline, tiny_flux_pipeline, tiny_qwen_tokenizer,  # noqa: E402
+                                 tiny_sdxl_pipeline, tiny_t5_tokenizer)
 from tests.tiny_sd import tiny_tokenizer  # noqa: E402
 
 # stabilityai/stable-diffusion-xl-base-1.0
@@ -59,6 +61,15 @@ CLIP_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hi
 FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
                         guidance_embeds=False, axes_dims_rope=(16, 56, 56))
+# black-forest-labs/FLUX.2-klein-4B: 5 double + 20 single blocks, 24 x 128 heads, 128 latent channels
+# (32 patchified 2x2), conditioned on Qwen3-4B layers 9/18/27 (3 x 2560 = 7680)
+FLUX2_KLEIN_TRANSFORMER = dict(patch_size=1, in_channels=128, num_layers=5, num_single_layers=20,
+                               attention_head_dim=128, num_attention_heads=24, joint_attention_dim=7680,
+                               timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
+                               rope_theta=2000, guidance_embeds=False)
+QWEN3_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                rope_theta=1_000_000, tie_word_embeddings=True)
 T5_XXL = dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
               feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1)
 
@@ -105,6 +116,26 @@ def real_flux(device: str, dtype: torch.dtype):
                         tokenizer_2=tiny_t5_tokenizer(), transformer=transformer)
 
 
+def real_flux2_klein(device: str, dtype: torch.dtype):
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # the 4 B transformer and Qwen3-4B directly in bf16
+    try:
+        with torch.device(device):
+            transformer = Flux2Transformer2DModel(**FLUX2_KLEIN_TRANSFORMER)
+            qwen = Qwen3ForCausalLM(Qwen3Config(**QWEN3_4B))
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.device(device):
+        vae = AutoencoderKLFlux2()  # the real config is the class default (32 latent channels)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae.to(dtype), text_encoder=qwen.eval(),
+                              tokenizer=tiny_qwen_tokenizer(), transformer=transformer.eval(), is_distilled=True)
+
+
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -140,6 +171,8 @@ def generation(name: str, pipe, backend, s, size: int, steps: int, guidance: flo
         u = backend.unpack(backend.uncond.expand(n, -1, -1))
         kwargs.update(prompt_embeds=c.tokens, pooled_prompt_embeds=c.pooled, negative_prompt_embeds=u.tokens,
                       negative_pooled_prompt_embeds=u.pooled)
+    elif name == "flux2":  # distilled: no guidance, the prompt states are the whole conditioning
+        kwargs.update(prompt_embeds=embeds)
     else:
         kwargs.update(prompt_embeds=c.tokens, pooled_prompt_embeds=c.pooled, max_sequence_length=c.tokens.shape[1])
     gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
@@ -188,13 +221,16 @@ def memory(backend, s, size: int, steps: int, guidance: float, k: int) -> dict[s
 
 def run_model(name: str, pipe, backend_class, args, device: torch.device) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
-    extra = {"max_sequence_length": args.t5_length} if name == "flux" else {}
+    extra = {"flux": {"max_sequence_length": args.t5_length},
+             "flux2": {"max_sequence_length": args.qwen_length, **({"text_encoder_out_layers": (1, 2, 3)}
+                                                                  if args.smoke else {})}}.get(name, {})
     backend = backend_class.from_pipeline(pipe, device=device, resolution=args.size, **extra)
     s = backend.encode(["a photo of a cat"])
-    steps, guidance = (args.flux_steps, 0.0) if name == "flux" else (args.sdxl_steps, 6.0)
+    few_step = name in ("flux", "flux2")
+    steps, guidance = (args.flux_steps, {"flux": 0.0, "flux2": 1.0}[name]) if few_step else (args.sdxl_steps, 6.0)
     result: dict[str, Any] = {"generation": generation(name, pipe, backend, s, args.size, steps, guidance, args.k)}
     result["textopt"] = {f"{steps}_steps": textopt_step(backend, s, args.size, steps, guidance, args.k)}
-    if name == "flux":  # few-step: the cost and cosine of full vs last_step at every step count
+    if few_step:  # the cost and cosine of full vs last_step at every step count
         for t in range(1, 5):
             if t != steps:
                 result["textopt"][f"{t}_steps"] = textopt_step(backend, s, args.size, t, guidance, args.k)
@@ -212,17 +248,23 @@ def main() -> None:
     parser.add_argument("--sdxl-steps", type=int, default=8)
     parser.add_argument("--flux-steps", type=int, default=4)
     parser.add_argument("--t5-length", type=int, default=256, help="FLUX T5 prompt length (schnell: 256)")
+    parser.add_argument("--qwen-length", type=int, default=512, help="FLUX.2 klein prompt length (512)")
+    parser.add_argument("--models", nargs="+", default=["sdxl", "flux", "flux2"], choices=["sdxl", "flux", "flux2"])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    classes = {"sdxl": SDXLT2I, "flux": FluxT2I, "flux2": Flux2KleinT2I}
     if args.smoke:
-        args.size, args.t5_length, args.sdxl_steps = 16, 16, 3
-        models = {"sdxl": (tiny_sdxl_pipeline(), SDXLT2I), "flux": (tiny_flux_pipeline(), FluxT2I)}
+        args.size, args.t5_length, args.qwen_length, args.sdxl_steps = 16, 16, 32, 3
+        build = {"sdxl": tiny_sdxl_pipeline, "flux": tiny_flux_pipeline,
+                 "flux2": lambda: tiny_flux2_klein_pipeline(distilled=True)}
         label = "CPU SMOKE TEST on tiny random models (tests/tiny_families.py): NOT a performance result"
     else:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        models = {"sdxl": (real_sdxl(args.device, dtype), SDXLT2I), "flux": (real_flux(args.device, dtype), FluxT2I)}
-        label = f"SDXL-base / FLUX.1-schnell shapes, random weights, {dtype}, {device}"
+        build = {"sdxl": lambda: real_sdxl(args.device, dtype), "flux": lambda: real_flux(args.device, dtype),
+                 "flux2": lambda: real_flux2_klein(args.device, dtype)}
+        label = f"SDXL-base / FLUX.1-schnell / FLUX.2-klein-4B shapes, random weights, {dtype}, {device}"
+    models = {name: (build[name](), classes[name]) for name in args.models}
     report = {"label": label, "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda"
               else None, "size": args.size, "k": args.k, "torch": torch.__version__}
     for name, (pipe, backend_class) in models.items():

@@ -42,12 +42,15 @@ def conditioning(ctx: Context, cycle: int, items: list[Item], s: torch.Tensor) -
 
     One embedding per class makes a class's images alike; random offsets keep the judged
     class up to 1.6·‖s*‖ on the embedded worlds (docs/results.md), so they buy variety for free.
+    Exact zeros of ``s_c`` get no offset: they are padding (Z-Image's rows after a prompt's end),
+    which must stay padding.
     """
     cond = s[[c for c, _ in items]].clone()
     r = ctx.cfg.gal.diversity
     if r > 0:
         for k, (c, i) in enumerate(items):
             u = torch.randn(s[c].shape, generator=torch.Generator().manual_seed(ctx.seed(cycle, 6, c, i)))
+            u = u * (s[c] != 0)
             cond[k] += r * s[c].norm() * u / u.norm()
     return cond
 

@@ -2,13 +2,19 @@
 
 Stable Diffusion 1/2 conditions on one tensor of token embeddings. Newer families add parts:
 
-==========  ====================================  =====================================  ===================
-family      tokens (B, L, D)                      pooled (B, P)                          ids (not optimised)
-==========  ====================================  =====================================  ===================
-SD 1/2      CLIP (or BERT) last hidden state      —                                      —
-SDXL        CLIP-L ‖ CLIP-G penultimate states    CLIP-G projected EOS embedding         (time ids: sizes)
-FLUX.1      T5-XXL last hidden state              CLIP-L pooled output                   text position ids
-==========  ====================================  =====================================  ===================
+==========  ======================================  =====================================  ===================
+family      tokens (B, L, D)                        pooled (B, P)                          ids (not optimised)
+==========  ======================================  =====================================  ===================
+SD 1/2      CLIP (or BERT) last hidden state        —                                      —
+SDXL        CLIP-L ‖ CLIP-G penultimate states      CLIP-G projected EOS embedding         (time ids: sizes)
+FLUX.1      T5-XXL last hidden state                CLIP-L pooled output                   text position ids
+SD3/3.5     [CLIP-L ‖ CLIP-G penultimate, zero-     CLIP-L ‖ CLIP-G projected EOS          —
+            padded to 4096] then T5-XXL states
+FLUX.2      Qwen3 layers 9, 18, 27 stacked along    —                                      text position ids
+[klein]     features (512 tokens, 3·D wide)
+Z-Image     Qwen3 penultimate states of the         —                                      —
+            prompt's own tokens (zero rows after)
+==========  ======================================  =====================================  ===================
 
 **TextOpt optimises tokens and pooled together**, as one vector per class inside one L2 ball
 ‖s − s*‖₂ ≤ ε (ε relative to the joint norm ‖s*‖ with ``gal.epsilon_relative``). Why both: in
@@ -19,7 +25,11 @@ either. Why one ball: Eq. 2 constrains "the condition", and a joint ball keeps �
 fraction of the prompt's embedding) the same for every family. The token part dominates the
 norm (77·2048 numbers against 1280 in SDXL; 512·4096 against 768 in FLUX), so the pooled part
 moves about as far, relative to its own norm, as the tokens do. The ids (positions, image
-sizes) are not a function of the prompt and stay fixed.
+sizes) are not a function of the prompt and stay fixed. In SD3 the zero padding of the CLIP
+states is optimised too: the transformer reads those features, so they are part of the
+condition. FLUX.2 and Z-Image condition on one sequence of Qwen3 states, so tokens are
+everything TextOpt moves; Z-Image's zero rows after a shorter prompt are padding, cut off
+before the transformer, so they get no gradient and stay zero (``galot_core/t2i/zimage.py``).
 
 TextOpt (``galot_core/textopt.py``) works on plain tensors, so a conditioning travels as its
 *packed* optimised parts: SD's tokens tensor unchanged (B, L, D), or tokens and pooled

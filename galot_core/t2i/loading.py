@@ -33,6 +33,9 @@ PIPELINES: dict[str, tuple[str, str, str]] = {
     "StableDiffusionPipeline": ("sd", "galot_core.t2i.backend", "DiffusersT2I"),
     "StableDiffusionXLPipeline": ("sdxl", "galot_core.t2i.sdxl", "SDXLT2I"),
     "FluxPipeline": ("flux", "galot_core.t2i.flux", "FluxT2I"),
+    "StableDiffusion3Pipeline": ("sd3", "galot_core.t2i.sd3", "SD3T2I"),
+    "Flux2KleinPipeline": ("flux2", "galot_core.t2i.flux2", "Flux2KleinT2I"),
+    "ZImagePipeline": ("zimage", "galot_core.t2i.zimage", "ZImageT2I"),
 }
 
 

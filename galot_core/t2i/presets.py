@@ -11,8 +11,10 @@ pipelines' defaults) plus galot's own choices for TextOpt:
   default uses; for the multi-part conditionings the norm is the joint one of tokens and pooled
   (``galot_core/t2i/conditioning.py``), dominated by the tokens.
 
-They are applied by copying the keys into ``params.yaml`` (the README's table lists them);
-:func:`preset_settings` returns them as ``section.key`` -> value for ``galot run --set``.
+``galot init --preset FAMILY`` writes a params.yaml with them (and the example model id, or
+``--model``); :func:`preset_settings` returns them as ``section.key`` -> value (``galot run --set``).
+Guidance follows each family's own pipeline: Z-Image's w is cond + w·(cond − uncond), so 0 means
+no guidance; the others use uncond + w·(cond − uncond), off at w <= 1.
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ PRESETS: dict[str, Preset] = {
     # FLUX.1-schnell: 4 steps, no guidance input (timestep-distilled); bf16 transformer.
     "flux": Preset(4, 0.0, "bf16", None, None, "full", 0.2, "Apache-2.0 (schnell); FLUX.1-dev non-commercial",
                    "black-forest-labs/FLUX.1-schnell"),
+    # SD3.5 Medium: 40 steps, guidance 4.5 (Large: 28 / 3.5); bf16 MMDiT; T5 may go bf16 too
+    # (t2i.text_encoder_dtype). Gated on the hub: `hf auth login` after accepting the licence.
+    "sd3": Preset(40, 4.5, "bf16", None, None, "last_step", 0.2, "Stability AI Community License (gated)",
+                  "stabilityai/stable-diffusion-3.5-medium"),
+    # FLUX.2 [klein] 4B: step-distilled, 4 steps, guidance ignored (1.0); the base model
+    # (FLUX.2-klein-base-4B) wants ~50 steps and guidance 4.
+    "flux2": Preset(4, 1.0, "bf16", None, None, "full", 0.2, "Apache-2.0 (4B); 9B non-commercial",
+                    "black-forest-labs/FLUX.2-klein-4B"),
+    # Z-Image-Turbo: 9 scheduler steps (8 transformer passes in the model card), no guidance
+    # (Z-Image's w = 0); 9 differentiated steps are too many for `full` on most GPUs.
+    "zimage": Preset(9, 0.0, "bf16", None, None, "last_step", 0.2, "Apache-2.0", "Tongyi-MAI/Z-Image-Turbo"),
 }
 """family -> preset (the family names of ``galot_core.t2i.loading.PIPELINES``)."""
 
