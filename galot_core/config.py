@@ -222,6 +222,8 @@ class T2IConfig(_Section):
                                     why="no text-to-image model generates larger images")
     gradient_checkpointing: bool = _field(False, help="recompute denoiser activations in TextOpt's backward pass "
                                                       "(less memory, more time)")
+    offload_text_encoders: bool = _field(False, help="keep the text encoders on the CPU between encodings "
+                                                     "(once per cycle): frees T5-XXL / Qwen3 memory on the GPU")
 
 
 class ModelConfig(_Section):

@@ -67,7 +67,8 @@ def load_t2i(cfg: Config):
                                        scheduler=t.scheduler, local_files_only=not t.allow_download,
                                        revision=t.revision or None, variant=t.variant or None,
                                        text_encoder_dtype=t.text_encoder_dtype, resolution=t.resolution,
-                                       gradient_checkpointing=t.gradient_checkpointing)
+                                       gradient_checkpointing=t.gradient_checkpointing,
+                                       offload_text_encoders=t.offload_text_encoders)
 
 
 class Context:

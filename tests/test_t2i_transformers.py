@@ -240,3 +240,48 @@ def test_saved_folder_loads_as_its_family(family, build, tmp_path):
     assert type(backend).family == family
     images = backend.generate(backend.encode(PROMPTS), num_inference_steps=2, guidance_scale=1.0, generator=seeded())
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_gradient_checkpointing_keeps_the_gradient(family):
+    """t2i.gradient_checkpointing on the transformer: the same full gradient (memory for time)."""
+    build, make_backend, _, guidance, _ = FAMILIES[family]
+    pipe = build()
+    grads = []
+    for checkpointing in (False, True):
+        backend = make_backend(pipe)
+        if checkpointing:
+            backend.unet.enable_gradient_checkpointing()
+        assert backend.unet.is_gradient_checkpointing == checkpointing
+        grad, _ = backend.acquisition_grad(backend.encode(PROMPTS[:1]), weighted_sum, k=1, generator=seeded(),
+                                           num_inference_steps=2, guidance_scale=guidance, estimator="full")
+        backend.unet.disable_gradient_checkpointing()
+        grads.append(grad)
+    assert_grad_close(grads[1], grads[0])
+
+
+def test_offloaded_text_encoders_are_wired_from_params(tmp_path):
+    """t2i.offload_text_encoders reaches the backend; on the CPU (the device) nothing moves and the
+    encodings are the same."""
+    from galot_core.config import config_from_dict
+    from galot_core.context import load_t2i
+
+    tiny_sd3_pipeline().save_pretrained(tmp_path)
+    cfg = config_from_dict({"t2i": {"model": str(tmp_path), "device": "cpu", "resolution": 16,
+                                    "offload_text_encoders": True}})
+    backend = load_t2i(cfg)
+    assert backend.offload_text_encoders and backend.encoder_device == torch.device("cpu")
+    reference = DiffusersT2I.from_pretrained(tmp_path, device="cpu", resolution=16)
+    torch.testing.assert_close(backend.encode(PROMPTS), reference.encode(PROMPTS), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: text encoders move between CPU and GPU")
+def test_offloaded_text_encoders_wait_on_the_cpu_and_encode_on_the_gpu():
+    pipe = tiny_sd3_pipeline()
+    backend = SD3T2I.from_pipeline(pipe, device="cuda", max_sequence_length=16, offload_text_encoders=True)
+    encoders = (backend.text_encoder, backend.text_encoder_2, backend.text_encoder_3)
+    assert backend.unet.device.type == "cuda" and all(e.device.type == "cpu" for e in encoders)
+    embeds = backend.encode(PROMPTS)
+    assert embeds.device.type == "cuda" and all(e.device.type == "cpu" for e in encoders)
+    resident = SD3T2I.from_pipeline(tiny_sd3_pipeline(), device="cuda", max_sequence_length=16)
+    torch.testing.assert_close(embeds, resident.encode(PROMPTS))

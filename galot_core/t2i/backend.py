@@ -41,9 +41,10 @@ from galot_core.t2i.latents import LatentImages
 from galot_core.t2i.loading import (component_loader, configured_scheduler, family_class, moved, read_model_index,
                                     resolve_options)
 from galot_core.t2i.schedule import predict_x0, step_kwargs
+from galot_core.t2i.text_encoders import TextEncoderPlacement, with_text_encoders
 
 
-class DiffusersT2I(AcquisitionGradient, LatentImages):
+class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
     """Frozen diffusers/transformers components plus a readable, differentiable sampling loop.
 
     Args:
@@ -61,6 +62,8 @@ class DiffusersT2I(AcquisitionGradient, LatentImages):
             (SD/SDXL: the UNet's sample_size times the VAE factor).
         gradient_checkpointing: recompute the denoiser's activations in the backward pass
             instead of storing them (memory for time, for 4-12 B transformers on one GPU).
+        offload_text_encoders: keep the text encoders on the CPU between encodings
+            (:mod:`~galot_core.t2i.text_encoders` says why only they).
 
     ``unet`` is the family's denoiser (a UNet for SD/SDXL, a transformer for FLUX);
     ``num_unet_calls`` counts its forward passes (a classifier-free-guidance batch of
@@ -85,10 +88,11 @@ class DiffusersT2I(AcquisitionGradient, LatentImages):
         text_encoder_dtype: torch.dtype = torch.float32,
         resolution: int | None = None,
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
     ) -> None:
         self.device = torch.device(device) if device is not None else unet.device
-        self.text_encoder_dtype = text_encoder_dtype
-        self.text_encoder = moved(text_encoder, self.device, text_encoder_dtype)
+        self.text_encoder_dtype, self.offload_text_encoders = text_encoder_dtype, offload_text_encoders
+        self.text_encoder = moved(text_encoder, self.encoder_device, text_encoder_dtype)
         self.tokenizer = tokenizer
         self.unet = moved(unet, self.device, unet_dtype)
         self.scheduler = scheduler
@@ -101,9 +105,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages):
                                  "set it to false")
             self.unet.enable_gradient_checkpointing()
         self.resolution = resolution
-        self.model_id = model_id
-        self.revision = revision
-        self.variant = variant
+        self.model_id, self.revision, self.variant = model_id, revision, variant  # provenance
         self.num_unet_calls = 0
         self._uncond: Tensor | None = None
 
@@ -141,6 +143,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages):
         text_encoder_dtype: str = "fp32",
         resolution: int | None = None,
         gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
     ) -> DiffusersT2I:
         """Load a diffusers-format checkpoint of a supported family: a local folder or a hub id.
 
@@ -162,7 +165,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages):
                 steps (docs/performance.md measures it on galot-mini).
             variant: weight variant ("fp16", "bf16"): load ``*.fp16.safetensors`` files.
             text_encoder_dtype: "fp32" (default), "fp16" or "bf16" for the text encoder(s).
-            resolution, gradient_checkpointing: see the class docstring.
+            resolution, gradient_checkpointing, offload_text_encoders: see the class docstring.
         """
         # 1. Check the options before touching the disk or the network.
         torch_device, model_dtype, encoder_dtype = resolve_options(device, dtype, text_encoder_dtype,
@@ -185,6 +188,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages):
             text_encoder_dtype=encoder_dtype,
             resolution=resolution,
             gradient_checkpointing=gradient_checkpointing,
+            offload_text_encoders=offload_text_encoders,
         )
 
     @classmethod
@@ -220,6 +224,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages):
     # ------------------------------------------------------------------ text
 
     @torch.no_grad()
+    @with_text_encoders
     def encode(self, prompts: list[str]) -> Tensor:
         """Prompt embeddings (B, L, D), fp32, exactly as ``StableDiffusionPipeline.encode_prompt``."""
         text_inputs = self.tokenizer(

@@ -31,6 +31,7 @@ from torch import Tensor
 from galot_core.t2i.conditioning import Conditioning
 from galot_core.t2i.loading import component_loader, moved, read_model_index
 from galot_core.t2i.packed import PackedT2I
+from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 _LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
@@ -54,7 +55,7 @@ class FluxT2I(PackedT2I):
                  tokenizer_2: Any, transformer: torch.nn.Module, scheduler: Any, vae: torch.nn.Module, *,
                  max_sequence_length: int = 512, **kwargs: Any) -> None:
         super().__init__(text_encoder, tokenizer, transformer, scheduler, vae, **kwargs)
-        self.text_encoder_2 = moved(text_encoder_2, self.device, self.text_encoder_dtype)
+        self.text_encoder_2 = moved(text_encoder_2, self.encoder_device, self.text_encoder_dtype)
         self.tokenizer_2 = tokenizer_2
         self._freeze(self.text_encoder_2)
         self.max_sequence_length = max_sequence_length
@@ -87,6 +88,7 @@ class FluxT2I(PackedT2I):
     # ------------------------------------------------------------------ text
 
     @torch.no_grad()
+    @with_text_encoders
     def encode_conditioning(self, prompts: list[str]) -> Conditioning:
         """T5 tokens (B, L, D) and CLIP pooled (B, P), fp32, as ``FluxPipeline.encode_prompt``."""
         clip_ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,

@@ -36,6 +36,7 @@ from torch import Tensor
 from galot_core.errors import GalotError
 from galot_core.t2i.backend import DiffusersT2I
 from galot_core.t2i.loading import component_loader, read_model_index
+from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 _LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
@@ -103,6 +104,7 @@ class Flux2KleinT2I(DiffusersT2I):
     # ------------------------------------------------------------------ text
 
     @torch.no_grad()
+    @with_text_encoders
     def encode(self, prompts: list[str]) -> Tensor:
         """Stacked Qwen3 states (B, L, 3·D), fp32, as ``Flux2KleinPipeline._get_qwen3_prompt_embeds``."""
         texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,

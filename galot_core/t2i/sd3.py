@@ -32,6 +32,7 @@ from torch import Tensor
 from galot_core.t2i.conditioning import Conditioning
 from galot_core.t2i.loading import component_loader, moved, read_model_index
 from galot_core.t2i.packed import PackedT2I
+from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 _OPTIONAL = ("text_encoder_3", "tokenizer_3")
@@ -55,9 +56,9 @@ class SD3T2I(PackedT2I):
                  transformer: torch.nn.Module, scheduler: Any, vae: torch.nn.Module, *,
                  max_sequence_length: int = 256, **kwargs: Any) -> None:
         super().__init__(text_encoder, tokenizer, transformer, scheduler, vae, **kwargs)
-        self.text_encoder_2 = moved(text_encoder_2, self.device, self.text_encoder_dtype)
+        self.text_encoder_2 = moved(text_encoder_2, self.encoder_device, self.text_encoder_dtype)
         self.tokenizer_2 = tokenizer_2
-        self.text_encoder_3 = None if text_encoder_3 is None else moved(text_encoder_3, self.device,
+        self.text_encoder_3 = None if text_encoder_3 is None else moved(text_encoder_3, self.encoder_device,
                                                                         self.text_encoder_dtype)
         self.tokenizer_3 = tokenizer_3
         self._freeze(self.text_encoder_2, self.text_encoder_3)
@@ -90,6 +91,7 @@ class SD3T2I(PackedT2I):
     # ------------------------------------------------------------------ text
 
     @torch.no_grad()
+    @with_text_encoders
     def encode_conditioning(self, prompts: list[str]) -> Conditioning:
         """Tokens (B, 77 + L, D_T5) and pooled (B, P_L + P_G), fp32, as ``StableDiffusion3Pipeline.encode_prompt``."""
         states, pooled = [], []

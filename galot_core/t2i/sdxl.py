@@ -28,6 +28,7 @@ from galot_core.errors import GalotError
 from galot_core.t2i.conditioning import Conditioning
 from galot_core.t2i.loading import component_loader, moved, read_model_index
 from galot_core.t2i.packed import PackedT2I
+from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 _LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
@@ -49,7 +50,7 @@ class SDXLT2I(PackedT2I):
                  tokenizer_2: Any, unet: torch.nn.Module, scheduler: Any, vae: torch.nn.Module | None = None, *,
                  force_zeros_for_empty_prompt: bool = True, **kwargs: Any) -> None:
         super().__init__(text_encoder, tokenizer, unet, scheduler, vae, **kwargs)
-        self.text_encoder_2 = moved(text_encoder_2, self.device, self.text_encoder_dtype)
+        self.text_encoder_2 = moved(text_encoder_2, self.encoder_device, self.text_encoder_dtype)
         self.tokenizer_2 = tokenizer_2
         self._freeze(self.text_encoder_2)
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
@@ -91,6 +92,7 @@ class SDXLT2I(PackedT2I):
     # ------------------------------------------------------------------ text
 
     @torch.no_grad()
+    @with_text_encoders
     def encode_conditioning(self, prompts: list[str]) -> Conditioning:
         """Tokens (B, 77, D1 + D2) and pooled (B, P), fp32, as ``StableDiffusionXLPipeline.encode_prompt``."""
         states, pooled = [], None

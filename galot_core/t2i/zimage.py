@@ -33,6 +33,7 @@ from torch import Tensor
 
 from galot_core.t2i.backend import DiffusersT2I
 from galot_core.t2i.loading import component_loader, read_model_index
+from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 _LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
@@ -78,6 +79,7 @@ class ZImageT2I(DiffusersT2I):
     # ------------------------------------------------------------------ text
 
     @torch.no_grad()
+    @with_text_encoders
     def encode(self, prompts: list[str]) -> Tensor:
         """Penultimate Qwen3 states of each prompt's own tokens, zero-padded to (B, max L_i, D), fp32
         (``ZImagePipeline._encode_prompt`` returns them as a list)."""
