@@ -103,11 +103,12 @@ def cmd_init(args: argparse.Namespace) -> int:
                            text=True)
         if r.returncode != 0:
             raise GalotError(f"--dvc: `dvc init` failed in {folder}: {(r.stderr or r.stdout).strip().splitlines()[-1]}")
-    print(f"galot: wrote {folder / 'params.yaml'} (every key, at its default) and {folder / 'dvc.yaml'}"
+    keys = "at its default" if args.preset is None else f"the {args.preset} preset for the text-to-image model"
+    print(f"galot: wrote {folder / 'params.yaml'} (every key, {keys}) and {folder / 'dvc.yaml'}"
           + (" and .dvc/" if args.dvc else ""))
     if args.preset is not None:
-        print(f"galot: params.yaml uses the {args.preset} preset (README, 'Supported text-to-image models'); a hub "
-              "model is downloaded on first use (t2i.allow_download: true); a gated one needs `hf auth login`")
+        print("galot: a hub model is downloaded on first use (t2i.allow_download: true); a gated one needs "
+              "`hf auth login`; the presets: README, 'Supported text-to-image models'")
     print(f"galot: next: cd {folder} && galot run   (or `dvc repro` for the whole pipeline: galot-mini, GALOT, "
           "baselines, transfers, report); edit data.* in params.yaml for your own images")
     return 0
