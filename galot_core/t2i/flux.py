@@ -22,19 +22,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import Tensor
 
 from galot_core.t2i.conditioning import Conditioning
-from galot_core.t2i.loading import component_loader, moved, read_model_index
+from galot_core.t2i.loading import load_components, moved
 from galot_core.t2i.packed import PackedT2I
+from galot_core.t2i.schedule import set_flow_timesteps
 from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-_LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
 
 
 class _TransformerInputs(NamedTuple):
@@ -50,6 +49,7 @@ class FluxT2I(PackedT2I):
     ``max_sequence_length`` is the T5 prompt length (the pipeline's default 512)."""
 
     family = "flux"
+    default_latent_side = 128  # the pipeline's default: 1024 px
 
     def __init__(self, text_encoder: torch.nn.Module, tokenizer: Any, text_encoder_2: torch.nn.Module,
                  tokenizer_2: Any, transformer: torch.nn.Module, scheduler: Any, vae: torch.nn.Module, *,
@@ -67,19 +67,8 @@ class FluxT2I(PackedT2I):
                    pipe.scheduler, pipe.vae, **kwargs)
 
     @classmethod
-    def _load_components(cls, folder: Path, *, model_dtype: torch.dtype, variant: str | None,
-                         text_encoder_dtype: torch.dtype) -> dict[str, Any]:
-        index = read_model_index(folder, _REQUIRED, (), _LAYOUT, _REQUIRED)
-        load = component_loader(folder, index, variant)
-        return {
-            "transformer": load("transformer", torch_dtype=model_dtype),
-            "vae": load("vae", torch_dtype=model_dtype),
-            "text_encoder": load("text_encoder", dtype=text_encoder_dtype),
-            "text_encoder_2": load("text_encoder_2", dtype=text_encoder_dtype),
-            "tokenizer": load("tokenizer"),
-            "tokenizer_2": load("tokenizer_2"),
-            "scheduler": load("scheduler"),
-        }
+    def _load_components(cls, folder: Path, **options: Any) -> dict[str, Any]:
+        return load_components(folder, _REQUIRED, **options)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -100,11 +89,6 @@ class FluxT2I(PackedT2I):
         return Conditioning(tokens.to(torch.float32), pooled.to(torch.float32))
 
     # ------------------------------------------------------------------ sizes and noise
-
-    def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        """The pipeline's default is 128 latent pixels per side (1024 px for FLUX.1's VAE)."""
-        default = self.resolution or 128 * self.vae_scale_factor
-        return height or default, width or default
 
     def initial_noise(self, batch_size: int, generator: torch.Generator | None = None, *,
                       height: int | None = None, width: int | None = None) -> Tensor:
@@ -129,18 +113,10 @@ class FluxT2I(PackedT2I):
     def _set_timesteps(self, num_inference_steps: int, noise: Tensor) -> None:
         """Sigmas linspace(1, 1/T, T), shifted by mu(number of image tokens) when the config says so."""
         config = self.scheduler.config
-        sigmas = None if config.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_inference_steps,
-                                                                         num_inference_steps)
-        image_seq_len = (noise.shape[-2] // 2) * (noise.shape[-1] // 2)
-        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
+        mu = calculate_shift((noise.shape[-2] // 2) * (noise.shape[-1] // 2), config.get("base_image_seq_len", 256),
                              config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
                              config.get("max_shift", 1.15))
-        if sigmas is None:
-            self.scheduler.set_timesteps(num_inference_steps, device=self.device, mu=mu)
-        else:
-            self.scheduler.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(0)
+        set_flow_timesteps(self.scheduler, num_inference_steps, mu, self.device)
 
     def _model_inputs(self, cond: Tensor, guidance_scale: float, dtype: torch.dtype,
                       noise: Tensor) -> _TransformerInputs:

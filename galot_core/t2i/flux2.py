@@ -22,11 +22,9 @@ TextOpt optimises the token states, which are the whole conditioning (``conditio
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
@@ -35,11 +33,11 @@ from torch import Tensor
 
 from galot_core.errors import GalotError
 from galot_core.t2i.backend import DiffusersT2I
-from galot_core.t2i.loading import component_loader, read_model_index
+from galot_core.t2i.loading import load_components, model_index_flag
+from galot_core.t2i.schedule import set_flow_timesteps
 from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-_LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
 
 
 class _TransformerInputs(NamedTuple):
@@ -67,6 +65,7 @@ class Flux2KleinT2I(DiffusersT2I):
     """
 
     family = "flux2"
+    default_latent_side = 128  # the pipeline's default: 1024 px
 
     def __init__(self, text_encoder: torch.nn.Module, tokenizer: Any, transformer: torch.nn.Module, scheduler: Any,
                  vae: torch.nn.Module, *, is_distilled: bool = False, max_sequence_length: int = 512,
@@ -87,19 +86,9 @@ class Flux2KleinT2I(DiffusersT2I):
                    is_distilled=pipe.config.is_distilled, **kwargs)
 
     @classmethod
-    def _load_components(cls, folder: Path, *, model_dtype: torch.dtype, variant: str | None,
-                         text_encoder_dtype: torch.dtype) -> dict[str, Any]:
-        index = read_model_index(folder, _REQUIRED, (), _LAYOUT, _REQUIRED)
-        load = component_loader(folder, index, variant)
-        distilled = json.loads((folder / "model_index.json").read_text()).get("is_distilled", False)
-        return {
-            "transformer": load("transformer", torch_dtype=model_dtype),
-            "vae": load("vae", torch_dtype=model_dtype),
-            "text_encoder": load("text_encoder", dtype=text_encoder_dtype),
-            "tokenizer": load("tokenizer"),
-            "scheduler": load("scheduler"),
-            "is_distilled": bool(distilled),
-        }
+    def _load_components(cls, folder: Path, **options: Any) -> dict[str, Any]:
+        return {**load_components(folder, _REQUIRED, **options),
+                "is_distilled": model_index_flag(folder, "is_distilled", False)}
 
     # ------------------------------------------------------------------ text
 
@@ -120,11 +109,6 @@ class Flux2KleinT2I(DiffusersT2I):
         return states.permute(0, 2, 1, 3).reshape(b, length, n * dim).to(torch.float32)
 
     # ------------------------------------------------------------------ sizes, noise and latents
-
-    def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        """The pipeline's default is 128 latent pixels per side (1024 px)."""
-        default = self.resolution or 128 * self.vae_scale_factor
-        return height or default, width or default
 
     def initial_noise(self, batch_size: int, generator: torch.Generator | None = None, *,
                       height: int | None = None, width: int | None = None) -> Tensor:
@@ -151,15 +135,9 @@ class Flux2KleinT2I(DiffusersT2I):
     # ------------------------------------------------------------------ family hooks
 
     def _set_timesteps(self, num_inference_steps: int, noise: Tensor) -> None:
-        sigmas = None if self.scheduler.config.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_inference_steps,
-                                                                                       num_inference_steps)
+        """FLUX's sigmas, shifted by FLUX.2's empirical mu(image tokens, steps)."""
         mu = compute_empirical_mu(image_seq_len=noise.shape[-2] * noise.shape[-1], num_steps=num_inference_steps)
-        if sigmas is None:
-            self.scheduler.set_timesteps(num_inference_steps, device=self.device, mu=mu)
-        else:
-            self.scheduler.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(0)
+        set_flow_timesteps(self.scheduler, num_inference_steps, mu, self.device)
 
     def _guided(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0 and not self.is_distilled

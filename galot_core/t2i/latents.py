@@ -68,11 +68,18 @@ class LatentImages:
         )
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self.compute_dtype)
 
+    default_latent_side: int | None = None
+    """The pipeline's default image side in latent pixels where the denoiser has no ``sample_size``
+    (FLUX.1 and FLUX.2: 128, i.e. 1024 px)."""
+
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         """(height, width) in pixels: the arguments, else ``resolution``, else the UNet's sample_size
-        times the VAE factor (the pipeline's default)."""
+        (or :attr:`default_latent_side`) times the VAE factor (the pipeline's default)."""
         if self.resolution is not None:
             return height or self.resolution, width or self.resolution
+        if self.default_latent_side is not None:
+            side = self.default_latent_side * self.vae_scale_factor
+            return height or side, width or side
         sample_size = self.unet.config.sample_size
         default_h, default_w = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
         return height or default_h * self.vae_scale_factor, width or default_w * self.vae_scale_factor

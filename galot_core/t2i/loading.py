@@ -175,3 +175,27 @@ def load_component(folder: Path, name: str, library: str, class_name: str, **kwa
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise GalotError(f"t2i.model: cannot load {name}/ from '{folder}' ({first_line}): re-save the model") from None
+
+
+def load_components(folder: Path, required: tuple[str, ...], optional: tuple[str, ...] = (), *,
+                    model_dtype: torch.dtype, text_encoder_dtype: torch.dtype, variant: str | None,
+                    ) -> dict[str, Any]:
+    """Every ``required`` component of ``folder`` and each ``optional`` one it lists (else ``None``),
+    by its kind: denoiser and VAE in ``model_dtype``, text encoders in ``text_encoder_dtype``,
+    tokenizers and the scheduler as saved. Missing folders are named in ``required`` order."""
+    layout = "model_index.json plus " + ", ".join(f"{name}/" for name in required)
+    index = read_model_index(folder, required, optional, layout, (*required, *optional))
+    load = component_loader(folder, index, variant)
+
+    def kwargs(name: str) -> dict[str, Any]:
+        if name.startswith("text_encoder"):
+            return {"dtype": text_encoder_dtype}
+        return {} if name.startswith(("tokenizer", "scheduler")) else {"torch_dtype": model_dtype}
+
+    return {name: load(name, **kwargs(name)) if name in index else None for name in (*required, *optional)}
+
+
+def model_index_flag(folder: Path, key: str, default: bool) -> bool:
+    """A pipeline's boolean config entry in ``model_index.json`` (SDXL's force_zeros_for_empty_prompt,
+    FLUX.2's is_distilled)."""
+    return bool(json.loads((folder / "model_index.json").read_text()).get(key, default))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -63,3 +64,15 @@ def step_kwargs(scheduler: Any, generator: torch.Generator | None, eta: float) -
     if "generator" in parameters:
         kwargs["generator"] = generator
     return kwargs
+
+
+def set_flow_timesteps(scheduler: Any, num_inference_steps: int, mu: float, device: torch.device) -> None:
+    """FLUX's schedule (FLUX.1 and FLUX.2 pipelines alike): sigmas linspace(1, 1/T, T) shifted by ``mu``,
+    or the scheduler's own flow sigmas when its config has ``use_flow_sigmas``; from step 0."""
+    if scheduler.config.get("use_flow_sigmas"):
+        scheduler.set_timesteps(num_inference_steps, device=device, mu=mu)
+    else:
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)

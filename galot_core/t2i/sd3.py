@@ -30,13 +30,12 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import Tensor
 
 from galot_core.t2i.conditioning import Conditioning
-from galot_core.t2i.loading import component_loader, moved, read_model_index
+from galot_core.t2i.loading import load_components, moved
 from galot_core.t2i.packed import PackedT2I
 from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 _OPTIONAL = ("text_encoder_3", "tokenizer_3")
-_LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
 
 
 class _TransformerInputs(NamedTuple):
@@ -71,22 +70,9 @@ class SD3T2I(PackedT2I):
                    pipe.tokenizer_3, pipe.transformer, pipe.scheduler, pipe.vae, **kwargs)
 
     @classmethod
-    def _load_components(cls, folder: Path, *, model_dtype: torch.dtype, variant: str | None,
-                         text_encoder_dtype: torch.dtype) -> dict[str, Any]:
-        index = read_model_index(folder, _REQUIRED, _OPTIONAL, _LAYOUT, (*_REQUIRED, *_OPTIONAL))
-        load = component_loader(folder, index, variant)
-        with_t5 = "text_encoder_3" in index and "tokenizer_3" in index
-        return {
-            "transformer": load("transformer", torch_dtype=model_dtype),
-            "vae": load("vae", torch_dtype=model_dtype),
-            "text_encoder": load("text_encoder", dtype=text_encoder_dtype),
-            "text_encoder_2": load("text_encoder_2", dtype=text_encoder_dtype),
-            "text_encoder_3": load("text_encoder_3", dtype=text_encoder_dtype) if with_t5 else None,
-            "tokenizer": load("tokenizer"),
-            "tokenizer_2": load("tokenizer_2"),
-            "tokenizer_3": load("tokenizer_3") if with_t5 else None,
-            "scheduler": load("scheduler"),
-        }
+    def _load_components(cls, folder: Path, **options: Any) -> dict[str, Any]:
+        """T5 (text_encoder_3, tokenizer_3) only where the folder lists it."""
+        return load_components(folder, _REQUIRED, _OPTIONAL, **options)
 
     # ------------------------------------------------------------------ text
 

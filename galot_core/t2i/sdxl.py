@@ -16,7 +16,6 @@ TextOpt optimises tokens and pooled jointly (see ``galot_core/t2i/conditioning.p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,12 +25,11 @@ from torch import Tensor
 
 from galot_core.errors import GalotError
 from galot_core.t2i.conditioning import Conditioning
-from galot_core.t2i.loading import component_loader, moved, read_model_index
+from galot_core.t2i.loading import load_components, model_index_flag, moved
 from galot_core.t2i.packed import PackedT2I
 from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-_LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
 
 
 class _UNetInputs(NamedTuple):
@@ -73,21 +71,9 @@ class SDXLT2I(PackedT2I):
                    **kwargs)
 
     @classmethod
-    def _load_components(cls, folder: Path, *, model_dtype: torch.dtype, variant: str | None,
-                         text_encoder_dtype: torch.dtype) -> dict[str, Any]:
-        index = read_model_index(folder, _REQUIRED, (), _LAYOUT, _REQUIRED)
-        load = component_loader(folder, index, variant)
-        force_zeros = json.loads((folder / "model_index.json").read_text()).get("force_zeros_for_empty_prompt", True)
-        return {
-            "unet": load("unet", torch_dtype=model_dtype),
-            "vae": load("vae", torch_dtype=model_dtype),
-            "text_encoder": load("text_encoder", dtype=text_encoder_dtype),
-            "text_encoder_2": load("text_encoder_2", dtype=text_encoder_dtype),
-            "tokenizer": load("tokenizer"),
-            "tokenizer_2": load("tokenizer_2"),
-            "scheduler": load("scheduler"),
-            "force_zeros_for_empty_prompt": bool(force_zeros),
-        }
+    def _load_components(cls, folder: Path, **options: Any) -> dict[str, Any]:
+        return {**load_components(folder, _REQUIRED, **options),
+                "force_zeros_for_empty_prompt": model_index_flag(folder, "force_zeros_for_empty_prompt", True)}
 
     # ------------------------------------------------------------------ text
 

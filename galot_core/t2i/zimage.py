@@ -32,11 +32,10 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import Tensor
 
 from galot_core.t2i.backend import DiffusersT2I
-from galot_core.t2i.loading import component_loader, read_model_index
+from galot_core.t2i.loading import load_components
 from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-_LAYOUT = "model_index.json plus " + ", ".join(f"{name}/" for name in _REQUIRED)
 
 
 def own_tokens(tokens: Tensor) -> list[Tensor]:
@@ -64,17 +63,8 @@ class ZImageT2I(DiffusersT2I):
         return cls(pipe.text_encoder, pipe.tokenizer, pipe.transformer, pipe.scheduler, pipe.vae, **kwargs)
 
     @classmethod
-    def _load_components(cls, folder: Path, *, model_dtype: torch.dtype, variant: str | None,
-                         text_encoder_dtype: torch.dtype) -> dict[str, Any]:
-        index = read_model_index(folder, _REQUIRED, (), _LAYOUT, _REQUIRED)
-        load = component_loader(folder, index, variant)
-        return {
-            "transformer": load("transformer", torch_dtype=model_dtype),
-            "vae": load("vae", torch_dtype=model_dtype),
-            "text_encoder": load("text_encoder", dtype=text_encoder_dtype),
-            "tokenizer": load("tokenizer"),
-            "scheduler": load("scheduler"),
-        }
+    def _load_components(cls, folder: Path, **options: Any) -> dict[str, Any]:
+        return load_components(folder, _REQUIRED, **options)
 
     # ------------------------------------------------------------------ text
 
