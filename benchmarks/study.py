@@ -77,6 +77,11 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
     "perf_fewer_steps": {"galot_4_steps": ["t2i.steps=4"]},
     "table3_templates": {f"template_{i}": [f"gal.template='{t}'"] for i, t in enumerate(TEMPLATES)
                          if t != "a realistic photo of a {label}"},
+    # Issue 15, added after every cell above, with the re-pretrained mnist5k galot-mini (UNet sha256
+    # 6fd6208e697d; the cells above used an earlier one): GAL only (0 real labels) again with this
+    # model, and with per-image embedding offsets (gal.diversity 0.4, label-safe on this world).
+    "issue15_gal_only": {"gal_only": ["experiment.mode=gal"],
+                         "gal_only_diverse": ["experiment.mode=gal", "gal.diversity=0.4"]},
 }
 FASHION_AL = ("RandomSampling", "EntropySampling", "MarginSampling", "BADGE", "CoreSet")
 FASHION_EXPERIMENTS: dict[str, dict[str, list[str]]] = {
