@@ -98,44 +98,39 @@ def sdxl_guided(pipe, s: torch.Tensor, k: int, guidance: float):
     return guided
 
 
-def sdxl_reference_x0(pipe, s: torch.Tensor, latents: torch.Tensor, steps: int, guidance: float):
-    """No-grad steps, then the last UNet call's epsilon-prediction x0 (the last-step estimator)."""
+def sdxl_reference(pipe, s: torch.Tensor, latents: torch.Tensor, steps: int, guidance: float, grad_from: int,
+                   stop_at: int | None) -> torch.Tensor:
+    """SDXL's Euler loop written again: steps before ``grad_from`` without grad; the decoded final
+    latents, or at step ``stop_at`` the epsilon-prediction x0 of that UNet call instead."""
     scheduler, guided = pipe.scheduler, sdxl_guided(pipe, s, latents.shape[0], guidance)
     scheduler.set_timesteps(steps)
     latents = latents * scheduler.init_noise_sigma
-    for t in scheduler.timesteps[:-1]:
-        with torch.no_grad():
-            eps, _ = guided(latents, t)
+    for i, t in enumerate(scheduler.timesteps):
+        with torch.set_grad_enabled(i >= grad_from):
+            eps, x_t = guided(latents, t)
+            if i == stop_at:
+                alpha_bar = 1 / (1 + scheduler.sigmas[i] ** 2)  # Euler: VP with sigma = sqrt((1 - abar) / abar)
+                latents = (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+                break
             latents = scheduler.step(eps, t, latents).prev_sample
-    eps, x_t = guided(latents, scheduler.timesteps[-1])
-    sigma = scheduler.sigmas[len(scheduler.timesteps) - 1]
-    alpha_bar = 1 / (1 + sigma**2)  # Euler (VP with sigma = sqrt((1 - abar) / abar)), epsilon prediction
-    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+    return (pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
 
 
-def sdxl_reference_full(pipe, s: torch.Tensor, latents: torch.Tensor, steps: int, guidance: float):
-    """Every step differentiated; the final latents (the full estimator)."""
-    scheduler, guided = pipe.scheduler, sdxl_guided(pipe, s, latents.shape[0], guidance)
-    scheduler.set_timesteps(steps)
-    latents = latents * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        latents = scheduler.step(guided(latents, t)[0], t, latents).prev_sample
-    return latents
-
-
-def test_sdxl_last_step_gradient_matches_autograd_reference(sdxl):
+@pytest.mark.parametrize("estimator", ["last_step", "last_m", "tweedie", "full"])
+def test_sdxl_gradient_matches_autograd_reference(sdxl, estimator):
     steps, k, guidance = 3, 2, 3.0
     backend = SDXLT2I.from_pipeline(sdxl)
     s_star = backend.encode(PROMPTS[:1])
     grad, value = backend.acquisition_grad(s_star, weighted_sum, k=k, generator=seeded(7), num_inference_steps=steps,
-                                           guidance_scale=guidance, estimator="last_step")
+                                           guidance_scale=guidance, estimator=estimator, m=2, tweedie_t=500)
+    tweedie_stop = int((backend.scheduler.timesteps <= 500).nonzero()[0])
+    grad_from, stop_at, scale = {"last_step": (2, 2, steps), "last_m": (1, 2, steps / 2),
+                                 "tweedie": (tweedie_stop, tweedie_stop, steps), "full": (0, None, 1.0)}[estimator]
     s = s_star.clone().requires_grad_(True)
     noise = torch.randn((k, 4, 8, 8), generator=seeded(7))
-    x0 = sdxl_reference_x0(sdxl, s, noise, steps, guidance)
-    images = (sdxl.vae.decode(x0 / sdxl.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
-    objective = weighted_sum(images).mean()
+    objective = weighted_sum(sdxl_reference(sdxl, s, noise, steps, guidance, grad_from, stop_at)).mean()
     objective.backward()
-    assert_grad_close(grad, steps * s.grad)
+    assert_grad_close(grad, scale * s.grad)
     torch.testing.assert_close(value, objective.detach().view(1))
     # both optimised parts receive gradient
     parts = backend.unpack(grad)
@@ -213,20 +208,6 @@ def test_flux_gradient_matches_autograd_reference(estimator):
     torch.testing.assert_close(value, objective.detach().view(1))
     parts = backend.unpack(grad)
     assert parts.tokens.abs().max() > 0 and parts.pooled.abs().max() > 0
-
-
-def test_sdxl_full_gradient_matches_autograd_reference(sdxl):
-    """SDXL's exact estimator (last_step above): the whole loop written again, every step differentiated."""
-    steps, k, guidance = 2, 2, 3.0
-    backend = SDXLT2I.from_pipeline(sdxl)
-    s_star = backend.encode(PROMPTS[:1])
-    grad, _ = backend.acquisition_grad(s_star, weighted_sum, k=k, generator=seeded(2), num_inference_steps=steps,
-                                       guidance_scale=guidance, estimator="full")
-    s = s_star.clone().requires_grad_(True)
-    latents = sdxl_reference_full(sdxl, s, torch.randn((k, 4, 8, 8), generator=seeded(2)), steps, guidance)
-    images = (sdxl.vae.decode(latents / sdxl.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
-    weighted_sum(images).mean().backward()
-    assert_grad_close(grad, s.grad)
 
 
 # ---------------------------------------------------------------------- x0 for flow matching
