@@ -33,7 +33,6 @@ any result was looked at:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -55,6 +54,7 @@ from galot_core.experiment import Experiment  # noqa: E402
 from galot_core.judge import load_or_train_judge, preprocess_for  # noqa: E402
 from galot_core.models import build_model  # noqa: E402
 from galot_core.train import accuracy, fit, predict  # noqa: E402
+from study import unet_sha  # noqa: E402
 
 WORLDS = {"mnist5k": ROOT, "fashion": ROOT / "worlds" / "fashion"}
 BUDGETS = (40, 80, 120)
@@ -158,12 +158,6 @@ def source_run(world: str, budgets: list[int]) -> Experiment:
     return exp
 
 
-def model_tag(cfg) -> str:
-    """The galot-mini a row was made with: the first 12 hex digits of its UNet weights' sha256."""
-    weights = Path(cfg.t2i.model) / "unet" / "diffusion_pytorch_model.safetensors"
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-
-
 def by_model(rows: list[dict]) -> dict[str, list[dict]]:
     """Rows grouped by the model that made them, in the order the models first appear."""
     groups: dict[str, list[dict]] = {}
@@ -177,11 +171,11 @@ def mean_sem(v: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else float("nan")
 
 
-def summary(rows: list[dict]) -> str:
-    """Per arm: the validation-accuracy difference to basic averaged over the probed budgets, ± its SEM
-    (per-budget SEMs of both arms combined as independent), and the mean judged accuracy."""
+def versus_basic(rows: list[dict]) -> dict[str, tuple[float, float, float, list[int]]]:
+    """Per arm: the validation-accuracy difference to basic averaged over the probed budgets, its SEM
+    (per-budget SEMs of both arms combined as independent), the mean judged accuracy and the budgets."""
     by = {(r["arm"], r["budget"]): mean_sem(r["val_accuracy"]) for r in rows}
-    lines = ["| arm | budgets | vs basic, mean over budgets (pp) | judged | verdict |", "|---|---:|---:|---:|---|"]
+    out = {}
     for arm in [a for a in ARMS if any(r["arm"] == a for r in rows)]:
         budgets = sorted(b for a, b in by if a == arm and ("basic", b) in by)
         if not budgets or arm == "basic":
@@ -189,9 +183,20 @@ def summary(rows: list[dict]) -> str:
         d = sum(by[arm, b][0] - by["basic", b][0] for b in budgets) / len(budgets)
         se = math.sqrt(sum(by[arm, b][1] ** 2 + by["basic", b][1] ** 2 for b in budgets)) / len(budgets)
         judged = sum(r["judged_accuracy"] for r in rows if r["arm"] == arm) / len(budgets)
-        verdict = "better" if d > 2 * se else "worse" if d < -2 * se else "no difference (within 2 SEM)"
+        out[arm] = (d, se, judged, budgets)
+    return out
+
+
+def verdict(d: float, se: float) -> str:
+    return "better" if d > 2 * se else "worse" if d < -2 * se else "no difference (within 2 SEM)"
+
+
+def summary(rows: list[dict]) -> str:
+    """Per arm against basic of the same model, averaged over the probed budgets (``versus_basic``)."""
+    lines = ["| arm | budgets | vs basic, mean over budgets (pp) | judged | verdict |", "|---|---:|---:|---:|---|"]
+    for arm, (d, se, judged, budgets) in versus_basic(rows).items():
         lines.append(f"| {arm} | {', '.join(map(str, budgets))} | {100 * d:+.1f} ± {100 * se:.1f} | {judged:.1%} | "
-                     f"{verdict} |")
+                     f"{verdict(d, se)} |")
     return "\n".join(lines)
 
 
@@ -222,7 +227,7 @@ def main() -> None:
         os.chdir(WORLDS[args.world])  # the world's params.yaml names its paths relative to its folder
         source = source_run(args.world, args.budgets)
         judge = load_or_train_judge(source.dataset, source.cfg.experiment.judge)
-        model = model_tag(source.cfg)
+        model = unet_sha(Path(source.cfg.t2i.model))
         for budget in args.budgets:
             for arm in args.arms:
                 if any(r["arm"] == arm and r["budget"] == budget and r.get("model", "first") == model for r in rows):

@@ -33,6 +33,7 @@ benchmarks/results/study_fashion/.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import queue
@@ -82,6 +83,12 @@ EXPERIMENTS: dict[str, dict[str, list[str]]] = {
     # model, and with per-image embedding offsets (gal.diversity 0.4, label-safe on this world).
     "issue15_gal_only": {"gal_only": ["experiment.mode=gal"],
                          "gal_only_diverse": ["experiment.mode=gal", "gal.diversity=0.4"]},
+    # Issue 15's full runs on mnist5k, seeds 0-2 (`--seeds 0 1 2`), added after the one-cycle probes
+    # (gal_probe.py, validation split), where no arm beat basic: the probes' best arms by mean (dc,
+    # paper, ball, diverse), each against GALOT basic re-run with the same galot-mini.
+    "issue15_full": {"basic": ["gal.epsilon=0.0"], "paper": [], "ball": ["gal.step_scale=ball"],
+                     "dc": ["gal.epsilon=0.0", "gal.label_check=diffusion"],
+                     "diverse": ["gal.epsilon=0.0", "gal.diversity=0.4"]},
 }
 FASHION_AL = ("RandomSampling", "EntropySampling", "MarginSampling", "BADGE", "CoreSet")
 FASHION_EXPERIMENTS: dict[str, dict[str, list[str]]] = {
@@ -149,6 +156,13 @@ def common(name: str, seed: int, world: World = MNIST) -> list[str]:
     return out
 
 
+def unet_sha(model: Path) -> str | None:
+    """A galot-mini folder's identity: the first 12 hex digits of its UNet weights' sha256 (None when
+    absent). A re-pretrained galot-mini is not bit-identical, so results name the model that made them."""
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.exists() else None
+
+
 def do_run(group: str, name: str, overrides: list[str], seed: int, slot: int, world: World = MNIST) -> str:
     out = result_path(group, name, seed, world)
     if out.exists():
@@ -161,7 +175,7 @@ def do_run(group: str, name: str, overrides: list[str], seed: int, slot: int, wo
     rows = json.loads((world.runs / run_name(name, seed) / "metrics.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"group": group, "name": name, "seed": seed, "overrides": overrides, "cycles": rows,
-               "wall_seconds": round(time.perf_counter() - t, 1)}
+               "wall_seconds": round(time.perf_counter() - t, 1), "model": unet_sha(world.folder / world.model)}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(out)
