@@ -24,13 +24,12 @@ from typing import Any, NamedTuple
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import Tensor
 
 from galot_core.t2i.conditioning import Conditioning
 from galot_core.t2i.loading import load_components, moved
 from galot_core.t2i.packed import PackedT2I
-from galot_core.t2i.schedule import set_flow_timesteps
+from galot_core.t2i.schedule import resolution_shift, set_flow_timesteps
 from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -112,10 +111,7 @@ class FluxT2I(PackedT2I):
 
     def _set_timesteps(self, num_inference_steps: int, noise: Tensor) -> None:
         """Sigmas linspace(1, 1/T, T), shifted by mu(number of image tokens) when the config says so."""
-        config = self.scheduler.config
-        mu = calculate_shift((noise.shape[-2] // 2) * (noise.shape[-1] // 2), config.get("base_image_seq_len", 256),
-                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                             config.get("max_shift", 1.15))
+        mu = resolution_shift(self.scheduler, (noise.shape[-2] // 2) * (noise.shape[-1] // 2))
         set_flow_timesteps(self.scheduler, num_inference_steps, mu, self.device)
 
     def _model_inputs(self, cond: Tensor, guidance_scale: float, dtype: torch.dtype,

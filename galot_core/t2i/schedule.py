@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import Tensor
 
 from galot_core.errors import GalotError
@@ -64,6 +65,15 @@ def step_kwargs(scheduler: Any, generator: torch.Generator | None, eta: float) -
     if "generator" in parameters:
         kwargs["generator"] = generator
     return kwargs
+
+
+def resolution_shift(scheduler: Any, image_seq_len: int, max_shift: float = 1.15) -> float:
+    """mu of the resolution-dependent shift (FLUX.1, SD3, Z-Image pipelines): linear in the number of
+    image tokens between the config's base and max sequence lengths; ``max_shift`` is the pipeline's
+    fallback when the config has none (SD3's is 1.16)."""
+    config = scheduler.config
+    return calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                           config.get("base_shift", 0.5), config.get("max_shift", max_shift))
 
 
 def set_flow_timesteps(scheduler: Any, num_inference_steps: int, mu: float, device: torch.device) -> None:

@@ -26,12 +26,12 @@ from typing import Any, NamedTuple
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import Tensor
 
 from galot_core.t2i.conditioning import Conditioning
 from galot_core.t2i.loading import load_components, moved
 from galot_core.t2i.packed import PackedT2I
+from galot_core.t2i.schedule import resolution_shift
 from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -105,13 +105,11 @@ class SD3T2I(PackedT2I):
 
     def _set_timesteps(self, num_inference_steps: int, noise: Tensor) -> None:
         """The scheduler's own sigmas; with ``use_dynamic_shifting``, shifted by mu(image tokens)."""
-        config, kwargs = self.scheduler.config, {}
-        if config.get("use_dynamic_shifting", None):
+        kwargs = {}
+        if self.scheduler.config.get("use_dynamic_shifting", None):
             patch = self.unet.config.patch_size
-            image_seq_len = (noise.shape[-2] // patch) * (noise.shape[-1] // patch)
-            kwargs["mu"] = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
-                                           config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                                           config.get("max_shift", 1.16))
+            kwargs["mu"] = resolution_shift(self.scheduler, (noise.shape[-2] // patch) * (noise.shape[-1] // patch),
+                                            max_shift=1.16)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device, **kwargs)
 
     def _model_inputs(self, cond: Tensor, guidance_scale: float, dtype: torch.dtype,

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from galot_core.t2i.backend import DiffusersT2I
 from galot_core.t2i.loading import load_components
+from galot_core.t2i.schedule import resolution_shift
 from galot_core.t2i.text_encoders import with_text_encoders
 
 _REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -94,18 +95,13 @@ class ZImageT2I(DiffusersT2I):
     def initial_noise(self, batch_size: int, generator: torch.Generator | None = None, *,
                       height: int | None = None, width: int | None = None) -> Tensor:
         """(B, C, h, w) noise with h, w even, drawn like ``ZImagePipeline.prepare_latents``."""
-        from diffusers.utils.torch_utils import randn_tensor
-
         height, width = self._image_size(height, width)
         multiple = self.vae_scale_factor * 2
         shape = (batch_size, self.unet.config.in_channels, 2 * (height // multiple), 2 * (width // multiple))
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self.compute_dtype)
 
     def _set_timesteps(self, num_inference_steps: int, noise: Tensor) -> None:
-        config = self.scheduler.config
-        mu = calculate_shift((noise.shape[-2] // 2) * (noise.shape[-1] // 2), config.get("base_image_seq_len", 256),
-                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                             config.get("max_shift", 1.15))
+        mu = resolution_shift(self.scheduler, (noise.shape[-2] // 2) * (noise.shape[-1] // 2))
         sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps).tolist()
         self.scheduler.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
         self.scheduler.set_begin_index(0)
