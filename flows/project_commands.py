@@ -66,7 +66,8 @@ def _with_preset(params: str, family: str, model: str | None) -> str:
         raise GalotError(f"--preset: {family!r} is not a model family; use one of {', '.join(PRESETS)}")
     model = model or PRESETS[family].example
     local = Path(model).expanduser().exists()
-    return set_in_text(params, {**preset_settings(family), "t2i.model": model, "t2i.allow_download": not local})
+    return set_in_text(params, {**preset_settings(family), "t2i.model": model, "t2i.allow_download": not local},
+                       note=f"galot init --preset {family} (README, 'Supported text-to-image models')")
 
 
 def cmd_init(args: argparse.Namespace) -> int:

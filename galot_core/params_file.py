@@ -11,6 +11,7 @@ parameter and ``dvc exp run -S``: they apply to the parsed file, or to a :class:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +126,17 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
 
 
-def set_in_text(text: str, settings: dict[str, Any]) -> str:
+# A trailing "# ..." after a plain (unquoted, #-free) or quoted scalar value.
+_TRAILING_COMMENT = re.compile(r"""^\s+[\w.-]+:\s*(?:"[^"]*"|'[^']*'|[^#"'\s][^#]*?|)\s+(#.*)$""")
+
+
+def set_in_text(text: str, settings: dict[str, Any], note: str | None = None) -> str:
     """``text`` (a params.yaml with one level of sections, two-space keys) with each ``section.key``
     of ``settings`` set to its value, everything else kept as written, comments included: the
-    key's line is rewritten in place, or added at the end of its section (created if missing)."""
+    key's line is rewritten in place if its value differs (its trailing comment, which documents
+    the key's choices, kept), or added at the end of its section (created if missing). With
+    ``note``, the comment lines right above a rewritten key, which argue for the value it had,
+    become ``# note``."""
     lines = text.splitlines()
     for dotted, value in settings.items():
         section, key = dotted.split(".", 1)
@@ -142,6 +150,14 @@ def set_in_text(text: str, settings: dict[str, Any]) -> str:
         at = next((i for i in range(header + 1, end) if lines[i].startswith(f"  {key}:")), None)
         if at is None:
             lines.insert(end, line)
-        else:
-            lines[at] = line
+            continue
+        if yaml.safe_load(lines[at]) == {key: value}:
+            continue  # already so: the line and its reasons stay as written
+        comment = _TRAILING_COMMENT.search(lines[at])
+        lines[at] = line + (f"{' ' * max(2, comment.start(1) - len(line))}{comment.group(1)}" if comment else "")
+        top = at
+        while top > header + 1 and lines[top - 1].startswith("  #"):
+            top -= 1
+        if note is not None and top < at:
+            lines[top:at] = [f"  # {note}"]
     return "\n".join(lines) + "\n"

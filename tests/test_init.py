@@ -76,6 +76,21 @@ def test_init_with_a_preset_writes_its_settings(family, tmp_path, monkeypatch, c
     starter = (ROOT / "params.yaml").read_text()
     assert cfg.data == load_config(ROOT / "params.yaml").data and "# σ_GAL" in text
     assert len(text.splitlines()) - len(starter.splitlines()) <= 3  # keys the starter lacks are added, not more
+    if preset_settings(family)["t2i.steps"] != load_config(ROOT / "params.yaml").t2i.steps:  # galot-mini's reasons go
+        assert "# galot-mini: 4 DDIM steps" not in text and f"# galot init --preset {family}" in text
+    assert "| full | tweedie | last_m" in text  # a rewritten key keeps its trailing comment
+
+
+def test_set_in_text_keeps_what_still_holds():
+    from galot_core.params_file import set_in_text
+
+    text = ("t2i:\n  # why 4 steps\n  steps: 4    # 1-50\n  # why auto\n  dtype: auto\n"
+            "gal:\n  template: \"a # b {label}\"\n")
+    out = set_in_text(text, {"t2i.steps": 30, "t2i.dtype": "auto", "gal.template": "{label}", "t2i.device": "cpu"},
+                      note="preset")
+    assert out == ("t2i:\n  # preset\n  steps: 30   # 1-50\n  # why auto\n  dtype: auto\n  device: \"cpu\"\n"
+                   "gal:\n  template: \"{label}\"\n")
+    assert set_in_text(text, {"t2i.steps": 30}) == text.replace("steps: 4    #", "steps: 30   #")
 
 
 def test_init_preset_with_a_local_model_and_bad_inputs(tmp_path, monkeypatch, capsys):
