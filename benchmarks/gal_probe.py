@@ -188,7 +188,8 @@ def versus_basic(rows: list[dict]) -> dict[str, tuple[float, float, float, list[
 
 
 def verdict(d: float, se: float) -> str:
-    return "better" if d > 2 * se else "worse" if d < -2 * se else "no difference (within 2 SEM)"
+    """A difference ``d`` with SEM ``se``: better / worse by more than 2 SEM, else no difference."""
+    return "better" if d > 2 * se else "worse" if d < -2 * se else "no difference"
 
 
 def summary(rows: list[dict]) -> str:

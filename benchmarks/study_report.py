@@ -749,8 +749,10 @@ def run_total(key: Key, field: str) -> Stat | None:
 
 def full_runs() -> list[str]:
     """Issue 15's full runs on mnist5k: the probes' best arms against GALOT basic, 3 seeds, one galot-mini."""
+    import gal_probe
+
     keys = {name: ("issue15_full", name) for name in FULL_RUNS}
-    base = keys["basic"]
+    base = FULL_BASIC
     if not load(base):
         return []
     models = sorted({run.get("model") or "?" for k in keys.values() for run in load(k)})
@@ -768,8 +770,7 @@ def full_runs() -> list[str]:
         calls, base_calls = run_total(key, "unet_calls"), run_total(base, "unet_calls")
         secs, base_secs = run_total(key, "seconds"), run_total(base, "seconds")
         rows.append([FULL_RUNS[name], f"{seeds}", pp(d),
-                     "pending" if seeds < len(FULL_SEEDS) else
-                     ("better" if d.mean > 2 * d.sem else "worse" if -d.mean > 2 * d.sem else "no difference"),
+                     "pending" if seeds < len(FULL_SEEDS) else gal_probe.verdict(d.mean, d.sem),
                      "pending" if seeds < len(FULL_SEEDS) else ", ".join(map(str, lost)) or "none", fmt(judged),
                      f"{calls.mean / base_calls.mean:.1f}×" if calls and base_calls and base_calls.mean else "–",
                      f"{secs.mean / base_secs.mean:.1f}×" if secs and base_secs and base_secs.mean else "–"])
@@ -826,17 +827,21 @@ def variants() -> list[str]:
     return lines
 
 
-# (issue item, its gal.* keys, the probe arms that test it, full-run cells: (world, key))
+# (issue item, its gal.* keys, the probe arms that test it, full-run cells: (world, label, cell, its baseline))
+FULL_BASIC = ("issue15_full", "basic")
 ISSUE15_ITEMS = [
     ("the paper's TextOpt (the preset)", "`gal.epsilon` > 0 (params.yaml's default)", ("paper",),
-     (("mnist5k", GALOT), ("fashion", GALOT), ("mnist5k", ("issue15_full", "paper")))),
-    ("1. a PGD that uses its steps", "`gal.step_scale: ball`", ("ball",), (("mnist5k", ("issue15_full", "ball")),)),
+     (("mnist5k", "Table 1", GALOT, BASIC), ("fashion", "Table 1", GALOT, BASIC),
+      ("mnist5k", "issue15_full", ("issue15_full", "paper"), FULL_BASIC))),
+    ("1. a PGD that uses its steps", "`gal.step_scale: ball`", ("ball",),
+     (("mnist5k", "issue15_full", ("issue15_full", "ball"), FULL_BASIC),)),
     ("2. label check without an extra model", "`gal.label_check: diffusion`", ("dc", "select4_dc"),
-     (("mnist5k", ("issue15_full", "dc")),)),
+     (("mnist5k", "issue15_full", ("issue15_full", "dc"), FULL_BASIC),)),
     ("3. over-generate and select", "`gal.candidates`, `gal.select_by`", ("select4", "select4_hard", "select4_hard_dc"),
-     (("fashion", HARD),)),
+     (("fashion", "hard positives", HARD, BASIC),)),
     ("4. per-image diversity", "`gal.diversity`, `t2i.guidance_scale`", ("diverse", "guidance5", "guidance5_diverse"),
-     (("mnist5k", ("issue15_full", "diverse")), ("mnist5k", GAL_DIVERSE))),
+     (("mnist5k", "issue15_full", ("issue15_full", "diverse"), FULL_BASIC),
+      ("mnist5k", "GAL only", GAL_DIVERSE, GAL_PLAIN))),
     ("5. real-anchored generation", "`gal.anchor_strength`", ("anchor0.3", "anchor0.5", "anchor0.7",
                                                               "anchor0.5_select4_dc"), ()),
     ("6. when to spend it", "`gal.epsilon_schedule: constant`", ("ball_constant",), ()),
@@ -862,21 +867,16 @@ def issue15_verdict() -> list[str]:
             return "not probed"
         arm = max(known, key=lambda a: known[a][0])
         d, se, judged, _ = known[arm]
-        return f"{arm}: {100 * d:+.1f} ± {100 * se:.1f} pp ({gal_probe.verdict(d, se).split(' (')[0]}; judged {judged:.0%})"
+        return f"{arm}: {100 * d:+.1f} ± {100 * se:.1f} pp ({gal_probe.verdict(d, se)}; judged {judged:.0%})"
 
-    def full(world: str, key: Key) -> str:
+    def full(world: str, label: str, key: Key, base: Key) -> str:
         use_world(study.WORLDS[world])
-        base = GAL_PLAIN if key == GAL_DIVERSE else BASIC if key in (GALOT, HARD) else ("issue15_full", "basic")
-        d = diff(acc(key), acc(base))
-        n = min(len(load(key)), len(load(base)))
+        d, n = diff(acc(key), acc(base)), min(len(load(key)), len(load(base)))
         use_world(study.MNIST)
-        if d is None:
-            return ""
-        what = {GALOT: "Table 1", HARD: "hard positives", GAL_DIVERSE: "GAL only"}.get(key, "issue15_full")
-        return f"{world} {what}, {n} seeds: {pp(d)}"
+        return f"{world} {label}, {n} seeds: {pp(d)}" if d else ""
 
     rows = [[item, keys, best_probe("mnist5k", arms), best_probe("fashion", arms),
-             "; ".join(f for w, k in cells if (f := full(w, k))) or "–"] for item, keys, arms, cells in ISSUE15_ITEMS]
+             "; ".join(f for cell in cells if (f := full(*cell))) or "–"] for item, keys, arms, cells in ISSUE15_ITEMS]
     return ["## Issue 15's verdict: nothing beats GALOT basic", "",
             "Every way of making the synthetic set that issue 15 asked for, as a `gal.*` option, with its best "
             "one-cycle probe arm per world (validation split, against basic of the same galot-mini; \"better\"/"
