@@ -16,13 +16,21 @@ Fashion world); its params.yaml names the dataset, the galot-mini folder and the
 3. ``sweep``: judged accuracy as ε grows (paper Fig. 4): (a) random directions s* + ε·u/‖u‖;
    (b) TextOpt's directions — sign-PGD maximising the margin acquisition of a weak classifier
    (trained on 20 real labels, like an early AL cycle), n = 10, k = 6.
-5. ``guidance``: judged accuracy at ε = 0 for guidance scales 1, 3, 5 and 7.5 (50 images per
-   class, the world's t2i.steps): how much class fidelity classifier-free guidance buys.
+5. ``guidance``: judged accuracy, FD and diversity at ε = 0 for guidance scales 1, 3, 5 and 7.5
+   (50 images per class, the world's t2i.steps): how much class fidelity classifier-free guidance
+   buys, and what it costs in realism and variety.
 4. ``cas``: the Classification Accuracy Score (Ravuri & Vinyals, NeurIPS 2019): the study's
    classifier (small_cnn, train.* of the world's params.yaml) trained on N generated images only
    (ε = 0, N/10 per class, the world's t2i.steps and guidance) and tested on the real test set,
    against the same classifier trained on N real pool images (N/10 per class, drawn at random);
    N = 1,000 and 5,000 (mnist5k's pool has 2,000 images: N = 1,000 and 2,000 there).
+6. ``realism``: what ``galot t2i-quality`` (the DVC stage t2i_quality) measures: at ε = 0 with the
+   world's t2i.steps and guidance, 50 images per class; the Fréchet distance to the real test set
+   in the judge's penultimate features and the per-class diversity, each beside its real floor
+   (the same statistic for 50 real pool images per class; galot_core/quality.py).
+
+Every result names the model it measured (``model_sha256``, the UNet weights' sha256 prefix);
+``--report`` writes one line instead of a world's numbers when the model on disk is another.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from galot_core import acquisition, textopt  # noqa: E402
 from galot_core.config import TrainConfig  # noqa: E402
 from galot_core.params_file import load_config  # noqa: E402
+from galot_core.quality import model_sha, realism, stale_model  # noqa: E402
 from galot_core.data import load_dataset  # noqa: E402
 from galot_core.judge import judged_accuracy, load_or_train_judge, preprocess_for  # noqa: E402
 from galot_core.models import build_model  # noqa: E402
@@ -57,7 +66,7 @@ WORLDS = {  # name -> (project folder, results file, grid image)
     "fashion": (ROOT / "worlds" / "fashion", ROOT / "benchmarks/results/t2i_quality_fashion.json",
                 "galot-mini-fashion-grid.png"),
 }
-PARTS = ("eps0", "grid", "sweep", "cas", "guidance")
+PARTS = ("eps0", "grid", "sweep", "cas", "guidance", "realism")
 
 
 def generate_per_class(t2i, s, per_class, seed, steps, guidance, batch=100):
@@ -154,9 +163,10 @@ def guidance_sweep(t2i, s_star, judge, d, cfg) -> list[dict]:
     rows = []
     for w in (1.0, 3.0, 5.0, 7.5):
         images, labels = generate_per_class(t2i, s_star, 50, 4, cfg.t2i.steps, w)
-        per_class = [judged_accuracy(judge, images[labels == c], labels[labels == c], d) for c in range(len(s_star))]
-        rows.append({"guidance": w, "steps": cfg.t2i.steps, "judged_accuracy": judged_accuracy(judge, images, labels, d),
-                     "per_class": per_class})
+        q = realism(judge, d, images, labels, d.test, seed=0)
+        rows.append({"guidance": w, "steps": cfg.t2i.steps, "judged_accuracy": q["judged_accuracy"],
+                     "per_class": q["judged_per_class"], "fd": q["fd"], "fd_real_floor": q["fd_real_floor"],
+                     "diversity_ratio": sum(q["diversity_per_class"]) / sum(q["diversity_real_per_class"])})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -190,7 +200,8 @@ def measure(args) -> None:
                    "steps": args.steps, "guidance": args.guidance,
                    "judge_test_accuracy": judged_accuracy(judge, d.test.images, d.test.labels, d),
                    "s_star_norm_per_class": s_star.flatten(1).norm(dim=1).tolist(),
-                   "pretrain": json.loads((Path(cfg.t2i.model) / "galot_pretrain.json").read_text())})
+                   "pretrain": json.loads((Path(cfg.t2i.model) / "galot_pretrain.json").read_text()),
+                   "model_sha256": model_sha(cfg.t2i.model)})
     if "eps0" in args.only:
         result["eps0"] = eps0(t2i, s_star, judge, d, args)
         print(json.dumps(result["eps0"]), flush=True)
@@ -203,14 +214,29 @@ def measure(args) -> None:
         result["cas"] = cas(t2i, s_star, judge, d, cfg)
     if "guidance" in args.only:
         result["guidance_sweep"] = guidance_sweep(t2i, s_star, judge, d, cfg)
+    if "realism" in args.only:
+        images, labels = generate_per_class(t2i, s_star, 50, 5, cfg.t2i.steps, cfg.t2i.guidance_scale)
+        result["realism"] = {"steps": cfg.t2i.steps, "guidance": cfg.t2i.guidance_scale,
+                             **realism(judge, d, images, labels, d.test, seed=0)}
+        print(json.dumps(result["realism"]), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 
 
 def world_section(world: str, r: dict) -> list[str]:
     p, names = r["pretrain"], r.get("class_names") or r["pretrain"]["class_names"]
+    title = f"## {world}: galot-mini-{'fashion' if world == 'fashion' else 'mnist'}"
+    model = WORLDS[world][0] / load_config(WORLDS[world][0] / "params.yaml", []).t2i.model \
+        if (WORLDS[world][0] / "params.yaml").exists() else None
+    if model is not None and model.is_dir():  # a clean clone has no model: the recorded sha says which it was
+        stale = stale_model(r.get("model_sha256"), model, WORLDS[world][1].relative_to(ROOT).as_posix())
+        if stale:
+            print(f"t2i_quality: {stale}", file=sys.stderr)
+            return [title, "", stale, ""]
     lines = [
-        f"## {world}: galot-mini-{'fashion' if world == 'fashion' else 'mnist'}", "",
+        title, "",
+        f"Measured on the galot-mini whose UNet weights' sha256 begins **{r.get('model_sha256') or 'unrecorded'}** "
+        "(the results sections of docs/results.md name their model the same way).", "",
         f"Pretraining: {p['train_images']} images of the `{r.get('dataset', 'mnist5k')}` T2I split (disjoint from pool and test), "
         f"{p['total_seconds'] / 60:.1f} min on this machine"
         + (f" with {p['torch_threads']} torch thread(s)" if "torch_threads" in p else "") + f" (VAE {p['vae_seconds'] / 60:.1f}, UNet "
@@ -239,11 +265,30 @@ def world_section(world: str, r: dict) -> list[str]:
                   f"{row['generated_judged']:.1%} |" for row in c["rows"]]
         lines.append("")
     if "guidance_sweep" in r:
-        lines += [f"Judged accuracy at ε = 0 by classifier-free guidance scale ({r['guidance_sweep'][0]['steps']} steps, 500 "
-                  "images), overall and per class:", "",
-                  "| guidance | judged | " + " | ".join(names) + " |", "|---:|---:|" + "---:|" * len(names)]
-        lines += [f"| {g['guidance']} | {g['judged_accuracy']:.1%} | " + " | ".join(f"{a:.0%}" for a in g["per_class"])
-                  + " |" for g in r["guidance_sweep"]]
+        lines += [f"By classifier-free guidance scale, at ε = 0 ({r['guidance_sweep'][0]['steps']} steps, 500 images): "
+                  "judged accuracy overall and per class, FD to the real test set and diversity as a fraction of "
+                  "real (summed over classes):", "",
+                  "| guidance | judged | FD | diversity / real | " + " | ".join(names) + " |",
+                  "|---:|---:|---:|---:|" + "---:|" * len(names)]
+        lines += [f"| {g['guidance']} | {g['judged_accuracy']:.1%} | {g['fd']:.2f} | {g['diversity_ratio']:.2f} | "
+                  + " | ".join(f"{a:.0%}" for a in g["per_class"]) + " |" if "fd" in g else
+                  f"| {g['guidance']} | {g['judged_accuracy']:.1%} | – | – | "
+                  + " | ".join(f"{a:.0%}" for a in g["per_class"]) + " |" for g in r["guidance_sweep"]]
+        lines.append("")
+    if "realism" in r:
+        q = r["realism"]
+        lines += [f"Realism and diversity at ε = 0 ({q['steps']} steps, guidance {q['guidance']}, {q['images']} images; "
+                  "`galot t2i-quality`): Fréchet distance (FD) to the real test set in the judge's penultimate "
+                  "features (no Inception weights exist offline, so FD is comparable only between models judged "
+                  "by this judge), and per class the mean pairwise feature distance (diversity). The real floor: "
+                  "the same figure for as many real pool images.", "",
+                  f"FD generated **{q['fd']:.2f}**, real floor {q['fd_real_floor']:.2f}.", "",
+                  "| | " + " | ".join(names) + " | mean |", "|---|" + "---:|" * (len(names) + 1)]
+        for label, key in (("diversity, generated", "diversity_per_class"), ("diversity, real", "diversity_real_per_class")):
+            v = q[key]
+            lines.append(f"| {label} | " + " | ".join(f"{a:.2f}" for a in v) + f" | {sum(v) / len(v):.2f} |")
+        ratio = [g / r_ if r_ else 0.0 for g, r_ in zip(q["diversity_per_class"], q["diversity_real_per_class"])]
+        lines.append("| generated / real | " + " | ".join(f"{a:.2f}" for a in ratio) + f" | {sum(ratio) / len(ratio):.2f} |")
         lines.append("")
     if "sweep" in r:
         lines += [

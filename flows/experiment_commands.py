@@ -172,6 +172,49 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_t2i_quality(args: argparse.Namespace) -> int:
+    """Measure the experiment's T2I model at ε = 0: judged accuracy, Fréchet distance and diversity
+    (galot_core/quality.py), each with its real floor; the DVC stage t2i_quality keeps it as metrics."""
+    import torch
+
+    from galot_core.context import load_t2i
+    from galot_core.data import load_dataset
+    from galot_core.io import atomic_write_json
+    from galot_core.judge import load_or_train_judge
+    from galot_core.quality import model_sha, realism
+
+    cfg = load_args_config(args)
+    if args.per_class < 2:
+        raise GalotError(f"--per-class: must be at least 2 (diversity needs pairs), got {args.per_class}")
+    if cfg.experiment.judge is None:  # a user's own folder has no fully labelled pool to judge with
+        atomic_write_json(Path(args.out), {"skipped": "experiment.judge is not set: nothing judges the images"})
+        print("galot: t2i-quality: experiment.judge is not set, nothing to measure with; set it to a path "
+              f"(galot prepare trains the judge there) -> {args.out}")
+        return 0
+    dataset = load_dataset(cfg.data)
+    reference = dataset.val if args.reference == "val" else dataset.test
+    if reference is None:
+        raise GalotError(f"--reference: {cfg.data.dataset} has no validation split; use --reference test")
+    judge = load_or_train_judge(dataset, cfg.experiment.judge)
+    t2i = load_t2i(cfg)
+    s_star = t2i.encode([cfg.gal.template.format(label=name) for name in dataset.class_names])
+    prompted = torch.arange(dataset.num_classes).repeat_interleave(args.per_class)
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        images = torch.cat([t2i.generate(s_star[prompted[i:i + 100]], num_inference_steps=cfg.t2i.steps,
+                                         guidance_scale=cfg.t2i.guidance_scale, generator=generator).cpu()
+                            for i in range(0, len(prompted), 100)])
+    result = {"model": cfg.t2i.model, "model_sha256": model_sha(cfg.t2i.model), "dataset": dataset.name,
+              "class_names": dataset.class_names, "template": cfg.gal.template, "steps": cfg.t2i.steps,
+              "guidance": cfg.t2i.guidance_scale, "seed": args.seed, "reference": args.reference,
+              **realism(judge, dataset, images, prompted, reference, seed=args.seed)}
+    atomic_write_json(Path(args.out), result)
+    print(f"galot: {cfg.t2i.model} (model {result['model_sha256']}): judged {result['judged_accuracy']:.1%} "
+          f"(worst class {min(result['judged_per_class']):.0%}), FD {result['fd']:.2f} (real floor "
+          f"{result['fd_real_floor']:.2f}) -> {args.out}")
+    return 0
+
+
 def cmd_pretrain_t2i(args: argparse.Namespace) -> int:
     from galot_core.data import load_dataset
     from galot_core.t2i.embedded import pretrain, pretrained_with

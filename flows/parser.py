@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["verify"].add_argument("run", nargs="?", help="run folder (default: the experiment in params.yaml)")
     parsers["prepare"].add_argument("--out", default="runs/prepared.json", help="summary file to write")
     parsers["pretrain-t2i"].add_argument("--out", help="output folder (default: pretrain.out)")
+    q = parsers["t2i-quality"]
+    q.add_argument("--out", default="runs/t2i_quality.json", help="metrics file to write")
+    q.add_argument("--per-class", type=int, default=50, help="images generated per class (default 50)")
+    q.add_argument("--reference", choices=("test", "val"), default="test",
+                   help="real split to compare with (val: for choosing models without the test set)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the generation noise and the real floor sample")
     return parser
 
 
@@ -53,6 +59,8 @@ def _add_experiment_commands(sub: argparse._SubParsersAction) -> dict[str, argpa
          experiment.cmd_prepare),
         ("pretrain-t2i", "train the embedded text-to-image model galot-mini (about 15 min on 2 CPU cores)",
          experiment.cmd_pretrain_t2i),
+        ("t2i-quality", "measure the text-to-image model at ε = 0: judged accuracy per class, Fréchet distance "
+                        "and diversity in the judge's features, each beside its real floor", experiment.cmd_t2i_quality),
         ("serve", "serve the galot/cycle, galot-run/run and galot-transfer/transfer Prefect deployments",
          experiment.cmd_serve),
         ("report", "write runs/<name>/report/report.md with the accuracy plot, baselines and sample grids",

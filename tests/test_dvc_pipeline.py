@@ -11,6 +11,7 @@ a directory remote; `dvc exp run -S` takes our dotted keys.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -79,9 +80,10 @@ def synthetic_state(path: Path) -> dict[str, str]:
 def test_repro_runs_every_stage_then_nothing(repo):
     path, run = repo
     out = run("dvc", "repro")
-    assert stages_run(out) == {"prepare", "pretrain_t2i", "galot", "baselines@RandomSampling",
+    assert stages_run(out) == {"prepare", "pretrain_t2i", "t2i_quality", "galot", "baselines@RandomSampling",
                                "baselines@MarginSampling", "transfer@small_cnn", "transfer@mobilenet_v2", "report"}
     assert (path / "models/galot-mini/model_index.json").exists()
+    assert "skipped" in json.loads((path / "runs/t2i_quality.json").read_text())  # TINY has no judge
     assert len(list((path / "runs/default/dataset/synthetic").glob("cycle_*.tar"))) == 2
     assert (path / "runs/default/report/report.md").read_text().count("| 2 | 20 |") == 1
     for s in ("RandomSampling", "MarginSampling"):
@@ -189,6 +191,7 @@ STAGE_ENTRIES = {
     "baselines": ["galot.flows.galot"],
     "transfer": ["galot_core.transfer", "galot.tasks.transfer"],
     "report": ["galot_core.report"],
+    "t2i_quality": ["galot_core.quality", "galot_core.context", "galot_core.judge", "galot_core.data", "galot_core.io"],
 }
 
 
