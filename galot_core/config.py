@@ -197,6 +197,30 @@ class GALConfig(_Section):
         "none",
         help="diffusion: drop generated images that the T2I model itself, as a zero-shot "
              "classifier (Diffusion Classifier), does not put in their prompted class")
+    # Few-shot adaptation of the generator to the labels bought so far (issue 28; docs/results.md
+    # "A generator that learns from the labels"). none = the paper: the T2I model never changes.
+    adapt: Literal["none", "embedding", "lora"] = _field(
+        "none",
+        help="fit the generator to the labelled real images every cycle before TextOpt: embedding: each "
+             "class's prompt embedding s*_c by the denoising loss (the new centre of TextOpt's ε-ball); "
+             "lora: a LoRA on the denoiser's attention (peft), all classes at once")
+    adapt_steps: int = _field(300, min=1, max=100_000, help="optimiser steps of each cycle's fit",
+                              why="each step is a denoiser forward and backward pass")
+    adapt_lr: float = _field(1e-3, min=0.0, min_exclusive=True, max=1.0, help="Adam(W) learning rate of the fit",
+                             why="larger rates destroy a pretrained denoiser")
+    adapt_batch: int = _field(32, min=1, max=_BATCH_MAX, help="labelled images per optimiser step",
+                              why="more than any accelerator holds")
+    adapt_rank: int = _field(8, min=1, max=256, help="lora: the LoRA's rank r (alpha = r)",
+                             why="beyond it a LoRA is as large as the layers it adapts")
+    adapt_modules: Annotated[tuple[str, ...], _LIST] = _field(
+        ("to_q", "to_k", "to_v", "to_out.0"),
+        help="lora: names (suffixes) of the denoiser's linear layers to adapt, as peft's target_modules")
+    adapt_scale: float = _field(1.0, min=0.0, max=2.0,
+                                help="lora: strength of the adapter at generation (1 = as fitted, 0 = the "
+                                     "pretrained model)")
+    adapt_radius: float = _field(0.3, min=0.0, max=2.0,
+                                 help="embedding: the fit stays within adapt_radius·‖s*_c‖ of the template's "
+                                      "embedding (unconstrained fits trade labels for style)")
 
 
 class T2IConfig(_Section):
@@ -371,6 +395,13 @@ def inconsistency(cfg: Config) -> str | None:
     name = cfg.experiment.name
     if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         return f"experiment.name must be a plain folder name (no '/', '..'), got {show(name)}"
+    if cfg.gal.adapt != "none" and cfg.experiment.mode != "al+gal":
+        lacks = "labels no real image" if cfg.experiment.mode == "gal" else "generates no image"
+        return (f"gal.adapt: {cfg.gal.adapt} fits the generator to the labelled real images, but experiment.mode: "
+                f"{cfg.experiment.mode} {lacks}; set gal.adapt: none or experiment.mode: al+gal")
+    if any(not m or not m.replace(".", "").replace("_", "").isalnum() for m in cfg.gal.adapt_modules):
+        return (f"gal.adapt_modules: {show(list(cfg.gal.adapt_modules))} must be layer names such as to_q or "
+                "to_out.0 (letters, digits, '_' and '.')")
     return _data_source_problem(cfg)
 
 

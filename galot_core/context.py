@@ -199,6 +199,10 @@ class Context:
     def start(self) -> None:
         """Create the run folder, or check that it was started with compatible parameters."""
         self.check()
+        if self.cfg.gal.adapt == "lora" and self.uses_generation:  # before anything is written or bought
+            from galot_core.t2i.finetune import check_lora_target
+
+            check_lora_target(self.t2i, self.cfg.gal.adapt_modules)
         if self.folder.read_config() is None:
             self.folder.write_config(self.cfg.to_dict())
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from galot_core.context import Context
 from galot_core.errors import GalotError
-from galot_core.steps import (evaluate_cycle, export_cycle, generate_shard, generation_shards, merge_embeddings,
+from galot_core.steps import (adapt_generator, evaluate_cycle, export_cycle, generate_shard, generation_shards, merge_embeddings,
                               merge_generated, optimize_group, receive_labels, select_real_batch, textopt_groups,
                               train_classifier)
 
@@ -75,6 +75,10 @@ def run_cycle(ctx: Context, cycle: int, do: Executor | None = None) -> dict[str,
         with timed(seconds, "labels"):
             do.one(receive_labels, ctx, cycle)
     if ctx.uses_generation:
+        # 2a. Adapt the generator to the labelled images (gal.adapt; none = the paper).
+        if ctx.cfg.gal.adapt != "none":
+            with timed(seconds, "adapt"):
+                do.one(adapt_generator, ctx, cycle)
         # 2. Optimise the text embeddings s* → s by TextOpt, per group of classes (lines 6–8).
         with timed(seconds, "textopt"):
             if not ctx.folder.embeddings_path(cycle).exists():

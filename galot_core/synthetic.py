@@ -55,13 +55,16 @@ class ManifestEntry:
     guidance_scale: float
     variant: str = ""        # weight variant (t2i.variant); absent in manifests written before it existed
     source: str | None = None  # what else the image came from, e.g. "pool[12] strength 0.5" (image-to-image)
+    adapter: str | None = None  # SHA-256 of the gal.adapt fit the generator ran with (adapted runs only)
 
 
 def entry_dict(entry: ManifestEntry) -> dict:
-    """A manifest line's fields; ``source`` only when set (image-to-image), so text-to-image lines do not carry it."""
+    """A manifest line's fields; ``source`` and ``adapter`` only when set (image-to-image, an adapted
+    generator), so the lines of plain text-to-image runs do not carry them."""
     d = asdict(entry)
-    if d["source"] is None:
-        del d["source"]
+    for optional in ("source", "adapter"):
+        if d[optional] is None:
+            del d[optional]
     return d
 
 
@@ -92,7 +95,8 @@ def cycle_folder(run_dir: str | Path, cycle: int) -> Path:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ENTRY_TYPES = {"file": str, "sha256": str, "label": int, "class_name": str, "prompt": str, "cycle": int,
                 "epsilon": float, "embedding_sha256": str, "seed": int, "model_id": str, "revision": str,
-                "scheduler": str, "steps": int, "guidance_scale": float, "variant": str, "source": (str, type(None))}
+                "scheduler": str, "steps": int, "guidance_scale": float, "variant": str, "source": (str, type(None)),
+                "adapter": (str, type(None))}
 
 
 def safe_relative(name: Any) -> bool:
@@ -113,8 +117,10 @@ def _entry(d: Any) -> ManifestEntry:
         v = d.get(name)
         ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) if tp is float else \
             (isinstance(v, int) and not isinstance(v, bool)) if tp is int else isinstance(v, tp)
-        if not ok and not (name in ("variant", "source") and name not in d):
+        if not ok and not (name in ("variant", "source", "adapter") and name not in d):
             raise ValueError(f"field {name!r}")
+    if d.get("adapter") is not None and not _SHA256.fullmatch(d["adapter"]):
+        raise ValueError("field 'adapter'")
     if not safe_relative(d["file"]) or not _SHA256.fullmatch(d["sha256"]) or d["label"] < 0:
         raise ValueError("field 'file' (a path inside the cycle folder)" if not safe_relative(d["file"]) else
                          "field 'sha256'" if not _SHA256.fullmatch(d["sha256"]) else "field 'label'")

@@ -5,8 +5,9 @@ This walks it and checks each file against what the run recorded about it:
 
 - ``config.json`` parses and validates; ``pool.json`` is consistent (indices unique and in
   range, one label and cycle per index) and agrees with every cycle's ``|L|``;
-- each completed cycle's ``metrics.json`` parses, and the files it lists (classifier and
-  embeddings) have the SHA-256 it recorded; every classifier loads;
+- each completed cycle's ``metrics.json`` parses, and the files it lists (classifier,
+  embeddings, the adapted generator) have the SHA-256 it recorded; every classifier loads;
+  every image names the adapted generator it came from;
 - every synthetic image listed in a cycle's ``manifest.jsonl`` exists with its hash, and
   the count matches the cycle's ``|G|``; stray files (a write cut short) are reported;
 - the exported dataset's shards match ``index.json`` and their own manifests;
@@ -26,7 +27,7 @@ from typing import Any
 from galot_core import export, synthetic
 from galot_core.config import config_from_dict
 from galot_core.errors import GalotError
-from galot_core.runfolder import RunFolder
+from galot_core.runfolder import ADAPTER_FILES, RunFolder
 from galot_core.io import read_json
 
 
@@ -130,6 +131,9 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
             continue  # an incomplete cycle (the next run finishes it), or a problem already reported
         for name, digest in (m.get("files") or {}).items():
             c.hashed(run.cycle_dir(cycle) / name, digest, name)
+        adapt = cfg.gal.adapt if cfg is not None else "none"
+        if adapt != "none":
+            c.read(run.adapter_path(cycle, adapt), lambda n=cycle: run.read_adapter(n, adapt))
         c.classifier(run.model_path(cycle))
         last_model = run.model_path(cycle)
         if pool is not None and sum(1 for k in pool["cycles"] if k <= cycle) != m["labelled"]:
@@ -167,6 +171,11 @@ def _check_synthetic(c: _Checker, folder: Path, metrics: dict, cfg) -> None:
         return
     c.checked += 1
     listed = {e.file for e in entries}
+    adapt = cfg.gal.adapt if cfg is not None else "none"
+    fit = (metrics.get("files") or {}).get(ADAPTER_FILES[adapt]) if adapt != "none" else None
+    if any(e.adapter != fit for e in entries):
+        c.add("inconsistent", folder / "manifest.jsonl", f"names another adapted generator than the cycle's "
+                                                          f"{ADAPTER_FILES.get(adapt, 'none')}")
     for e in entries:
         path = folder / e.file
         if not path.exists():

@@ -99,6 +99,14 @@ def receive_labels(cfg: Config, cycle: int) -> dict[str, Any]:
     return {"cycle": cycle, **steps.receive_labels(context(cfg), cycle)}
 
 
+@task(name="adapt_generator", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=transient)
+def adapt_generator(cfg: Config, cycle: int) -> dict[str, Any]:
+    """gal.adapt: the generator fitted to the labelled images (an embedding per class or a LoRA)."""
+    ctx = context(cfg)
+    info = steps.adapt_generator(ctx, cycle)
+    return {"cycle": cycle, "adapter": str(ctx.folder.adapter_path(cycle, cfg.gal.adapt)), **info}
+
+
 @task(name="merge_embeddings", cache_policy=NO_CACHE)
 def merge_embeddings(cfg: Config, cycle: int) -> dict[str, Any]:
     """Every class's optimised embedding in one file, the input of generation."""
@@ -136,6 +144,6 @@ def evaluate_cycle(cfg: Config, cycle: int, seconds: dict[str, float]) -> dict[s
 
 
 # Each step function of galot_core.steps and the task that runs it.
-TASKS = {getattr(steps, t.name): t for t in (select_real_batch, receive_labels, optimize_group, merge_embeddings,
-                                             generate_shard, merge_generated, train_classifier, export_cycle,
-                                             evaluate_cycle)}
+TASKS = {getattr(steps, t.name): t for t in (select_real_batch, receive_labels, adapt_generator, optimize_group,
+                                             merge_embeddings, generate_shard, merge_generated, train_classifier,
+                                             export_cycle, evaluate_cycle)}

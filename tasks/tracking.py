@@ -146,6 +146,7 @@ def log_experiment(cfg: Config) -> dict[str, Any]:
         grid = run.grid_path(row["cycle"])
         if grid.exists():
             client.log_artifact(run_id, str(grid), artifact_path=f"grids/cycle_{row['cycle']:03d}")
+        log_adapter(cfg, client, run_id, run, row["cycle"])
         state["logged_cycles"].append(row["cycle"])
     if new:
         if run.classifier_path.exists():
@@ -155,6 +156,21 @@ def log_experiment(cfg: Config) -> dict[str, Any]:
                 client.log_artifact(run_id, str(file))
     atomic_write_json(path, everything)
     return {"run_id": run_id, "tracking_uri": redacted(uri), "logged": [r["cycle"] for r in new]}
+
+
+def log_adapter(cfg: Config, client, run_id: str, run: RunFolder, cycle: int) -> None:
+    """gal.adapt: the cycle's fit as an artifact and its loss curve (one series per cycle, by step)."""
+    from mlflow.entities import Metric
+
+    kind = cfg.gal.adapt
+    fit = run.read_adapter(cycle, kind) if kind != "none" else None
+    if fit is None:
+        return
+    now = int(time.time() * 1000)
+    losses = [Metric(f"adapt_loss_cycle_{cycle:03d}", float(v), now, k) for k, v in enumerate(fit[1]["losses"])]
+    for i in range(0, len(losses), 1000):
+        client.log_batch(run_id, metrics=losses[i:i + 1000])
+    client.log_artifact(run_id, str(run.adapter_path(cycle, kind)), artifact_path=f"adapters/cycle_{cycle:03d}")
 
 
 def log_model(cfg: Config, client, run_id: str, run_dir: Path) -> str | None:

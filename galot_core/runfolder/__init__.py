@@ -9,7 +9,10 @@ through it, so a run killed at any point continues where it stopped. Layout::
       labels/                     human oracle only: each cycle's batch, thumbnails, answers
       cycles/cycle_003/
         .textopt-000.safetensors  one TextOpt group's result, until merged
-        embeddings.safetensors    s* and the TextOpt-optimised s, one row per class
+        pytorch_lora_weights.safetensors  gal.adapt: lora: the generator's LoRA fitted this cycle
+                                  (diffusers' format: pipe.load_lora_weights(cycle folder))
+        adapted_embeddings.safetensors    gal.adapt: embedding: each class's fitted s*_c
+        embeddings.safetensors    s* (or the adapted centres) and the TextOpt-optimised s, one row per class
         generate_unet_calls.json  UNet calls generation spent (across resumes)
         selection.json            kept / rejected candidates (gal.candidates, gal.label_check)
         rejected/                 the rejected candidates' PNGs
@@ -41,10 +44,13 @@ from galot_core import synthetic
 from galot_core.data.pool import PoolState
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_bytes, atomic_write_json, read_json, safetensors_bytes
-from galot_core.runfolder.checks import (check_metrics, check_pool, checked_tensors, header_unet_calls,
-                                         read_checked_json)
+from galot_core.runfolder.checks import (check_metrics, check_pool, checked_adapter, checked_tensors,
+                                         header_unet_calls, read_checked_json)
 
 
+# gal.adapt → the file its fit is kept in; the LoRA's has diffusers' default name, so that
+# `pipe.load_lora_weights("runs/<name>/cycles/cycle_003")` finds it.
+ADAPTER_FILES = {"lora": "pytorch_lora_weights.safetensors", "embedding": "adapted_embeddings.safetensors"}
 RUN_LOCK_ENV = "GALOT_RUN_LOCK_FD"  # a descriptor holding the run lock, passed to the `galot run` a page starts
 
 
@@ -110,6 +116,10 @@ class RunFolder:
 
     def embeddings_path(self, cycle: int) -> Path:
         return self.cycle_dir(cycle) / "embeddings.safetensors"
+
+    def adapter_path(self, cycle: int, kind: str) -> Path:
+        """The cycle's fitted generator (``gal.adapt``: ``lora`` or ``embedding``)."""
+        return self.cycle_dir(cycle) / ADAPTER_FILES[kind]
 
     def group_path(self, cycle: int, group: int) -> Path:
         return self.cycle_dir(cycle) / f".textopt-{group:03d}.safetensors"
@@ -252,6 +262,16 @@ class RunFolder:
     def write_embeddings(self, cycle: int, tensors: dict[str, torch.Tensor], prompts: list[str], calls: int) -> None:
         atomic_write_bytes(self.embeddings_path(cycle),
                            safetensors_bytes(tensors, {"prompts": "\n".join(prompts), "unet_calls": str(calls)}))
+
+    # ----- the adapted generator -------------------------------------------------------------
+    def read_adapter(self, cycle: int, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The cycle's ``gal.adapt`` fit: its tensors and record (inputs' hash, losses, calls), or None."""
+        path = self.adapter_path(cycle, kind)
+        return checked_adapter(path, kind) if path.exists() else None
+
+    def write_adapter(self, cycle: int, kind: str, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        atomic_write_bytes(self.adapter_path(cycle, kind),
+                           safetensors_bytes(tensors, record))
 
     def read_group(self, cycle: int, group: int) -> tuple[dict[str, torch.Tensor], int] | None:
         path = self.group_path(cycle, group)

@@ -133,3 +133,26 @@ def header_unet_calls(path: Path) -> int:
     if calls < 0:
         raise bad_file(path, "header field 'unet_calls'", "must be >= 0", _EMBEDDINGS_FIX)
     return calls
+
+
+_ADAPTER_RECORD = ("inputs_sha256", "losses", "labelled", "unet_calls")
+
+
+def checked_adapter(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A ``gal.adapt`` fit: finite floating-point tensors and the record galot wrote beside them."""
+    fix = "delete it to fit the cycle's generator again"
+    try:
+        tensors = load_file(str(path))
+        record = safetensors_metadata(path)
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own error types, and OSError)
+        raise GalotError(f"{path}: the adapted generator is unreadable ({e.__class__.__name__}); {fix}") from None
+    if not tensors or any(not t.is_floating_point() or not bool(torch.isfinite(t).all()) for t in tensors.values()):
+        raise bad_file(path, "its tensors", "must be present, floating point and finite", fix)
+    if kind == "embedding" and set(tensors) != {"template", "centres"}:
+        raise bad_file(path, "its tensors", "must be exactly 'template' and 'centres'", fix)
+    if not isinstance(record, dict):
+        raise bad_file(path, "its header", "must be galot's record of the fit", fix)
+    missing = [k for k in _ADAPTER_RECORD if k not in record]
+    if missing or not isinstance(record["losses"], list) or not isinstance(record["inputs_sha256"], str):
+        raise bad_file(path, "its header", f"lacks {', '.join(missing) or 'a valid losses/inputs_sha256'}", fix)
+    return tensors, record

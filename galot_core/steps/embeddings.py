@@ -14,6 +14,7 @@ from galot_core import textopt
 from galot_core.context import Context
 from galot_core.errors import GalotError
 from galot_core.faults import simulated_oom
+from galot_core.steps import adapt
 
 
 def textopt_groups(ctx: Context) -> list[list[int]]:
@@ -42,6 +43,12 @@ def template_embeddings(ctx: Context) -> torch.Tensor:
         return ctx.t2i.encode(ctx.prompts()).float()
 
 
+def centre_embeddings(ctx: Context, cycle: int) -> torch.Tensor:
+    """The centres of the cycle's ε-balls: s* (line 6), or each class's fit with ``gal.adapt: embedding``."""
+    fitted = adapt.centres(ctx, cycle)
+    return fitted.float() if fitted is not None else template_embeddings(ctx)
+
+
 class GroupGradient:
     """The ``grad_fn`` TextOpt ascends for one group of classes: :func:`textopt.sigma_gal_gradient`
     on the group's rows, with the noise of the whole batch, a batch that shrinks on out-of-memory,
@@ -62,6 +69,7 @@ class GroupGradient:
             gen = torch.Generator(t2i.device).manual_seed(self.ctx.seed(self.cycle, 3, step))
             batch = self.ctx.batch_size("TextOpt")
             with self.ctx.t2i_lock:
+                adapt.use_adapter(self.ctx, self.cycle)
                 before = t2i.num_unet_calls
                 noise = t2i.initial_noise(classes * g.samples, gen)  # every class's, as one draw
                 noise = noise.view(classes, g.samples, *noise.shape[1:])[self.rows].flatten(0, 1)
@@ -78,12 +86,12 @@ class GroupGradient:
 
 
 def optimize_group(ctx: Context, cycle: int, group: int) -> int:
-    """Lines 6–8 for one group of classes: PGD on Eq. 2 from s*; returns the UNet calls spent."""
+    """Lines 6–8 for one group of classes: PGD on Eq. 2 from s* (or its adapted centre); returns the UNet calls spent."""
     run, g = ctx.folder, ctx.cfg.gal
     if run.group_path(cycle, group).exists() or run.embeddings_path(cycle).exists():
         return 0
     rows = textopt_groups(ctx)[group]
-    s_star = template_embeddings(ctx)
+    s_star = centre_embeddings(ctx, cycle)
     eps = textopt.resolve_epsilon(ctx.epsilon(cycle), s_star, g.epsilon_relative)
     eps = torch.as_tensor(eps, dtype=torch.float32).expand(len(s_star)).clone()
     previous = ctx.load_model(cycle - 1)
@@ -104,7 +112,7 @@ def optimize_group(ctx: Context, cycle: int, group: int) -> int:
 
 
 def merge_embeddings(ctx: Context, cycle: int) -> dict[str, float]:
-    """Stack the groups' optimised embeddings into embeddings.safetensors (s*, s, ε per class)."""
+    """Stack the groups' optimised embeddings into embeddings.safetensors (s* or the adapted centres, s, ε per class)."""
     run = ctx.folder
     if not run.embeddings_path(cycle).exists():
         groups = range(len(textopt_groups(ctx)))
@@ -112,7 +120,7 @@ def merge_embeddings(ctx: Context, cycle: int) -> dict[str, float]:
         missing = [run.group_path(cycle, k).name for k, p in zip(groups, parts) if p is None]
         if missing:
             raise GalotError(f"cycle {cycle}: TextOpt groups {', '.join(missing)} are not done; run the cycle again")
-        tensors = {"s_star": template_embeddings(ctx).cpu().contiguous(),
+        tensors = {"s_star": centre_embeddings(ctx, cycle).cpu().contiguous(),
                    "s": torch.cat([p["s"] for p, _ in parts]).contiguous(),
                    "epsilon": torch.cat([p["epsilon"] for p, _ in parts]).contiguous()}
         run.write_embeddings(cycle, tensors, ctx.prompts(), sum(calls for _, calls in parts))

@@ -50,6 +50,8 @@ def unet_calls(ctx: Context, cycle: int) -> dict[str, int]:
         out["textopt"] = calls
     if (calls := run.read_generate_calls(cycle)) is not None:
         out["generate"] = calls
+    if ctx.cfg.gal.adapt != "none" and (fit := run.read_adapter(cycle, ctx.cfg.gal.adapt)) is not None:
+        out["adapt"] = int(fit[1]["unet_calls"])
     if (decision := run.read_selection(cycle)) is not None and ctx.cfg.gal.label_check != "none":
         out["label_check"] = int(decision.get("unet_calls", 0))
     return out
@@ -72,8 +74,9 @@ def evaluate_cycle(ctx: Context, cycle: int, seconds: dict[str, float]) -> dict[
                    batch_size=ctx.cfg.train.eval_batch_size) if len(test) else None
     generated = sum(len(run.read_manifest(c)) for c in ctx.synthetic_cycles(cycle))
     failpoint("evaluate.before_metrics")
+    adapter = [run.adapter_path(cycle, ctx.cfg.gal.adapt)] if ctx.cfg.gal.adapt != "none" else []
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in (run.model_path(cycle), run.embeddings_path(cycle)) if p.exists()}
+             for p in (run.model_path(cycle), run.embeddings_path(cycle), *adapter) if p.exists()}
     metrics = CycleMetrics(cycle=cycle, labelled=len(ctx.pool_state().labelled), generated=generated,
                            epsilon=effective_epsilon(ctx, cycle), test_accuracy=acc, seconds=seconds,
                            judged_accuracy=judge_generated(ctx, cycle), unet_calls=unet_calls(ctx, cycle),

@@ -18,6 +18,7 @@ from galot_core import synthetic
 from galot_core.context import Context
 from galot_core.faults import failpoint, simulated_oom
 from galot_core.io import atomic_write_bytes
+from galot_core.steps import adapt
 from galot_core.steps.choose import select_generated
 from galot_core.transforms import to_uint8
 
@@ -95,7 +96,7 @@ def _file_names(ctx: Context, items: list[Item]) -> dict[Item, str]:
 
 
 def _entries(ctx: Context, cycle: int, batch: list[Item], seeds: list[int], pngs: list[bytes],
-             cond: torch.Tensor, eps: torch.Tensor, anchor: dict[Item, int]) -> list[dict]:
+             cond: torch.Tensor, eps: torch.Tensor, anchor: dict[Item, int], adapter: str | None) -> list[dict]:
     """The manifest lines of a batch of images just written."""
     t2i, tc, names, prompts = ctx.t2i, ctx.cfg.t2i, _file_names(ctx, batch), ctx.prompts()
     sched = f"{type(t2i.scheduler).__name__}({t2i.scheduler.config.get('timestep_spacing', '')})"
@@ -104,7 +105,7 @@ def _entries(ctx: Context, cycle: int, batch: list[Item], seeds: list[int], pngs
         file=names[c, i], sha256=hashlib.sha256(data).hexdigest(), label=c, class_name=ctx.dataset.class_names[c],
         prompt=prompts[c], cycle=cycle, epsilon=float(eps[c]), embedding_sha256=synthetic.tensor_sha256(e), seed=sd,
         model_id=t2i.model_id, revision=t2i.revision, variant=t2i.variant, scheduler=sched, steps=tc.steps,
-        guidance_scale=tc.guidance_scale, source=source.get((c, i))))
+        guidance_scale=tc.guidance_scale, source=source.get((c, i)), adapter=adapter))
         for (c, i), sd, data, e in zip(batch, seeds, pngs, cond)]
 
 
@@ -135,6 +136,7 @@ def generate_shard(ctx: Context, cycle: int, shard: int) -> int:
         seeds = [ctx.seed(cycle, 5, c, i) for c, i in batch]
         cond = conditioning(ctx, cycle, batch, emb["s"])
         with ctx.t2i_lock:  # one model per process: concurrent tasks take turns on it
+            adapter = adapt.use_adapter(ctx, cycle)
             before = t2i.num_unet_calls
             noise = torch.cat([t2i.initial_noise(1, torch.Generator(t2i.device).manual_seed(sd)) for sd in seeds])
             try:
@@ -153,7 +155,7 @@ def generate_shard(ctx: Context, cycle: int, shard: int) -> int:
             if k == len(batch) // 2:
                 failpoint("generate.mid_batch")  # some PNGs on disk, the part file not yet updated
         part["entries"] += _entries(ctx, cycle, batch, seeds, pngs, cond, emb["epsilon"],
-                                    {item: anchor[item] for item in batch if item in anchor})
+                                    {item: anchor[item] for item in batch if item in anchor}, adapter)
         part["unet_calls"] += calls
         run.write_part(cycle, shard, part)
         bar.update(len(batch))

@@ -71,6 +71,8 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
     """
 
     family = "sd"
+    training_guidance = 0.0
+    """The guidance argument of the denoiser call during adaptation: unguided, one pass."""
 
     def __init__(
         self,

@@ -49,6 +49,7 @@ class FluxT2I(PackedT2I):
 
     family = "flux"
     default_latent_side = 128  # the pipeline's default: 1024 px
+    training_guidance = 3.5  # dev's guidance input while fitting a LoRA (diffusers' FLUX LoRA script)
 
     def __init__(self, text_encoder: torch.nn.Module, tokenizer: Any, text_encoder_2: torch.nn.Module,
                  tokenizer_2: Any, transformer: torch.nn.Module, scheduler: Any, vae: torch.nn.Module, *,

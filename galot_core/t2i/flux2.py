@@ -132,6 +132,13 @@ class Flux2KleinT2I(DiffusersT2I):
         b, c, h, w = latents.shape
         return latents.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // 4, h * 2, w * 2)
 
+    def _from_vae_latents(self, z: Tensor) -> Tensor:
+        """The inverse of :meth:`_vae_latents`: patchify (2x2), then the batch-norm statistics."""
+        b, c, h, w = z.shape
+        z = z.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+        bn, eps = self.vae.bn, self.vae.config.batch_norm_eps
+        return (z - bn.running_mean.view(1, -1, 1, 1).to(z)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + eps).to(z)
+
     # ------------------------------------------------------------------ family hooks
 
     def _set_timesteps(self, num_inference_steps: int, noise: Tensor) -> None:

@@ -27,15 +27,15 @@ class LatentImages:
 
     @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
-        """Images (B, C, H, W) in [0, 1] → the model's scaled latents, at the model's own size and channels.
+        """Images (B, C, H, W) in [0, 1] → latents x0 in the layout of :meth:`initial_noise`, at the
+        size generation uses: the inverse of :meth:`_decode` (image-to-image, adaptation).
 
         Grey images are repeated to RGB and RGB images averaged to grey as the VAE needs; the
-        size becomes the UNet's sample size (antialiased bilinear resize).
+        size becomes :meth:`_image_size`'s (antialiased bilinear resize). Latents are the
+        encoder's mean, not a sample: the same image always gives the same x0.
         """
         x = images.to(self.device, self.compute_dtype)
-        sample_size = self.unet.config.sample_size
-        h, w = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
-        size = (h * self.vae_scale_factor, w * self.vae_scale_factor)
+        size = self._image_size(None, None)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         channels = self.vae.config.in_channels if self.vae is not None else self.unet.config.in_channels
@@ -44,7 +44,7 @@ class LatentImages:
         if self.vae is None:
             return x * 2 - 1
         z = self.vae.encode((x * 2 - 1).to(self.vae.dtype)).latent_dist.mean
-        return z.to(self.compute_dtype) * self.vae.config.scaling_factor
+        return self._from_vae_latents(z.to(self.compute_dtype))
 
     def initial_noise(
         self,
@@ -104,3 +104,14 @@ class LatentImages:
         latents = latents / config.scaling_factor
         shift = config.get("shift_factor")
         return latents + shift if shift is not None else latents
+
+    def _from_vae_latents(self, z: Tensor) -> Tensor:
+        """The inverse of :meth:`_vae_latents`: the VAE's latents → the denoiser's."""
+        config = self.vae.config
+        mean, std = config.get("latents_mean"), config.get("latents_std")
+        if mean is not None and std is not None:
+            view = (1, len(mean), 1, 1)
+            return ((z - torch.tensor(mean, dtype=z.dtype, device=z.device).view(view)) * config.scaling_factor
+                    / torch.tensor(std, dtype=z.dtype, device=z.device).view(view))
+        shift = config.get("shift_factor")
+        return (z - shift if shift is not None else z) * config.scaling_factor
