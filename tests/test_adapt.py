@@ -278,3 +278,41 @@ def test_cli_refuses_a_model_without_the_named_layers_before_writing(tmp_path, t
     assert "Traceback" not in r.stderr and len(lines) == 1
     run = tmp_path / "runs" / "lora"  # at most the empty folder the run lock lives beside
     assert not run.exists() or not any(run.iterdir())
+
+
+@pytest.fixture(scope="module")
+def lora_reference(tmp_path_factory, tiny_sd_folder, prefect_api):
+    from tests.test_faults import fingerprint, galot
+    from tests.test_flows import write_params
+
+    root = tmp_path_factory.mktemp("adapt-faults")
+    env = dict(os.environ, PREFECT_API_URL=prefect_api, OMP_NUM_THREADS="1")
+
+    def params_in(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_params(folder, tiny_sd_folder, name="crash", gal={"steps": 2, "samples": 2, "adapt": "lora",
+                                                                       "adapt_steps": 5, "adapt_rank": 2},
+                            t2i={"batch_size": 8}, tracking={"mlflow": False})
+
+    r = galot(params_in(root / "reference"), env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return root, env, params_in, fingerprint(root / "reference/runs/crash")
+
+
+@pytest.mark.parametrize("point", ["adapt.before_write:2", "generate.mid_batch:2"])
+def test_sigkill_during_an_adapted_cycle_then_rerun_matches(lora_reference, point):
+    """Killed after cycle 2's fit (not yet written) or mid-generation on the adapted model (a fresh
+    process then loads the LoRA from the file): the rerun is byte-identical and verifies."""
+    from tests.test_faults import BIN, fingerprint, galot
+
+    root, env, params_in, reference = lora_reference
+    params = params_in(root / point.replace(":", "-").replace(".", "-"))
+    killed = galot(params, env, failpoint=point)
+    assert killed.returncode == -9, f"{point} was never reached:\n{killed.stderr[-1500:]}"
+    resumed = galot(params, env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = fingerprint(params.parent / "runs/crash")
+    assert "cycles/cycle_002/pytorch_lora_weights.safetensors" in got and got == reference
+    verify = subprocess.run([str(BIN / "galot"), "verify", str(params.parent / "runs/crash")], env=env,
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout
