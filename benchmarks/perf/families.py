@@ -11,7 +11,9 @@ of the tests (prompts are padded to the real lengths either way). Per model it m
    for the few-step FLUX models at 1-4 steps also cos(last_step, full) on the same noise (the "gain" of ``full``;
    with random weights this cosine says nothing about real models, only the costs do);
 3. on CUDA, the peak memory of the ``full`` step with and without gradient checkpointing, and
-   of the text encoders in fp32 vs bf16.
+   of the text encoders in fp32 vs bf16;
+4. gal.adapt: seconds per optimiser step (and on CUDA the peak memory) of the embedding fit and
+   of a rank-8 LoRA fit on the attention, batch k, at the image size (galot_core/t2i/finetune.py).
 
 ``--smoke`` runs the tiny test models on the CPU instead: a CLEARLY LABELLED smoke test that the
 script works, not a performance result. On a GPU (one H200), the default run is planned for
@@ -219,6 +221,34 @@ def memory(backend, s, size: int, steps: int, guidance: float, k: int) -> dict[s
             "checkpointed_s": checkpointed_s}
 
 
+def adaptation(backend, size: int, batch: int, steps: int = 5) -> dict[str, Any]:
+    """gal.adapt's cost on this model: a LoRA step (rank 8, attention, batch ``batch``) and an
+    embedding step, seconds per step and (CUDA) peak memory, from the fit functions the cycle uses."""
+    from galot_core.t2i import finetune as ft
+
+    device, out = backend.device, {"batch": batch, "steps": steps}
+    x0 = ft.training_latents(backend, torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)))
+    template = backend.encode(["a photo of a cat", "a photo of a dog"])
+    y = torch.arange(batch) % 2
+
+    def embedding():
+        ft.fit_embeddings(backend, x0, y, template, steps=steps, lr=5e-3, radius=0.3, batch=batch,
+                          generator=torch.Generator().manual_seed(0), progress=False)
+
+    def lora():
+        ft.attach_lora(backend, 8, ("to_q", "to_k", "to_v", "to_out.0"), seed=0)
+        ft.fit_lora(backend, x0, template[y], backend.uncond, steps=steps, lr=1e-3, batch=batch,
+                    generator=torch.Generator().manual_seed(0), progress=False)
+
+    for name, fn in (("embedding", embedding), ("lora", lora)):
+        out[f"{name}_peak_gib"] = peak_gib(fn, device)
+        _, seconds = timed(fn, device)
+        out[f"{name}_s_per_step"] = seconds / steps
+    out["lora_parameters"] = sum(v.numel() for v in ft.lora_state(backend).values())
+    backend.unet.delete_adapters(ft.ADAPTER)
+    return out
+
+
 def run_model(name: str, pipe, backend_class, args, device: torch.device) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     extra = {"flux": {"max_sequence_length": args.t5_length},
@@ -236,6 +266,7 @@ def run_model(name: str, pipe, backend_class, args, device: torch.device) -> dic
                 result["textopt"][f"{t}_steps"] = textopt_step(backend, s, args.size, t, guidance, args.k)
     if device.type == "cuda":
         result["memory"] = memory(backend, s, args.size, steps, guidance, args.k)
+    result["adaptation"] = adaptation(backend, args.size, args.k)
     return result
 
 
