@@ -2,7 +2,7 @@
 
     python benchmarks/adaptation.py --world mnist5k     # benchmarks/results/adaptation_mnist5k.json
     python benchmarks/adaptation.py --world fashion     # benchmarks/results/adaptation_fashion.json
-    python benchmarks/adaptation.py --report            # docs/adaptation.md from both JSON files
+    python benchmarks/adaptation.py --report            # docs/results.md's section from both JSON files
 
 For each world, labelled sets of |L| = 20, 60 and 200 real images taken from the world's AL run
 (runs/default-baselines/MarginSampling/pool.json: the first |L| images σ_AL bought, in the order
@@ -188,15 +188,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", choices=list(WORLDS), default="mnist5k")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    ap.add_argument("--report", action="store_true", help="only write docs/adaptation.md from the JSON files")
+    ap.add_argument("--report", action="store_true", help="only regenerate docs/results.md from the JSON files")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if not args.report:
         measure(args.world, args.arms)
-    from benchmarks.adaptation_report import write_report
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import study_report  # docs/results.md, whose section "A generator that learns from the labels" this feeds
 
-    write_report({w: json.loads(result_path(w).read_text()) for w in WORLDS if result_path(w).exists()},
-                 ROOT / "docs" / "adaptation.md")
+    study_report.main()
 
 
 if __name__ == "__main__":

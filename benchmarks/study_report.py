@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import adaptation_report  # noqa: E402
 import study  # noqa: E402
 from study import EXPERIMENTS, TEMPLATES, TRANSFER_ARCHS, TRANSFERS  # noqa: E402
 
@@ -954,7 +955,8 @@ def main() -> None:
     data = json.loads(PSEUDO.read_text()) if PSEUDO.exists() else None
     effect = json.loads(EFFECT.read_text()) if EFFECT.exists() else None
     lines = [*header(), *side_by_side(), *claims(data), *table1(), *fig3(), *table2(), *fig4(data),
-             *textopt_effect(effect), *ablations(), *cost(), *issue15_verdict(), *gal_only_diversity(), *full_runs(), *fashion(), *variants(), *refactor_identity()]
+             *textopt_effect(effect), *ablations(), *cost(), *issue15_verdict(), *gal_only_diversity(), *full_runs(), *fashion(), *variants(), *adaptation_report.section(),
+             *refactor_identity()]
     DOC.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOC} and {len(list(FIGS.glob('*.png')))} plots in {FIGS}")
 
