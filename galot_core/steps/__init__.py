@@ -19,6 +19,7 @@ from galot_core.steps.generate import generate_shard, generation_shards, merge_g
 from galot_core.steps.select import receive_labels, select_real_batch
 from galot_core.steps.train import train_classifier
 
-__all__ = ["select_real_batch", "receive_labels", "adapt_generator", "optimize_group", "merge_embeddings", "textopt_groups",
+__all__ = ["select_real_batch", "receive_labels", "adapt_generator",
+           "optimize_group", "merge_embeddings", "textopt_groups",
            "generate_shard", "generation_shards", "merge_generated", "train_classifier", "export_cycle",
            "evaluate_cycle"]

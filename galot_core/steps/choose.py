@@ -16,7 +16,7 @@ import torch
 
 from galot_core import acquisition, synthetic
 from galot_core.context import Context
-from galot_core.steps import adapt
+from galot_core.steps.adapt import use_adapter
 
 
 def select_generated(ctx: Context, cycle: int) -> int:
@@ -48,7 +48,7 @@ def label_check(ctx: Context, cycle: int, raw: torch.Tensor) -> tuple[list[int] 
         return None, 0
     with ctx.t2i_lock:
         t2i = ctx.t2i
-        adapt.use_adapter(ctx, cycle)  # the generator judges its images as it made them
+        use_adapter(ctx, cycle)  # the generator judges its images as it made them
         before = t2i.num_unet_calls
         gen = torch.Generator(t2i.device).manual_seed(ctx.seed(cycle, 7))
         zero_shot = diffusion_classify(t2i, raw.float() / 255, t2i.encode(ctx.prompts()),

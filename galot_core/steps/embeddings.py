@@ -14,7 +14,7 @@ from galot_core import textopt
 from galot_core.context import Context
 from galot_core.errors import GalotError
 from galot_core.faults import simulated_oom
-from galot_core.steps import adapt
+from galot_core.steps.adapt import centres, use_adapter
 
 
 def textopt_groups(ctx: Context) -> list[list[int]]:
@@ -45,7 +45,7 @@ def template_embeddings(ctx: Context) -> torch.Tensor:
 
 def centre_embeddings(ctx: Context, cycle: int) -> torch.Tensor:
     """The centres of the cycle's ε-balls: s* (line 6), or each class's fit with ``gal.adapt: embedding``."""
-    fitted = adapt.centres(ctx, cycle)
+    fitted = centres(ctx, cycle)
     return fitted.float() if fitted is not None else template_embeddings(ctx)
 
 
@@ -69,7 +69,7 @@ class GroupGradient:
             gen = torch.Generator(t2i.device).manual_seed(self.ctx.seed(self.cycle, 3, step))
             batch = self.ctx.batch_size("TextOpt")
             with self.ctx.t2i_lock:
-                adapt.use_adapter(self.ctx, self.cycle)
+                use_adapter(self.ctx, self.cycle)
                 before = t2i.num_unet_calls
                 noise = t2i.initial_noise(classes * g.samples, gen)  # every class's, as one draw
                 noise = noise.view(classes, g.samples, *noise.shape[1:])[self.rows].flatten(0, 1)
@@ -86,7 +86,8 @@ class GroupGradient:
 
 
 def optimize_group(ctx: Context, cycle: int, group: int) -> int:
-    """Lines 6–8 for one group of classes: PGD on Eq. 2 from s* (or its adapted centre); returns the UNet calls spent."""
+    """Lines 6–8 for one group of classes: PGD on Eq. 2 from s* (or its adapted centre); returns the UNet
+    calls spent."""
     run, g = ctx.folder, ctx.cfg.gal
     if run.group_path(cycle, group).exists() or run.embeddings_path(cycle).exists():
         return 0
@@ -112,7 +113,8 @@ def optimize_group(ctx: Context, cycle: int, group: int) -> int:
 
 
 def merge_embeddings(ctx: Context, cycle: int) -> dict[str, float]:
-    """Stack the groups' optimised embeddings into embeddings.safetensors (s* or the adapted centres, s, ε per class)."""
+    """Stack the groups' optimised embeddings into embeddings.safetensors (s* or the adapted centres, s,
+    ε per class)."""
     run = ctx.folder
     if not run.embeddings_path(cycle).exists():
         groups = range(len(textopt_groups(ctx)))

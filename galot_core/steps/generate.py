@@ -18,7 +18,7 @@ from galot_core import synthetic
 from galot_core.context import Context
 from galot_core.faults import failpoint, simulated_oom
 from galot_core.io import atomic_write_bytes
-from galot_core.steps import adapt
+from galot_core.steps.adapt import use_adapter
 from galot_core.steps.choose import select_generated
 from galot_core.transforms import to_uint8
 
@@ -136,7 +136,7 @@ def generate_shard(ctx: Context, cycle: int, shard: int) -> int:
         seeds = [ctx.seed(cycle, 5, c, i) for c, i in batch]
         cond = conditioning(ctx, cycle, batch, emb["s"])
         with ctx.t2i_lock:  # one model per process: concurrent tasks take turns on it
-            adapter = adapt.use_adapter(ctx, cycle)
+            adapter = use_adapter(ctx, cycle)
             before = t2i.num_unet_calls
             noise = torch.cat([t2i.initial_noise(1, torch.Generator(t2i.device).manual_seed(sd)) for sd in seeds])
             try:
