@@ -83,6 +83,13 @@ ARMS: dict[str, dict[str, object]] = {
     # (hard positives) instead of the most uncertain ones, with and without the zero-shot label check.
     "select4_hard": {"epsilon": 0.0, "candidates": 4, "select_by": "intended_loss"},
     "select4_hard_dc": {"epsilon": 0.0, "candidates": 4, "select_by": "intended_loss", "label_check": "diffusion"},
+    # Issue 28: the generator fitted to the cycle's labelled images (gal.adapt), with ε = 0 ("adapted basic")
+    # and with TextOpt around the adapted generator (the paper's claim retested on it). One cycle: the fit
+    # starts from the pretrained generator (a full run warm-starts it from the previous cycle's fit).
+    "adapt_embedding": {"epsilon": 0.0, "adapt": "embedding", "adapt_lr": 0.005},
+    "adapt_embedding_textopt": {"adapt": "embedding", "adapt_lr": 0.005},
+    "adapt_lora": {"epsilon": 0.0, "adapt": "lora"},
+    "adapt_lora_textopt": {"adapt": "lora"},
 }
 
 
@@ -127,6 +134,7 @@ def probe(world: str, arm: str, budget: int, source: Experiment, judge) -> dict:
     exp = prepare_arm(world, arm, budget, source)
     cycle, d = budget // exp.cfg.al.budget_per_cycle, exp.dataset
     t = time.perf_counter()
+    exp.adapt(cycle)
     exp.optimize_embeddings(cycle)
     exp.generate(cycle)
     seconds = time.perf_counter() - t

@@ -55,6 +55,10 @@ class Experiment(Context):
     def receive_labels(self, cycle: int) -> dict[str, int]:
         return steps.receive_labels(self, cycle)
 
+    def adapt(self, cycle: int) -> dict[str, Any]:
+        """gal.adapt: fit the generator to the labelled images (nothing with gal.adapt: none)."""
+        return steps.adapt_generator(self, cycle)
+
     def optimize_embeddings(self, cycle: int) -> dict[str, float]:
         """Lines 6–8 for every group of classes, in this process."""
         if not self.folder.embeddings_path(cycle).exists():
