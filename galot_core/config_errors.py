@@ -8,6 +8,7 @@ key's declaration back (:func:`field_spec`) for that and for the tests.
 
 from __future__ import annotations
 
+import difflib
 import typing
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -72,7 +73,7 @@ def _message(err: dict[str, Any]) -> str:
         return f"'{section}' must be a mapping of keys, got {show(value)}"
     allowed = Config.model_fields[section].annotation.model_fields
     if kind == "extra_forbidden":
-        return f"unknown key '{section}.{_name(loc[1])}' (allowed in '{section}': {', '.join(allowed)})"
+        return f"unknown key '{section}.{_name(loc[1])}' ({_allowed_hint(section, str(loc[1]), list(allowed))})"
     key, spec = f"{section}.{loc[1]}", field_spec(section, str(loc[1]))
     if kind == "finite_number" or (kind == "float_type" and isinstance(value, int) and not isinstance(value, bool)):
         return f"{key} must be a finite number, got {show(value)}"  # (or an integer too large for a float)
@@ -89,6 +90,22 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "less_than_equal":
         return f"{key} must be <= {spec.max:g}{f' ({spec.why})' if spec.why else ''}, got {show(value)}"
     return f"{key} {_reason(err)}"
+
+
+def _allowed_hint(section: str, key: str, allowed: list[str], width: int = 160) -> str:
+    """The closest allowed keys when there are some, else the allowed keys, kept short.
+
+    A section has tens of keys; listing all of them made the one line longer than a terminal
+    row, so a near miss names its likely meaning and the rest point at the keys' one list.
+    """
+    close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(f"'{section}.{k}'" for k in close) + "?"
+    listed = ", ".join(allowed)
+    if len(listed) <= width:
+        return f"allowed in '{section}': {listed}"
+    head = listed[:width].rsplit(", ", 1)[0]
+    return f"allowed in '{section}': {head}, … ({len(allowed)} keys; `galot init` writes them all)"
 
 
 def _reason(err: dict[str, Any]) -> str:
