@@ -164,7 +164,11 @@ def measure(world: str, arms: list[str]) -> None:
     val = validation_split(d, set(sets[max(SIZES)][0]))
     out = result_path(world)
     result = json.loads(out.read_text()) if out.exists() else {}
-    result.update({"world": world, "class_names": d.class_names, "model_sha256": model_sha(cfg.t2i.model),
+    sha = model_sha(cfg.t2i.model)
+    if result.get("model_sha256", sha) != sha:  # cells of two generators must never share a table
+        raise SystemExit(f"{out.name} was measured on galot-mini {result['model_sha256'][:12]}, the model on disk "
+                         f"is {sha[:12]}: move the file away to measure this model")
+    result.update({"world": world, "class_names": d.class_names, "model_sha256": sha,
                    "t2i_steps": cfg.t2i.steps, "guidance": cfg.t2i.guidance_scale, "per_class": PER_CLASS,
                    "threads": torch.get_num_threads()})
     result.setdefault("real_only", {})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = {w: ROOT / "benchmarks" / "results" / f"adaptation_{w}.json" for w in ("mnist5k", "fashion")}
+PROBE = ROOT / "benchmarks" / "results" / "gal_probe_fashion.json"
 TITLES = {"mnist5k": "mnist5k", "fashion": "Fashion"}
 
 # A cycle's cost in image-passes through the denoiser (one image through it once), for the
@@ -28,14 +29,27 @@ def load() -> dict[str, dict]:
     return {w: json.loads(p.read_text()) for w, p in RESULTS.items() if p.exists()}
 
 
-def chosen_arm(r: dict) -> str | None:
-    """The arm with the best mean validation accuracy of real ∪ generated over the |L| it was measured at."""
+def common_sizes(r: dict) -> list[int]:
+    """The |L| at which every arm of the file was measured: arms are compared only there."""
+    arms = {c["arm"] for c in r["cells"].values()}
     sizes = sorted({c["labelled"] for c in r["cells"].values()})
+    return [n for n in sizes if all(f"{a}@{n}" in r["cells"] for a in arms)]
+
+
+def missing_cells(r: dict) -> list[str]:
+    """``arm@|L|`` cells another |L| has but this one lacks (a run that stopped before them)."""
     arms = sorted({c["arm"] for c in r["cells"].values()})
-    complete = [a for a in arms if all(f"{a}@{n}" in r["cells"] for n in sizes)]
-    if not complete:
+    sizes = sorted({c["labelled"] for c in r["cells"].values()})
+    return [f"{a}@{n}" for n in sizes for a in arms if f"{a}@{n}" not in r["cells"]]
+
+
+def chosen_arm(r: dict) -> str | None:
+    """The arm with the best mean validation accuracy of real ∪ generated over the common |L|."""
+    sizes = common_sizes(r)
+    if not sizes:
         return None
-    return max(complete, key=lambda a: sum(r["cells"][f"{a}@{n}"]["with_real_val"] for n in sizes))
+    arms = sorted({c["arm"] for c in r["cells"].values()})
+    return max(arms, key=lambda a: sum(r["cells"][f"{a}@{n}"]["with_real_val"] for n in sizes))
 
 
 def world_table(r: dict) -> list[str]:
@@ -70,6 +84,18 @@ def per_class_table(r: dict, n: int) -> list[str]:
     return lines + [""]
 
 
+def worst_classes(r: dict, k: int = 2) -> list[int]:
+    """The k classes the pretrained generator gets wrong most often."""
+    none = r["cells"]["none@20"]["judged_per_class"]
+    return sorted(range(len(none)), key=lambda c: none[c])[:k]
+
+
+def class_range(r: dict, c: int) -> str:
+    fitted = [cell["judged_per_class"][c] for cell in r["cells"].values() if cell["arm"] != "none"]
+    return (f"{r['class_names'][c]} {pct(r['cells']['none@20']['judged_per_class'][c])} % pretrained, "
+            f"{pct(min(fitted))}–{pct(max(fitted))} % over the fitted cells")
+
+
 def targets(results: dict[str, dict]) -> list[str]:
     out = []
     fashion = results.get("fashion")
@@ -82,11 +108,16 @@ def targets(results: dict[str, dict]) -> list[str]:
                        + (f"met by {', '.join(met)}." if met else
                           f"not met; the best arm, {best['arm']}, is judged {pct(best['judged'])} % with its worst "
                           f"class at {pct(min(best['judged_per_class']))} %."))
+        top = max(fashion["cells"].values(), key=lambda c: c["judged"])
+        out.append(f"- **Fashion, best judged at any |L|**: {top['arm']} at |L| = {top['labelled']}, "
+                   f"{pct(top['judged'])} % (worst class {pct(min(top['judged_per_class']))} %) against "
+                   f"{pct(fashion['cells']['none@20']['judged'])} % for the pretrained generator; "
+                   + "; ".join(class_range(fashion, k) for k in worst_classes(fashion)) + ".")
     for world, r in results.items():
         arm = chosen_arm(r)
         if arm is None:
             continue
-        sizes = sorted({c["labelled"] for c in r["cells"].values()})
+        sizes = common_sizes(r)
 
         def mean(a: str, key: str) -> float:
             return sum(r["cells"][f"{a}@{n}"][key] for n in sizes) / len(sizes)
@@ -95,6 +126,40 @@ def targets(results: dict[str, dict]) -> list[str]:
                    f"{', '.join(map(str, sizes))}: validation {pct(mean(arm, 'with_real_val'))} % vs "
                    f"{pct(mean('none', 'with_real_val'))} % for the pretrained generator; test "
                    f"{pct(mean(arm, 'with_real_test'))} % vs {pct(mean('none', 'with_real_test'))} %).")
+        if missing_cells(r):
+            out.append(f"- **{TITLES[world]}, not measured**: {', '.join(missing_cells(r))} — the run stopped "
+                       f"before them; `python benchmarks/adaptation.py --world {world}` measures exactly these "
+                       f"(it refuses if the galot-mini on disk is not {r['model_sha256']}).")
+    return out + probe_lines()
+
+
+def probe_lines() -> list[str]:
+    """One-cycle probes of the adapted arms (benchmarks/gal_probe.py) against GALOT basic and each other."""
+    if not PROBE.exists():
+        return []
+    import gal_probe  # the probes' own statistics (mean over budgets, SEM, the 2-SEM verdict)
+
+    rows = [r for r in json.loads(PROBE.read_text()) if r["arm"] == "basic" or r["arm"].startswith("adapt_")]
+    groups = {m: g for m, g in gal_probe.by_model(rows).items() if any(r["arm"] != "basic" for r in g)}
+    out = []
+    for model, g in groups.items():
+        vs = gal_probe.versus_basic(g)
+        seconds = {a: sum(r["seconds"] for r in g if r["arm"] == a) for a in {r["arm"] for r in g}}
+        arms = "; ".join(f"{a} {100 * d:+.1f} ± {100 * se:.1f} pp ({gal_probe.verdict(d, se)}, "
+                         f"{seconds[a] / seconds['basic']:.0f}× basic's time)" for a, (d, se, _, _) in vs.items())
+        out.append(f"- **Fashion one-cycle probes (galot-mini {model}, validation, 5 trainings per cell, "
+                   f"`python benchmarks/gal_probe.py --world fashion --arms …`)**, vs GALOT basic averaged over "
+                   f"|L| = {', '.join(map(str, sorted({r['budget'] for r in g})))}: {arms}.")
+        pairs = [(a, f"{a}_textopt") for a in vs if f"{a}_textopt" in vs]
+        for plain, opt in pairs:
+            d = vs[opt][0] - vs[plain][0]
+            se = (vs[opt][1] ** 2 + vs[plain][1] ** 2) ** 0.5
+            out.append(f"- **The paper's claim around an adapted centre** ({opt} vs {plain}): {100 * d:+.1f} ± "
+                       f"{100 * se:.1f} pp — {gal_probe.verdict(d, se)}.")
+        if not any(gal_probe.verdict(d, se) == "better" for d, se, _, _ in vs.values()):
+            out.append("- **Full runs (3 seeds)**: not started — the protocol runs the probes' best arms in full, "
+                       "and no adapted arm beats GALOT basic on validation, so there is no candidate; "
+                       "params.yaml keeps `gal.adapt: none`.")
     return out
 
 
