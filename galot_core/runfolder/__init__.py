@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,10 @@ from galot_core.runfolder.checks import (check_metrics, check_pool, checked_adap
 # `pipe.load_lora_weights("runs/<name>/cycles/cycle_003")` finds it.
 ADAPTER_FILES = {"lora": "pytorch_lora_weights.safetensors", "embedding": "adapted_embeddings.safetensors"}
 RUN_LOCK_ENV = "GALOT_RUN_LOCK_FD"  # a descriptor holding the run lock, passed to the `galot run` a page starts
+# The run locks this process holds: folder identity -> (pid, descriptor, depth). The pid keeps
+# a forked child from believing it holds its parent's lock.
+_HELD: dict[tuple[int, int], tuple[int, int, int]] = {}
+_HELD_GUARD = threading.Lock()
 
 
 class RunFolder:
@@ -205,18 +210,50 @@ class RunFolder:
 
     @contextmanager
     def run_lock(self) -> Iterator[None]:
-        """Be the one process running this experiment while inside; a second one gets one line, exit 2."""
-        fd = self._inherited_run_lock()
-        if fd is None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = self.try_run_lock()
-        if fd is None:
-            raise GalotError(f"{self.path}: another `galot run` (or the labelling page's done) is already running this "
-                             "experiment; wait for it to stop, then run again")
+        """Be the one process advancing this experiment while inside; a second one gets one line, exit 2.
+
+        Taken by every path that advances a run, not only by the command line: the cycle itself
+        (galot_core.cycle.run_cycle), the flows (a Prefect deployment runs those, not the CLI),
+        and the CLI before it checks and writes anything. It is re-entrant within a process, so
+        those nested holders share one lock: the outermost one takes it, the innermost ones
+        count, and the last one out releases it. Another process (another ``galot run``, a flow
+        run of a deployment, a page's done) is refused.
+        """
+        key = self._lock_key()
+        with _HELD_GUARD:
+            held = _HELD.get(key) if key is not None else None
+            if held is not None and held[0] == os.getpid():
+                _HELD[key] = (held[0], held[1], held[2] + 1)
+                fd = None
+            else:
+                fd = self._inherited_run_lock()
+                if fd is None:
+                    self.path.mkdir(parents=True, exist_ok=True)
+                    fd = self.try_run_lock()
+                if fd is None:
+                    raise GalotError(f"{self.path}: another `galot run` (or a flow run of galot, or the labelling "
+                                     "page's done) is already running this experiment; wait for it to stop, then "
+                                     "run again")
+                key = self._lock_key()
+                _HELD[key] = (os.getpid(), fd, 1)
         try:
             yield
         finally:
-            os.close(fd)
+            with _HELD_GUARD:
+                pid, lock_fd, count = _HELD[key]
+                if count > 1:
+                    _HELD[key] = (pid, lock_fd, count - 1)
+                else:
+                    del _HELD[key]
+                    os.close(lock_fd)  # closing the only descriptor releases the lock
+
+    def _lock_key(self) -> tuple[int, int] | None:
+        """The folder's identity (device, inode): two spellings of one path share the lock."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     # ----- config, code and pool ----------------------------------------------------------
     def read_code(self) -> str | None:
