@@ -11,7 +11,9 @@ This walks it and checks each file against what the run recorded about it:
 - every synthetic image listed in a cycle's ``manifest.jsonl`` exists with its hash, and
   the count matches the cycle's ``|G|``; stray files (a write cut short) are reported;
 - the exported dataset's shards match ``index.json`` and their own manifests;
-- ``classifier.safetensors`` is the newest cycle's model; transfer models load.
+- ``classifier.safetensors`` is the newest cycle's model; transfer models load;
+- the run-level ``metrics.json`` and ``summary.json`` agree with the cycles on disk (types,
+  ranges, one row per complete cycle), ``code.json`` and each transfer's metrics are valid.
 
 Problems are returned, not raised, so the command can list all of them at once.
 """
@@ -27,7 +29,7 @@ from typing import Any
 from galot_core import export, synthetic
 from galot_core.config import config_from_dict
 from galot_core.errors import GalotError
-from galot_core.runfolder import ADAPTER_FILES, RunFolder
+from galot_core.runfolder import ADAPTER_FILES, BehindCycles, RunFolder
 from galot_core.io import read_json
 
 
@@ -143,6 +145,7 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
         if (folder / "manifest.jsonl").exists() or m.get("generated"):
             _check_synthetic(c, folder, m, cfg)
 
+    _check_run_level(c, run)
     if last_model is not None and (run_dir / "classifier.safetensors").exists():
         c.checked += 1
         if sha256_file(run_dir / "classifier.safetensors") != sha256_file(last_model):
@@ -151,7 +154,35 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
         _check_export(c, run.dataset_dir)
     for model in sorted((run_dir / "transfer").glob("*/model.safetensors")) if (run_dir / "transfer").exists() else []:
         c.classifier(model)
+    for metrics in sorted((run_dir / "transfer").glob("*/metrics.json")) if (run_dir / "transfer").exists() else []:
+        c.read(metrics, lambda arch=metrics.parent.name: run.read_transfer_metrics(arch))
     return c.problems, c.checked
+
+
+def _check_run_level(c: _Checker, run: RunFolder) -> None:
+    """code.json, the run-level metrics.json and summary.json, against the cycles on disk.
+
+    Files one cycle behind (the run stopped between a cycle's metrics and its summary) are
+    not damage: the next ``galot run`` rewrites them, so they are no problem here (report and
+    predict say to finish the cycle first)."""
+    c.read(run.code_path, run.read_code)
+    complete = run.completed_cycles()
+    for cycle in _cycle_numbers(run.path):
+        if cycle > complete + 1 and run.metrics_path(cycle).exists():
+            c.add("inconsistent", run.metrics_path(cycle), f"cycle {cycle} has metrics but cycle {complete + 1} is "
+                                                            "not complete (a cycle folder from elsewhere?)")
+    try:
+        rows = run.all_metrics()
+    except GalotError:
+        return  # a damaged cycle metrics file, already reported: nothing to compare the copies with
+    for path, reader in ((run.run_metrics_path, run.read_run_metrics),
+                         (run.summary_path, lambda: run.read_summary(rows) if rows else None)):
+        def lenient(reader=reader):
+            try:
+                return reader()
+            except BehindCycles:
+                return None
+        c.read(path, lenient)
 
 
 def _cycle_numbers(run_dir: Path) -> list[int]:
