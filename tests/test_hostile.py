@@ -923,3 +923,67 @@ def test_predict_refuses_a_class_list_that_does_not_match_the_classifier(tmp_pat
     run2 = finished_run(tmp_path / "control")
     r = cli(capsys, "predict", str(run2), str(tmp_path / "control" / "imgs"))
     assert r.code == 0 and "img0.png" in r.out, r.err
+
+
+# ----- 7. output paths behave like Unix tools (issue 30) -------------------------------------------
+def test_predict_csv_dash_is_standard_output_and_nothing_else(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"), "--csv", "-")
+    assert r.code == 0, r.err
+    rows = list(csv.reader(io.StringIO(r.out)))
+    assert rows[0][:3] == ["image", "label", "probability"] and len(rows) == 3, r.out
+    assert not (tmp_path / "-").exists()
+
+
+def test_predict_csv_writes_through_a_symlink_and_keeps_permissions(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    target, link = tmp_path / "kept" / "predictions.csv", tmp_path / "link.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link.symlink_to(target)
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"), "--csv", str(link))
+    assert r.code == 0, r.err
+    assert link.is_symlink() and target.read_text().startswith("image,label,probability")
+    assert (target.stat().st_mode & 0o777) == 0o640
+    new = tmp_path / "new.csv"
+    assert cli(capsys, "predict", str(run), str(tmp_path / "imgs"), "--csv", str(new)).code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (new.stat().st_mode & 0o777) == 0o666 & ~umask  # not the temp file's 0600
+
+
+def test_predict_csv_to_a_device_is_written_not_replaced(tmp_path):
+    import subprocess
+    import sys
+
+    run = finished_run(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "galot.flows.cli", "predict", str(run), str(tmp_path / "imgs"),
+                        "--csv", "/dev/stdout"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "image,label,probability" in p.stdout
+    r = cli_in_process("predict", str(run), str(tmp_path / "imgs"), "--csv", "/dev/null")
+    assert r == 0 and Path("/dev/null").is_char_device()
+
+
+def cli_in_process(*args: str) -> int:
+    from galot.flows.cli import main
+
+    return main(list(args))
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("directory", "(a directory)"),
+    ("under a file", "cannot write"),
+    ("missing folder", "No such file or directory"),
+    ("/proc", "cannot write /proc/galot-predictions.csv"),
+])
+def test_predict_csv_to_a_path_that_cannot_be_written_is_one_line(tmp_path, capsys, where, expected):
+    run = finished_run(tmp_path)
+    (tmp_path / "file").write_text("x")
+    path = {"directory": tmp_path, "under a file": tmp_path / "file" / "out.csv",
+            "missing folder": tmp_path / "nope" / "out.csv", "/proc": Path("/proc/galot-predictions.csv")}[where]
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"), "--csv", str(path))
+    assert_one_line_error(r, "--csv: cannot write", expected, "- for standard output")
+    assert (tmp_path / "file").read_text() == "x" and tmp_path.is_dir()
