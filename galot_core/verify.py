@@ -86,9 +86,18 @@ class _Checker:
             self.add("corrupt", path, detail)
             return None
 
+    def regular(self, path: Path) -> bool:
+        """``path`` is a regular file; else a problem (a directory or a device where a file belongs)."""
+        if path.is_file():
+            return True
+        self.add("corrupt", path, "is not a regular file (a directory?); move it away and restore the file")
+        return False
+
     def hashed(self, path: Path, expected: str | None, what: str) -> bool:
         if not path.exists():
             self.add("missing", path, f"{what} not found")
+            return False
+        if not self.regular(path):
             return False
         self.checked += 1
         if expected and sha256_file(path) != expected:
@@ -101,6 +110,8 @@ class _Checker:
 
         if not path.exists():
             self.add("missing", path, "classifier weights not found")
+            return
+        if not self.regular(path):
             return
         self.checked += 1
         try:
@@ -146,7 +157,8 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
             _check_synthetic(c, folder, m, cfg)
 
     _check_run_level(c, run)
-    if last_model is not None and (run_dir / "classifier.safetensors").exists():
+    if last_model is not None and (run_dir / "classifier.safetensors").exists() and last_model.is_file() \
+            and c.regular(run_dir / "classifier.safetensors"):
         c.checked += 1
         if sha256_file(run_dir / "classifier.safetensors") != sha256_file(last_model):
             c.add("altered", run_dir / "classifier.safetensors", "is not the newest cycle's classifier")
@@ -211,6 +223,8 @@ def _check_synthetic(c: _Checker, folder: Path, metrics: dict, cfg) -> None:
         path = folder / e.file
         if not path.exists():
             c.add("missing", path, "listed in the manifest")
+            continue
+        if not c.regular(path):
             continue
         c.checked += 1
         if sha256_file(path) != e.sha256:
