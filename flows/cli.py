@@ -2,7 +2,8 @@
 
 Every command reads ``--params PATH`` (default ``./params.yaml``) and any number of
 ``--set section.key=value`` overrides, the same dotted keys ``dvc exp run -S`` takes.
-A mistake in them, or in a dataset or model path, prints one line and exits with 2.
+A mistake in them, or in a dataset or model path, prints one line and exits with 2; so does a
+file-system error (a read-only disk, a directory where a file belongs), with its path and the fix.
 A human-oracle experiment that waits for a person's labels prints one line saying how to
 give them (``galot label serve|import``) and exits with 3; rerunning continues it.
 
@@ -57,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines() or [""]:
             print(f"galot: error: {line}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a read-only file system, a directory where a file belongs: one line with the fix
+        from galot_core.errors import os_error
+
+        print(f"galot: error: {os_error(e)}"[:2000], file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("galot: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

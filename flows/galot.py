@@ -176,7 +176,10 @@ def galot_cycle(config: Config | None = None, overrides: list[str] | None = None
     ``pause_for_labels``: with a human oracle, pause this flow run until the batch is labelled
     (needs a Prefect server) instead of stopping with "waits for labels"."""
     cfg = parameters(config, overrides)
-    with tracked_run(cfg):  # the MLflow run ends with this flow, unless galot-run owns it
+    # The run lock before the MLflow run: a flow refused because another process is advancing
+    # the experiment must not end that process's MLflow run as FAILED.
+    # The MLflow run ends with this flow, unless galot-run owns it.
+    with context(cfg).folder.run_lock(), tracked_run(cfg):
         return run_one_cycle(cfg, pause_for_labels)
 
 
@@ -185,7 +188,9 @@ def galot_run(config: Config | None = None, overrides: list[str] | None = None,
               pause_for_labels: bool = False) -> list[dict[str, Any]]:
     """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
     cfg = parameters(config, overrides)
-    with tracked_run(cfg):  # FINISHED (classifier logged as an MLflow model), FAILED or KILLED
+    # Every cycle and the deliverables under one run lock (as galot_cycle), taken before the MLflow
+    # run, which ends FINISHED (classifier logged as an MLflow model), FAILED or KILLED.
+    with context(cfg).folder.run_lock(), tracked_run(cfg):
         return _run_cycles(cfg, pause_for_labels)
 
 

@@ -93,7 +93,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                                     "(runs:/<id>/model, models:/<name>/<version>) or a folder with an MLmodel file.")
     pp.add_argument("model", metavar="RUN_OR_MODEL")
     pp.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or globs")
-    pp.add_argument("--csv", metavar="OUT", help="also write image,label,probability[,label_2,probability_2...]")
+    pp.add_argument("--csv", metavar="OUT", help="also write image,label,probability[,label_2,probability_2...] "
+                                                 "to OUT; - is standard output (then the only output there); a "
+                                                 "symlink is written through, a device such as /dev/null written "
+                                                 "directly, a regular file replaced atomically")
     pp.add_argument("-k", "--top-k", type=int, default=3, help="classes to show per image (default 3)")
     pp.set_defaults(fn=project.cmd_predict)
 

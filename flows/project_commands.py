@@ -23,7 +23,7 @@ def _predictor(source: str):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from galot_core.io import atomic_write_text
+    from galot_core.output import STDOUT, write_text_output
     from galot_core.predict import classify, image_files, rows_csv
 
     if args.top_k < 1:
@@ -32,13 +32,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor, card = _predictor(args.model)
     rows, skipped = classify(predictor, card, files, top_k=args.top_k)
     width = max((len(r["image"]) for r in rows), default=5)
-    for r in rows:
-        print(f"{r['image']:<{width}}  " + "  ".join(f"{name} {p:.3f}" for name, p in r["top"]))
+    if args.csv != STDOUT:  # with --csv -, standard output is the CSV alone
+        for r in rows:
+            print(f"{r['image']:<{width}}  " + "  ".join(f"{name} {p:.3f}" for name, p in r["top"]))
     for f in skipped:
         print(f"galot: skipped {f}: not a readable image", file=sys.stderr)
     if args.csv:
-        atomic_write_text(Path(args.csv), rows_csv(rows))
-        print(f"galot: {len(rows)} predictions written to {args.csv}", file=sys.stderr)
+        write_text_output(args.csv, rows_csv(rows))
+        if args.csv != STDOUT:
+            print(f"galot: {len(rows)} predictions written to {args.csv}", file=sys.stderr)
     return 0
 
 

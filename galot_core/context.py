@@ -209,6 +209,13 @@ class Context:
     def check(self) -> None:
         """Refuse parameters that cannot work with this dataset or this run folder; writes nothing."""
         e, pool = self.cfg.experiment, len(self.dataset.pool)
+        runs = Path(e.runs_dir)
+        if runs.exists() and not runs.is_dir():
+            raise GalotError(f"experiment.runs_dir: {runs} is a file, not a folder; move it away or set "
+                             "experiment.runs_dir to a folder")
+        if self.dir.exists() and not self.dir.is_dir():
+            raise GalotError(f"experiment.name: {self.dir} is a file, not a run folder; move it away or use another "
+                             "experiment.name")
         if e.mode != "gal" and self.cfg.al.budget_per_cycle * e.cycles > pool:
             raise GalotError(f"al.budget_per_cycle: {e.cycles} cycles × {self.cfg.al.budget_per_cycle} = "
                              f"{self.cfg.al.budget_per_cycle * e.cycles} labels, but the pool has only {pool} "

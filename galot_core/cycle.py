@@ -64,8 +64,19 @@ def next_cycle(ctx: Context) -> int:
 
 
 def run_cycle(ctx: Context, cycle: int, do: Executor | None = None) -> dict[str, Any]:
-    """Advance the experiment by cycle ``cycle``; returns its metrics (see steps.evaluate.CycleMetrics)."""
-    do = do or InProcess()
+    """Advance the experiment by cycle ``cycle``; returns its metrics (see steps.evaluate.CycleMetrics).
+
+    The cycle holds the run lock (RunFolder.run_lock) from its first step to its metrics,
+    whoever called it — the CLI, a flow function, a Prefect deployment's flow run, the Python
+    API — so two processes never advance one run folder at once; the second is refused in one
+    line. The merge steps run here, in the process holding it; fanned-out parts (on Dask
+    workers) write only their own part files, and the lock is held while they run.
+    """
+    with ctx.folder.run_lock():
+        return _run_cycle(ctx, cycle, do or InProcess())
+
+
+def _run_cycle(ctx: Context, cycle: int, do: Executor) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     # 1. Select the real batch by σ_AL; the oracle labels it (line 5).
     with timed(seconds, "select"):
@@ -99,7 +110,8 @@ def run_cycle(ctx: Context, cycle: int, do: Executor | None = None) -> dict[str,
 
 def run(ctx: Context, do: Executor | None = None) -> list[dict[str, Any]]:
     """Every remaining cycle of the experiment; returns all cycles' metrics."""
-    ctx.start()
-    while ctx.folder.completed_cycles() < ctx.cfg.experiment.cycles:
-        run_cycle(ctx, next_cycle(ctx), do)
-    return ctx.folder.all_metrics()
+    with ctx.folder.run_lock():  # from the config it writes to the last cycle's metrics
+        ctx.start()
+        while ctx.folder.completed_cycles() < ctx.cfg.experiment.cycles:
+            run_cycle(ctx, next_cycle(ctx), do)
+        return ctx.folder.all_metrics()

@@ -24,7 +24,7 @@ from typing import Any
 
 from galot_core.config import Config
 from galot_core.experiment import baseline_config
-from galot_core.io import atomic_write_text, read_json
+from galot_core.io import atomic_write_text
 from galot_core.runfolder import RunFolder
 
 
@@ -38,8 +38,12 @@ class Curve:
 
 
 def _read_curve(name: str, run_dir: Path) -> Curve | None:
-    path = RunFolder(run_dir).run_metrics_path
-    return Curve(name, read_json(path)) if path.exists() else None
+    """A run's complete cycles, once its run-level files agree with them (RunFolder.finished_rows):
+    a forged accuracy, an extra cycle or a truncated file is one line naming the file, never a plot."""
+    folder = RunFolder(run_dir)
+    if not folder.run_metrics_path.exists() and not folder.completed_cycles():
+        return None
+    return Curve(name, folder.finished_rows())
 
 
 def collect(cfg: Config) -> tuple[Curve | None, list[Curve], list[dict[str, Any]]]:
@@ -48,8 +52,8 @@ def collect(cfg: Config) -> tuple[Curve | None, list[Curve], list[dict[str, Any]
                        cfg.run_dir)
     baselines = [c for s in cfg.baselines.strategies
                  if (c := _read_curve(f"AL {s}", baseline_config(cfg, s).run_dir)) is not None]
-    transfers = [read_json(p) for a in cfg.transfer.archs
-                 if (p := cfg.run_dir / "transfer" / a / "metrics.json").exists()]
+    folder = RunFolder(cfg.run_dir)
+    transfers = [t for a in cfg.transfer.archs if (t := folder.read_transfer_metrics(a)) is not None]
     return main, baselines, transfers
 
 
@@ -201,10 +205,11 @@ def _cost_section(main: Curve) -> list[str]:
 
 def _samples_section(cfg: Config, main: Curve, out: Path) -> list[str]:
     """Copies the sample grids of the first, middle and last cycle into ``out`` and links them."""
-    grids = []
+    grids, folder = [], RunFolder(cfg.run_dir)
     for r in main.rows:
-        src = RunFolder(cfg.run_dir).grid_path(r["cycle"])
-        if src.exists() and r["cycle"] in {main.rows[0]["cycle"], main.rows[len(main.rows) // 2]["cycle"],
+        src = folder.grid_path(r["cycle"])
+        # report/ is made for sharing: a grid that links outside the run folder is never copied into it.
+        if src.exists() and folder.contains(src) and r["cycle"] in {main.rows[0]["cycle"], main.rows[len(main.rows) // 2]["cycle"],
                                            main.rows[-1]["cycle"]}:
             shutil.copyfile(src, out / f"grid_cycle_{r['cycle']:03d}.png")
             grids.append(r["cycle"])

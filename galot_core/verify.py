@@ -11,7 +11,9 @@ This walks it and checks each file against what the run recorded about it:
 - every synthetic image listed in a cycle's ``manifest.jsonl`` exists with its hash, and
   the count matches the cycle's ``|G|``; stray files (a write cut short) are reported;
 - the exported dataset's shards match ``index.json`` and their own manifests;
-- ``classifier.safetensors`` is the newest cycle's model; transfer models load.
+- ``classifier.safetensors`` is the newest cycle's model; transfer models load;
+- the run-level ``metrics.json`` and ``summary.json`` agree with the cycles on disk (types,
+  ranges, one row per complete cycle), ``code.json`` and each transfer's metrics are valid.
 
 Problems are returned, not raised, so the command can list all of them at once.
 """
@@ -27,7 +29,7 @@ from typing import Any
 from galot_core import export, synthetic
 from galot_core.config import config_from_dict
 from galot_core.errors import GalotError
-from galot_core.runfolder import ADAPTER_FILES, RunFolder
+from galot_core.runfolder import ADAPTER_FILES, BehindCycles, RunFolder
 from galot_core.io import read_json
 
 
@@ -84,9 +86,18 @@ class _Checker:
             self.add("corrupt", path, detail)
             return None
 
+    def regular(self, path: Path) -> bool:
+        """``path`` is a regular file; else a problem (a directory or a device where a file belongs)."""
+        if path.is_file():
+            return True
+        self.add("corrupt", path, "is not a regular file (a directory?); move it away and restore the file")
+        return False
+
     def hashed(self, path: Path, expected: str | None, what: str) -> bool:
         if not path.exists():
             self.add("missing", path, f"{what} not found")
+            return False
+        if not self.regular(path):
             return False
         self.checked += 1
         if expected and sha256_file(path) != expected:
@@ -99,6 +110,8 @@ class _Checker:
 
         if not path.exists():
             self.add("missing", path, "classifier weights not found")
+            return
+        if not self.regular(path):
             return
         self.checked += 1
         try:
@@ -143,7 +156,9 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
         if (folder / "manifest.jsonl").exists() or m.get("generated"):
             _check_synthetic(c, folder, m, cfg)
 
-    if last_model is not None and (run_dir / "classifier.safetensors").exists():
+    _check_run_level(c, run)
+    if last_model is not None and (run_dir / "classifier.safetensors").exists() and last_model.is_file() \
+            and c.regular(run_dir / "classifier.safetensors"):
         c.checked += 1
         if sha256_file(run_dir / "classifier.safetensors") != sha256_file(last_model):
             c.add("altered", run_dir / "classifier.safetensors", "is not the newest cycle's classifier")
@@ -151,7 +166,35 @@ def verify_run(run_dir: str | Path) -> tuple[list[Problem], int]:
         _check_export(c, run.dataset_dir)
     for model in sorted((run_dir / "transfer").glob("*/model.safetensors")) if (run_dir / "transfer").exists() else []:
         c.classifier(model)
+    for metrics in sorted((run_dir / "transfer").glob("*/metrics.json")) if (run_dir / "transfer").exists() else []:
+        c.read(metrics, lambda arch=metrics.parent.name: run.read_transfer_metrics(arch))
     return c.problems, c.checked
+
+
+def _check_run_level(c: _Checker, run: RunFolder) -> None:
+    """code.json, the run-level metrics.json and summary.json, against the cycles on disk.
+
+    Files one cycle behind (the run stopped between a cycle's metrics and its summary) are
+    not damage: the next ``galot run`` rewrites them, so they are no problem here (report and
+    predict say to finish the cycle first)."""
+    c.read(run.code_path, run.read_code)
+    complete = run.completed_cycles()
+    for cycle in _cycle_numbers(run.path):
+        if cycle > complete + 1 and run.metrics_path(cycle).exists():
+            c.add("inconsistent", run.metrics_path(cycle), f"cycle {cycle} has metrics but cycle {complete + 1} is "
+                                                            "not complete (a cycle folder from elsewhere?)")
+    try:
+        rows = run.all_metrics()
+    except GalotError:
+        return  # a damaged cycle metrics file, already reported: nothing to compare the copies with
+    for path, reader in ((run.run_metrics_path, run.read_run_metrics),
+                         (run.summary_path, lambda: run.read_summary(rows) if rows else None)):
+        def lenient(reader=reader):
+            try:
+                return reader()
+            except BehindCycles:
+                return None
+        c.read(path, lenient)
 
 
 def _cycle_numbers(run_dir: Path) -> list[int]:
@@ -180,6 +223,8 @@ def _check_synthetic(c: _Checker, folder: Path, metrics: dict, cfg) -> None:
         path = folder / e.file
         if not path.exists():
             c.add("missing", path, "listed in the manifest")
+            continue
+        if not c.regular(path):
             continue
         c.checked += 1
         if sha256_file(path) != e.sha256:

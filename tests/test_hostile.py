@@ -697,3 +697,375 @@ def test_page_reports_a_damaged_run_folder_in_one_line(page, capfd):
     status, body = _post(server, "/api/label", b'{"cycle": 1, "index": 0, "answer": "cat"}')
     assert status == 409 and "pool.json" in body["error"]
     assert "Traceback" not in capfd.readouterr().err
+
+
+# ----- 6b. one lock for every way a cycle starts (issue 30) ---------------------------------------
+def _long_al_params(tmp_path: Path) -> Path:
+    """A simulated-oracle AL run whose first cycle trains for minutes: the first holder is still inside it."""
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({
+        "experiment": {"name": "raced", "runs_dir": str(tmp_path / "runs"), "mode": "al", "cycles": 2, "judge": None},
+        "al": {"budget_per_cycle": 10}, "tracking": {"mlflow": False},
+        "train": {"epochs": 1, "min_steps": 20_000, "device": "cpu"}}))
+    return params
+
+
+_FLOW = ("import sys; from galot.flows.galot import galot_run; from galot_core.params_file import load_config\n"
+         "galot_run(load_config(sys.argv[1]))\n")
+
+
+def _start_first(params: Path, run: Path, first: str, api: str):
+    """The first process advancing the run: the CLI or the flow function; returned once it holds the run
+    (config.json is written under the lock, by either)."""
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "galot.flows.cli", "run", "--params", str(params)] if first == "cli" \
+        else [sys.executable, "-c", _FLOW, str(params)]
+    env = {**os.environ, "PREFECT_API_URL": api, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run / "config.json").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the first process never started the run"
+        time.sleep(0.5)
+    return proc
+
+
+@pytest.mark.parametrize("first", ["cli", "flow"])
+def test_cli_and_flow_function_refuse_each_other(prefect_api, tmp_path, capsys, first):
+    """`galot run` and the flow function `galot_run(...)` (what a deployment runs) on one run folder:
+    whichever comes second is refused in one line, and the first one's run is untouched."""
+    import signal
+
+    from galot.flows.galot import galot_run
+    from galot_core.params_file import load_config
+
+    params = _long_al_params(tmp_path)
+    run = tmp_path / "runs" / "raced"
+    proc = _start_first(params, run, first, prefect_api)
+    try:
+        if first == "flow":
+            r = cli(capsys, "run", "--params", str(params))
+            assert_one_line_error(r, str(run), "is already running this experiment")
+        else:
+            with pytest.raises(GalotError, match="is already running this experiment") as e:
+                galot_run(load_config(params))
+            assert "\n" not in str(e.value)
+        assert not (run / "metrics.json").exists() and proc.poll() is None  # the first one goes on
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert RunFolder(run).try_run_lock() is not None  # the kernel released the dead holder's lock
+
+
+def test_run_lock_is_reentrant_in_one_process_and_shared_by_its_spellings(tmp_path):
+    """The CLI holds the lock and then calls the flow, which takes it again, as does each cycle:
+    nested holders in one process share it; it is released when the outermost one leaves."""
+    run = tmp_path / "r"
+    run.mkdir()
+    with RunFolder(run).run_lock():
+        with RunFolder(tmp_path / "." / "r").run_lock():
+            assert RunFolder(run).try_run_lock() is None
+        assert RunFolder(run).try_run_lock() is None  # still held by the outer one
+    fd = RunFolder(run).try_run_lock()
+    assert fd is not None
+    os.close(fd)
+
+
+# ----- 3b. run-level files are checked against the cycles on disk (issue 30) -----------------------
+FINISHED_ROW = {**GOOD_METRICS, "test_accuracy": 0.5, "seconds": {"train": 1.0}, "unet_calls": {}}
+
+
+def finished_run(tmp: Path, classes: int = 2) -> Path:
+    """``human_run`` with cycle 1 complete and its run-level copies written, as write_summary leaves them,
+    and a folder of two images for the dataset (predict loads it for the model card)."""
+    from PIL import Image
+
+    run = human_run(tmp)
+    (tmp / "imgs").mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (100 * i, 0, 0)).save(tmp / "imgs" / f"img{i}.png")
+    _cycle(run, FINISHED_ROW)
+    from galot_core.checkpoint import save_classifier
+    from galot_core.models import build_model
+
+    torch.manual_seed(0)
+    save_classifier(build_model("small_cnn", 3, classes, 0.2), run / "cycles" / "cycle_001" / "model.safetensors",
+                    arch="small_cnn", in_channels=3)
+    (run / "classifier.safetensors").write_bytes((run / "cycles" / "cycle_001" / "model.safetensors").read_bytes())
+    (run / "metrics.json").write_text(json.dumps([FINISHED_ROW]))
+    (run / "summary.json").write_text(json.dumps({"cycles": 1, "labelled": 0, "generated": 0,
+                                                  "final_test_accuracy": 0.5, "mean_test_accuracy": 0.5}))
+    (run / "code.json").write_text(json.dumps({"sha256": "0" * 64}))
+    params = tmp / "params.yaml"
+    import yaml
+
+    params.write_text(yaml.safe_dump(json.loads((run / "config.json").read_text())))
+    return run
+
+
+RUN_LEVEL_CASES = {
+    "accuracy 5.0": ("metrics.json", [{**FINISHED_ROW, "test_accuracy": 5.0}], "must be an accuracy in [0, 1]"),
+    "negative accuracy": ("metrics.json", [{**FINISHED_ROW, "test_accuracy": -0.1}], "must be an accuracy in [0, 1]"),
+    "an extra cycle": ("metrics.json", [FINISHED_ROW, {**FINISHED_ROW, "cycle": 2}], "names cycle 2, but only 1"),
+    "NaN accuracy": ("metrics.json", '[{"cycle": 1, "labelled": 0, "generated": 0, "epsilon": 0, '
+                     '"test_accuracy": NaN}]', "must be a finite number"),
+    "truncated": ("metrics.json", '[{"cycle": 1, "labe', "run metrics is unreadable (JSONDecodeError)"),
+    "an object": ("metrics.json", {"cycle": 1}, "must be a JSON list"),
+    "another accuracy": ("metrics.json", [{**FINISHED_ROW, "test_accuracy": 0.99}],
+                         "disagrees with cycles/cycle_001/metrics.json on 'test_accuracy'"),
+    "rows swapped": ("metrics.json", [{**FINISHED_ROW, "cycle": 2}], "row 1: 'cycle' must be 1"),
+    "cycle as text": ("metrics.json", [{**FINISHED_ROW, "cycle": "1"}], "'cycle' must be 1"),
+    "summary accuracy": ("summary.json", {"cycles": 1, "labelled": 0, "generated": 0, "final_test_accuracy": 2,
+                                          "mean_test_accuracy": 0.5}, "'final_test_accuracy' must be an accuracy"),
+    "summary cycles": ("summary.json", {"cycles": 3, "labelled": 0, "generated": 0, "final_test_accuracy": 0.5,
+                                        "mean_test_accuracy": 0.5}, "'cycles' is 3, but only 1"),
+    "summary disagrees": ("summary.json", {"cycles": 1, "labelled": 7, "generated": 0, "final_test_accuracy": 0.5,
+                                           "mean_test_accuracy": 0.5}, "'labelled' is 7, but cycle 1 recorded 0"),
+    "summary a list": ("summary.json", [1], "must be a JSON object"),
+    "summary deep": ("summary.json", "[" * 100_000 + "]" * 100_000, "run summary is unreadable (RecursionError)"),
+}
+
+
+def _damage(run: Path, file: str, content) -> None:
+    path = run / file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+@pytest.mark.parametrize("case", list(RUN_LEVEL_CASES))
+def test_report_predict_and_verify_refuse_a_damaged_run_level_file(tmp_path, capsys, case):
+    run = finished_run(tmp_path)
+    r = cli(capsys, "verify", str(run))
+    assert r.code == 0, r.out + r.err  # the control: the hand-made run is sound
+    file, content, expected = RUN_LEVEL_CASES[case]
+    _damage(run, file, content)
+    before = snapshot(run)
+    r = cli(capsys, "report", "--params", str(tmp_path / "params.yaml"))
+    assert_one_line_error(r, str(run / file), expected)
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"))
+    assert_one_line_error(r, str(run / file), expected)
+    problems = verify_problems(run, capsys)
+    assert any(p.startswith("CORRUPT") and file in p and expected in p for p in problems), problems
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("file, content, expected", [
+    ("code.json", {"sha256": "abc"}, "'sha256' must be the SHA-256"),
+    ("code.json", "{", "code record is unreadable"),
+    ("code.json", [], "'sha256' must be the SHA-256"),
+    ("transfer/vgg16/metrics.json", {"arch": "vgg16", "test_accuracy": 5.0, "real": 1, "generated": 0,
+                                     "seconds": 1}, "'test_accuracy' must be an accuracy"),
+    ("transfer/vgg16/metrics.json", {"arch": "densenet121", "test_accuracy": 0.5, "real": 1, "generated": 0,
+                                     "seconds": 1}, "'arch' must be 'vgg16'"),
+    ("transfer/vgg16/metrics.json", {"arch": "vgg16", "test_accuracy": 0.5, "real": -1, "generated": 0,
+                                     "seconds": 1}, "'real' must be a count"),
+    ("cycles/cycle_003/metrics.json", FINISHED_ROW, "cycle 3 has metrics but cycle 2 is not complete"),
+])
+def test_verify_checks_code_json_transfers_and_cycle_numbers(tmp_path, capsys, file, content, expected):
+    run = finished_run(tmp_path)
+    _damage(run, file, content)
+    problems = verify_problems(run, capsys)
+    assert any(file in p and expected in p for p in problems), problems
+    if file.startswith("transfer"):
+        r = cli(capsys, "report", "--params", str(tmp_path / "params.yaml"))
+        assert_one_line_error(r, file, expected)
+
+
+@pytest.mark.parametrize("missing", [["summary.json"], ["metrics.json", "summary.json"]])
+def test_a_run_stopped_before_its_summary_says_to_finish_the_cycle(tmp_path, capsys, missing):
+    """Killed between cycle 1's metrics and the run-level copies: not damage (verify passes), and
+    report and predict say how to finish it instead of showing the previous cycle's results."""
+    run = finished_run(tmp_path)
+    for name in missing:
+        (run / name).unlink()
+    r = cli(capsys, "verify", str(run))
+    assert r.code == 0 and "OK" in r.out, r.out + r.err
+    expected = f"{run / missing[0]}: is missing (the run stopped after cycle 1's metrics, before its summary); " \
+               "rerun `galot run` to finish cycle 1"
+    assert_one_line_error(cli(capsys, "report", "--params", str(tmp_path / "params.yaml")), expected)
+    assert_one_line_error(cli(capsys, "predict", str(run), str(tmp_path / "imgs")), expected)
+
+
+def test_report_never_copies_a_link_out_of_the_run_folder(tmp_path, capsys):
+    from PIL import Image
+
+    run = finished_run(tmp_path)
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4)).save(secret)
+    (run / "cycles" / "cycle_001" / "grid.png").symlink_to(secret)
+    r = cli(capsys, "report", "--params", str(tmp_path / "params.yaml"))
+    assert r.code == 0, r.err
+    assert not (run / "report" / "grid_cycle_001.png").exists()
+    (run / "cycles" / "cycle_001" / "grid.png").unlink()
+    secret.rename(run / "cycles" / "cycle_001" / "grid.png")  # the control: a grid of its own is copied
+    assert cli(capsys, "report", "--params", str(tmp_path / "params.yaml")).code == 0
+    assert (run / "report" / "grid_cycle_001.png").exists()
+
+
+# ----- 3c. predict trusts nothing in the run's config.json (issue 30) ------------------------------
+def test_predict_on_a_config_json_that_is_not_json_is_one_line(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    (run / "config.json").write_text("{not json")
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"))
+    assert_one_line_error(r, "config.json", "the run's parameters is unreadable (JSONDecodeError)")
+
+
+@pytest.mark.parametrize("outputs", [3, 1])
+def test_predict_refuses_a_class_list_that_does_not_match_the_classifier(tmp_path, capsys, outputs):
+    """Shorter than the outputs: an IndexError before; longer: wrong class names with exit 0."""
+    run = finished_run(tmp_path, classes=outputs)
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"))
+    assert_one_line_error(r, str(run / "config.json"), f"lists 2 classes but classifier.safetensors has {outputs}")
+    run2 = finished_run(tmp_path / "control")
+    r = cli(capsys, "predict", str(run2), str(tmp_path / "control" / "imgs"))
+    assert r.code == 0 and "img0.png" in r.out, r.err
+
+
+# ----- 7. output paths behave like Unix tools (issue 30) -------------------------------------------
+def test_predict_csv_dash_is_standard_output_and_nothing_else(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"), "--csv", "-")
+    assert r.code == 0, r.err
+    rows = list(csv.reader(io.StringIO(r.out)))
+    assert rows[0][:3] == ["image", "label", "probability"] and len(rows) == 3, r.out
+    assert not (tmp_path / "-").exists()
+
+
+def test_predict_csv_writes_through_a_symlink_and_keeps_permissions(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    target, link = tmp_path / "kept" / "predictions.csv", tmp_path / "link.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link.symlink_to(target)
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"), "--csv", str(link))
+    assert r.code == 0, r.err
+    assert link.is_symlink() and target.read_text().startswith("image,label,probability")
+    assert (target.stat().st_mode & 0o777) == 0o640
+    new = tmp_path / "new.csv"
+    assert cli(capsys, "predict", str(run), str(tmp_path / "imgs"), "--csv", str(new)).code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (new.stat().st_mode & 0o777) == 0o666 & ~umask  # not the temp file's 0600
+
+
+def test_predict_csv_to_a_device_is_written_not_replaced(tmp_path):
+    import subprocess
+    import sys
+
+    run = finished_run(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "galot.flows.cli", "predict", str(run), str(tmp_path / "imgs"),
+                        "--csv", "/dev/stdout"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "image,label,probability" in p.stdout
+    r = cli_in_process("predict", str(run), str(tmp_path / "imgs"), "--csv", "/dev/null")
+    assert r == 0 and Path("/dev/null").is_char_device()
+
+
+def cli_in_process(*args: str) -> int:
+    from galot.flows.cli import main
+
+    return main(list(args))
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("directory", "(a directory)"),
+    ("under a file", "cannot write"),
+    ("missing folder", "No such file or directory"),
+    ("/proc", "cannot write /proc/galot-predictions.csv"),
+])
+def test_predict_csv_to_a_path_that_cannot_be_written_is_one_line(tmp_path, capsys, where, expected):
+    run = finished_run(tmp_path)
+    (tmp_path / "file").write_text("x")
+    path = {"directory": tmp_path, "under a file": tmp_path / "file" / "out.csv",
+            "missing folder": tmp_path / "nope" / "out.csv", "/proc": Path("/proc/galot-predictions.csv")}[where]
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"), "--csv", str(path))
+    assert_one_line_error(r, "--csv: cannot write", expected, "- for standard output")
+    assert (tmp_path / "file").read_text() == "x" and tmp_path.is_dir()
+
+
+# ----- 8. file-system errors are one line with the path and the fix (issue 30) ---------------------
+@pytest.fixture
+def read_only(tmp_path):
+    """``tmp_path/ro``: a read-only bind mount of ``tmp_path/rw`` (needs mount rights: root in a container)."""
+    import subprocess
+
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(rw), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("no permission to mount a read-only file system here")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True, capture_output=True)
+        yield rw, ro
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_read_only_file_system_is_one_line_for_every_command(read_only, capsys):
+    import yaml
+
+    rw, ro = read_only
+    run = finished_run(rw)
+    (rw / "answers.csv").write_text("image,label\nimg0.png,cat\n")
+    cfg = yaml.safe_load((rw / "params.yaml").read_text())
+    cfg["experiment"]["runs_dir"] = str(ro / "runs")
+    cfg["data"]["root"] = str(ro / "imgs")
+    (rw / "ro-params.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["experiment"].update(name="new", cycles=1)
+    cfg["al"] = {"budget_per_cycle": 1}
+    (rw / "new-params.yaml").write_text(yaml.safe_dump(cfg))
+    before = snapshot(run)
+    ro_run = ro / "runs" / "r"
+    for args in (["report", "--params", str(ro / "ro-params.yaml")],
+                 ["label", "import", str(ro_run), str(ro / "answers.csv")],
+                 ["label", "export", str(ro_run), "-o", str(ro / "out.csv")],
+                 ["predict", str(ro_run), str(ro / "imgs"), "--csv", str(ro / "p.csv")],
+                 ["run", "--params", str(ro / "new-params.yaml")]):
+        r = cli(capsys, *args)
+        assert_one_line_error(r, "Read-only file system")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("case", ["runs_dir a file", "run folder a file"])
+def test_runs_dir_that_is_not_a_folder_is_one_line(tmp_path, capsys, case):
+    import yaml
+
+    (tmp_path / "imgs").mkdir()
+    runs = tmp_path / "runs"
+    if case == "runs_dir a file":
+        runs.write_text("x")
+    else:
+        runs.mkdir()
+        (runs / "a").write_text("x")
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / "imgs" / f"i{i}.png")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"experiment": {"name": "a", "runs_dir": str(runs), "oracle": "human",
+                                                     "mode": "al", "cycles": 1, "judge": None},
+                                      "al": {"budget_per_cycle": 2}, "tracking": {"mlflow": False},
+                                      "data": {"dataset": "folder", "classes": CLASSES, "root": str(tmp_path / "imgs")}}))
+    r = cli(capsys, "run", "--params", str(params))
+    assert_one_line_error(r, "is a file, not a", "experiment.runs_dir" if case == "runs_dir a file" else "experiment.name")
+
+
+@pytest.mark.parametrize("file", ["config.json", "code.json", "cycles/cycle_001/model.safetensors",
+                                  "classifier.safetensors"])
+def test_a_directory_where_a_run_file_belongs_is_one_line_or_a_verify_problem(tmp_path, capsys, file):
+    run = finished_run(tmp_path)
+    path = run / file
+    path.unlink()
+    path.mkdir()
+    problems = verify_problems(run, capsys)
+    assert any(p.startswith("CORRUPT") and file in p and ("IsADirectoryError" in p or "not a regular file" in p)
+               for p in problems), problems
+    r = cli(capsys, "predict", str(run), str(tmp_path / "imgs"))
+    if file in ("config.json", "classifier.safetensors"):  # what predict reads
+        assert_one_line_error(r, file)

@@ -23,6 +23,8 @@ through it, so a run killed at any point continues where it stopped. Layout::
       synthetic/cycle_003/        generated images + manifest.jsonl (galot_core.synthetic)
       dataset/                    the export DVC versions (galot_core.export)
       metrics.json, accuracy.csv, summary.json, classifier.safetensors   run-level deliverables
+                                  (checked against the cycles: galot_core/runfolder/deliverables.py)
+      transfer/<arch>/metrics.json  galot transfer's result per architecture
 
 Every write is atomic (galot_core.io); a reader returns None (or an empty list) for a file
 that does not exist yet, and raises a one-line :class:`GalotError` for one that is corrupt
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,14 +47,21 @@ from galot_core import synthetic
 from galot_core.data.pool import PoolState
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_bytes, atomic_write_json, read_json, safetensors_bytes
-from galot_core.runfolder.checks import (check_metrics, check_pool, checked_adapter, checked_tensors,
+from galot_core.runfolder.checks import (bad_file, check_metrics, check_pool, checked_adapter, checked_tensors,
                                          header_unet_calls, read_checked_json)
+from galot_core.runfolder.deliverables import (BehindCycles, behind,  # noqa: F401 (BehindCycles: re-exported)
+                                               check_code, check_run_metrics, check_summary,
+                                               check_transfer)
 
 
 # gal.adapt → the file its fit is kept in; the LoRA's has diffusers' default name, so that
 # `pipe.load_lora_weights("runs/<name>/cycles/cycle_003")` finds it.
 ADAPTER_FILES = {"lora": "pytorch_lora_weights.safetensors", "embedding": "adapted_embeddings.safetensors"}
 RUN_LOCK_ENV = "GALOT_RUN_LOCK_FD"  # a descriptor holding the run lock, passed to the `galot run` a page starts
+# The run locks this process holds: folder identity -> (pid, descriptor, depth). The pid keeps
+# a forked child from believing it holds its parent's lock.
+_HELD: dict[tuple[int, int], tuple[int, int, int]] = {}
+_HELD_GUARD = threading.Lock()
 
 
 class RunFolder:
@@ -64,6 +74,14 @@ class RunFolder:
         return f"RunFolder({str(self.path)!r})"
 
     # ----- paths --------------------------------------------------------------------------
+    def contains(self, path: Path) -> bool:
+        """``path``, links resolved, is inside this run folder: a file of a cycle folder that is a
+        symlink to somewhere else (a home directory, /etc) is never read into what galot writes."""
+        try:
+            return Path(path).resolve().is_relative_to(self.path.resolve())
+        except (OSError, RuntimeError):  # a loop of links
+            return False
+
     @property
     def config_path(self) -> Path:
         return self.path / "config.json"
@@ -205,29 +223,72 @@ class RunFolder:
 
     @contextmanager
     def run_lock(self) -> Iterator[None]:
-        """Be the one process running this experiment while inside; a second one gets one line, exit 2."""
-        fd = self._inherited_run_lock()
-        if fd is None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = self.try_run_lock()
-        if fd is None:
-            raise GalotError(f"{self.path}: another `galot run` (or the labelling page's done) is already running this "
-                             "experiment; wait for it to stop, then run again")
+        """Be the one process advancing this experiment while inside; a second one gets one line, exit 2.
+
+        Taken by every path that advances a run, not only by the command line: the cycle itself
+        (galot_core.cycle.run_cycle), the flows (a Prefect deployment runs those, not the CLI),
+        and the CLI before it checks and writes anything. It is re-entrant within a process, so
+        those nested holders share one lock: the outermost one takes it, the innermost ones
+        count, and the last one out releases it. Another process (another ``galot run``, a flow
+        run of a deployment, a page's done) is refused.
+        """
+        key = self._lock_key()
+        with _HELD_GUARD:
+            held = _HELD.get(key) if key is not None else None
+            if held is not None and held[0] == os.getpid():
+                _HELD[key] = (held[0], held[1], held[2] + 1)
+                fd = None
+            else:
+                fd = self._inherited_run_lock()
+                if fd is None:
+                    self.path.mkdir(parents=True, exist_ok=True)
+                    fd = self.try_run_lock()
+                if fd is None:
+                    raise GalotError(f"{self.path}: another `galot run` (or a flow run of galot, or the labelling "
+                                     "page's done) is already running this experiment; wait for it to stop, then "
+                                     "run again")
+                key = self._lock_key()
+                _HELD[key] = (os.getpid(), fd, 1)
         try:
             yield
         finally:
-            os.close(fd)
+            with _HELD_GUARD:
+                pid, lock_fd, count = _HELD[key]
+                if count > 1:
+                    _HELD[key] = (pid, lock_fd, count - 1)
+                else:
+                    del _HELD[key]
+                    os.close(lock_fd)  # closing the only descriptor releases the lock
+
+    def _lock_key(self) -> tuple[int, int] | None:
+        """The folder's identity (device, inode): two spellings of one path share the lock."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     # ----- config, code and pool ----------------------------------------------------------
     def read_code(self) -> str | None:
-        return read_json(self.code_path).get("sha256") if self.code_path.exists() else None
+        """The SHA-256 recorded in code.json (validated), or None before the first ``galot run``."""
+        if not self.code_path.exists():
+            return None
+        fix = "delete it (the next `galot run` records the code running then)"
+        return check_code(read_checked_json(self.code_path, "code record", fix), self.code_path)
 
     def write_code(self, sha256: str) -> None:
         atomic_write_json(self.code_path, {"sha256": sha256})
 
     def read_config(self) -> dict[str, Any] | None:
         """The parameters the run was started with, as written (validate with galot_core.config)."""
-        return read_json(self.config_path) if self.config_path.exists() else None
+        if not self.config_path.exists():
+            return None
+        d = read_checked_json(self.config_path, "the run's parameters", "restore it from a backup or start a new "
+                              "experiment.name")
+        if not isinstance(d, dict):
+            raise bad_file(self.config_path, "the file", "must be a JSON object of sections (the run's parameters)",
+                           "restore it from a backup or start a new experiment.name")
+        return d
 
     def write_config(self, params: dict[str, Any]) -> None:
         atomic_write_json(self.config_path, params)
@@ -353,3 +414,46 @@ class RunFolder:
 
     def all_metrics(self) -> list[dict[str, Any]]:
         return [self.read_metrics(c) for c in range(1, self.completed_cycles() + 1)]  # type: ignore[misc]
+
+    # ----- run-level deliverables (galot_core/runfolder/deliverables.py) ---------------------
+    def read_run_metrics(self) -> list[dict[str, Any]] | None:
+        """The run-level metrics.json, checked row by row against the cycle folders (None before cycle 1).
+
+        Raises :class:`BehindCycles` when the run stopped between a cycle's metrics and its summary."""
+        path = self.run_metrics_path
+        if not path.exists():
+            return None
+        d = read_checked_json(path, "run metrics", "delete it and rerun `galot run`")
+        return check_run_metrics(d, path, self.all_metrics())
+
+    def read_summary(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        path = self.summary_path
+        if not path.exists():
+            return None
+        return check_summary(read_checked_json(path, "run summary", "delete it and rerun `galot run`"), path, rows)
+
+    def transfer_metrics_path(self, arch: str) -> Path:
+        return self.path / "transfer" / arch / "metrics.json"
+
+    def read_transfer_metrics(self, arch: str) -> dict[str, Any] | None:
+        path = self.transfer_metrics_path(arch)
+        if not path.exists():
+            return None
+        fix = f"delete it and rerun `galot transfer --arch {arch}`"
+        return check_transfer(read_checked_json(path, "transfer metrics", fix), path, arch)
+
+    def finished_rows(self) -> list[dict[str, Any]]:
+        """Every complete cycle's metrics, once the run-level files agree with them — what report and predict show.
+
+        A one-line GalotError naming the file when a run-level file is damaged or disagrees
+        with the cycles on disk, or when it lags them (the run stopped before its summary:
+        rerun ``galot run`` to finish that cycle)."""
+        rows = self.all_metrics()
+        if not rows:
+            return rows
+        listed = self.read_run_metrics()
+        if listed is None:
+            raise behind(self.run_metrics_path, None, len(rows))
+        if self.read_summary(rows) is None:
+            raise behind(self.summary_path, None, len(rows))
+        return rows

@@ -94,6 +94,11 @@ def check_metrics(d: Any, path: Path, cycle: int) -> dict[str, Any]:
     for key in ("epsilon", "test_accuracy", "judged_accuracy"):
         if d.get(key) is not None and not _is_number(d[key]):
             raise bad_file(path, f"'{key}'", f"must be a finite number or null, got {show(d[key])}", fix)
+    for key in ("test_accuracy", "judged_accuracy"):  # a share of images: an accuracy of 5.0 is a forged file
+        if d.get(key) is not None and not 0 <= d[key] <= 1:
+            raise bad_file(path, f"'{key}'", f"must be an accuracy in [0, 1], got {show(d[key])}", fix)
+    if d.get("epsilon") is not None and d["epsilon"] < 0:
+        raise bad_file(path, "'epsilon'", f"must be >= 0 (a perturbation radius), got {show(d['epsilon'])}", fix)
     files = d.get("files") or {}
     if not isinstance(files, dict):
         raise bad_file(path, "'files'", "must map file names to SHA-256 hashes", fix)
