@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from galot_core import labels
-from galot_core.config import show
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show
 
 HOST = "127.0.0.1"
 BODY_MAX = 1 << 16      # a request body is one small JSON object

@@ -13,8 +13,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from galot_core.config import ARCHITECTURES, show
-from galot_core.errors import GalotError
+from galot_core.config import ARCHITECTURES
+from galot_core.errors import GalotError, show
 from galot_core.io import atomic_write_bytes, safetensors_bytes, safetensors_metadata
 from galot_core.models import Classifier, LossPredictionHead, build_model
 from galot_core.runfolder.checks import CLASSES_MAX

@@ -21,14 +21,13 @@ e.g. ``params.yaml: al.strategy must be one of [...], got 'Margin'``.
 
 from __future__ import annotations
 
-import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from galot_core.config_errors import one_line
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show
 from galot_core.images import DEFAULT_MAX_PIXELS
 
 # Names as in the paper's Table 1; they are also the values accepted in params.yaml.
@@ -85,27 +84,12 @@ def _as_tuple(value: Any) -> Any:
 _LIST = BeforeValidator(_as_tuple)
 
 
-# Values echoed in error messages are shortened: a params file must never make galot print
-# (or hold in memory) more than a line, whatever it contains.
-_REPR = reprlib.Repr()
-_REPR.maxstring, _REPR.maxother, _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 60, 60, 2, 4, 4
 # Bounds shared by several keys, with the reason stated once.
 _SEED_MAX = 2**32 - 1          # numpy's and torch's generators take 32-bit seeds
 _BATCH_MAX = 65536             # more images per batch than any accelerator holds
 _STEPS_MAX = 10**7             # optimiser steps: ~days on an accelerator
 _WORKERS_MAX = 1024
 _LR_MAX = 100.0                # a learning rate above this diverges for every model here
-
-
-def show(value: Any) -> str:
-    """``repr(value)`` cut to a few dozen characters, for error messages that echo input."""
-    return _REPR.repr(value)
-
-
-def _name(key: Any) -> str:
-    """A key as written in params.yaml, shortened like :func:`show` (without quotes)."""
-    text = show(str(key))
-    return text[1:-1] if text[:1] in "'\"" else text
 
 
 class ExperimentConfig(_Section):
@@ -383,7 +367,7 @@ def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        raise GalotError(f"{source}: {one_line(e)}") from None
+        raise GalotError(f"{source}: {one_line(e, Config)}") from None
     except RecursionError:
         raise GalotError(f"{source}: nested too deeply; parameters are section.key: value") from None
 

@@ -3,7 +3,8 @@
 pydantic checks the schema (galot_core/config.py); this module turns its first error into the
 one line every command prints — the key as written in params.yaml, what it accepts (type,
 choices, range and why the range ends there) and the value it got, shortened — and reads each
-key's declaration back (:func:`field_spec`) for that and for the tests.
+key's declaration back (:func:`field_spec`) for that and for the tests. It takes the schema as an
+argument (``Config``, whose module calls :func:`one_line`), so it sits below config.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import typing
 from typing import Annotated, Any, Literal, NamedTuple
 
 from annotated_types import Ge, Gt, Le
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+from galot_core.errors import show, shown_key
 
 
 class FieldSpec(NamedTuple):
@@ -29,11 +32,9 @@ class FieldSpec(NamedTuple):
     why: str
 
 
-def field_spec(section: str, key: str) -> FieldSpec:
-    """The schema entry of ``section.key`` (read from the pydantic model, the one declaration)."""
-    from galot_core.config import Config
-
-    info = Config.model_fields[section].annotation.model_fields[key]
+def field_spec(schema: type[BaseModel], section: str, key: str) -> FieldSpec:
+    """The entry of ``section.key`` in ``schema`` (galot_core.config.Config: the one declaration)."""
+    info = schema.model_fields[section].annotation.model_fields[key]
     tp = info.annotation
     optional = typing.get_origin(tp) is not Literal and type(None) in typing.get_args(tp)  # X | None
     if optional:
@@ -59,22 +60,20 @@ _KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a st
 _TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "tuple_type", "literal_error", "none_required"}
 
 
-def _message(err: dict[str, Any]) -> str:
-    """One pydantic error as galot's one line (without the source), naming the key."""
-    from galot_core.config import Config, _name, show
-
+def _message(err: dict[str, Any], schema: type[BaseModel]) -> str:
+    """One pydantic error of ``schema`` as galot's one line (without the source), naming the key."""
     loc, kind, value = err["loc"], err["type"], err.get("input")
     if not loc:
         return "expected a mapping of sections at the top level" if kind == "model_type" else _reason(err)
     if kind == "extra_forbidden" and len(loc) == 1:
-        return f"unknown section '{_name(loc[0])}' (allowed: {', '.join(sorted(Config.model_fields))})"
+        return f"unknown section '{shown_key(loc[0])}' (allowed: {', '.join(sorted(schema.model_fields))})"
     section = str(loc[0])
     if len(loc) == 1:
         return f"'{section}' must be a mapping of keys, got {show(value)}"
-    allowed = Config.model_fields[section].annotation.model_fields
+    allowed = schema.model_fields[section].annotation.model_fields
     if kind == "extra_forbidden":
-        return f"unknown key '{section}.{_name(loc[1])}' ({_allowed_hint(section, str(loc[1]), list(allowed))})"
-    key, spec = f"{section}.{loc[1]}", field_spec(section, str(loc[1]))
+        return f"unknown key '{section}.{shown_key(loc[1])}' ({_allowed_hint(section, str(loc[1]), list(allowed))})"
+    key, spec = f"{section}.{loc[1]}", field_spec(schema, section, str(loc[1]))
     if kind == "finite_number" or (kind == "float_type" and isinstance(value, int) and not isinstance(value, bool)):
         return f"{key} must be a finite number, got {show(value)}"  # (or an integer too large for a float)
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -113,9 +112,9 @@ def _reason(err: dict[str, Any]) -> str:
     return str(error) if error is not None else str(err.get("msg", "invalid"))
 
 
-def one_line(e: ValidationError) -> str:
-    """The error to report, as one line: an unknown section or key first (it explains the others),
-    else the first."""
+def one_line(e: ValidationError, schema: type[BaseModel]) -> str:
+    """The error of validating ``schema`` to report, as one line: an unknown section or key first
+    (it explains the others), else the first."""
     errors = e.errors(include_url=False)
     unknown = sorted((x for x in errors if x["type"] == "extra_forbidden"), key=lambda x: (len(x["loc"]), str(x["loc"])))
-    return _message(unknown[0] if unknown else errors[0])
+    return _message(unknown[0] if unknown else errors[0], schema)

@@ -3,8 +3,13 @@
 Everything a user can get wrong (a parameter, a dataset folder, a model path, a class
 name) is raised as :class:`GalotError` with a single line that names the field and the
 fix. The CLI prints that line and exits with status 2; anything else is a bug and keeps
-its traceback.
+its traceback. A message that echoes input shows it through :func:`show`, shortened.
 """
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
 
 
 class GalotError(Exception):
@@ -41,3 +46,20 @@ def os_error(e: OSError) -> GalotError:
     why = e.strerror or e.__class__.__name__
     fix = _OS_FIXES.get(name, "check the path and rerun the same command; everything already written is kept")
     return GalotError(" ".join(f"{path}: {why}; {fix}".split()))
+
+
+# Values echoed in error messages are shortened: a params file must never make galot print
+# (or hold in memory) more than a line, whatever it contains.
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 60, 60, 2, 4, 4
+
+
+def show(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, for error messages that echo input."""
+    return _REPR.repr(value)
+
+
+def shown_key(key: Any) -> str:
+    """A key as written in params.yaml, shortened like :func:`show` (without quotes)."""
+    text = show(str(key))
+    return text[1:-1] if text[:1] in "'\"" else text

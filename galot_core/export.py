@@ -42,9 +42,8 @@ import torch
 
 from galot_core import synthetic
 from galot_core.data import Dataset
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show
 from galot_core.io import atomic_write_bytes, atomic_write_json
-from galot_core.config import show
 from galot_core.runfolder import RunFolder
 from galot_core.runfolder.checks import bad_file, check_pool, read_checked_json
 

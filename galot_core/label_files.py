@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from galot_core.config import show
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show
 from galot_core.labels import (SKIP, Batch, Item, check_open, missing, normalise, pending_cycle, read_answers,
                                read_batch, resolve_answer, write_answers)
 from galot_core.runfolder import RunFolder

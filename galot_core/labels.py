@@ -33,10 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show
 from galot_core.images import open_image
 from galot_core import synthetic
-from galot_core.config import show
 from galot_core.io import atomic_write_bytes, atomic_write_json
 from galot_core.runfolder import RunFolder
 from galot_core.runfolder.checks import CLASSES_MAX, POOL_MAX, bad_file, read_checked_json

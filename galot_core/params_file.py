@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from galot_core.config import Config, config_from_dict, show
-from galot_core.errors import GalotError
+from galot_core.config import Config, config_from_dict
+from galot_core.errors import GalotError, show
 
 PARAMS_MAX_BYTES = 1 << 20   # a params file is a few KB; anything larger is not one
 

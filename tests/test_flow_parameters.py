@@ -29,7 +29,7 @@ def test_the_prefect_form_has_every_key_with_its_type_choices_range_and_help(sch
         assert form["additionalProperties"] is False
         assert list(form["properties"]) == list(info.annotation.model_fields), section
         for key, field in form["properties"].items():
-            spec = field_spec(section, key)
+            spec = field_spec(Config, section, key)
             if spec.max is not None:  # an optional key: the bound is on its non-null alternative
                 bounded = [f for f in [field, *field.get("anyOf", [])] if "maximum" in f]
                 assert bounded and bounded[0]["maximum"] == spec.max, f"{section}.{key}"

@@ -42,7 +42,7 @@ def verify_problems(run: Path, capsys=None, budget_mb: int = 300) -> list[str]:
 def _numeric_fields():
     for section, info in Config.model_fields.items():
         for name in info.annotation.model_fields:
-            spec = field_spec(section, name)
+            spec = field_spec(Config, section, name)
             if spec.kind in (int, float):
                 yield f"{section}.{name}", spec.kind, spec
 

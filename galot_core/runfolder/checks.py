@@ -15,8 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from galot_core import synthetic
-from galot_core.config import show
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show
 from galot_core.io import safetensors_metadata
 
 POOL_MAX = 10**9          # pool indices beyond this are not an image pool galot can hold

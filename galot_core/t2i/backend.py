@@ -13,9 +13,10 @@ conditional prompt embedding; the UNet, VAE and text encoder are frozen.
 
 ``DiffusersT2I`` itself is the Stable Diffusion 1.x/2.x family (one text encoder, a UNet, ε/v
 prediction). The other families (SDXL, FLUX.1, ...) subclass it in their own modules and
-override a few hooks (conditioning, one denoiser call, latent packing); :data:`~galot_core.t2i.loading.PIPELINES`
-maps ``model_index.json``'s ``_class_name`` to the family, and :meth:`DiffusersT2I.from_pretrained`
-dispatches on it.
+override a few hooks (conditioning, one denoiser call, latent packing) and register in :data:`FAMILIES`
+by their ``family`` name; :data:`~galot_core.t2i.loading.PIPELINES` maps ``model_index.json``'s
+``_class_name`` to that name, and :meth:`DiffusersT2I.from_pretrained` dispatches on it (the package,
+``galot_core/t2i/__init__.py``, imports every family module, so the table is full before any use).
 
 This module holds the model and its loop, top to bottom; the rest lives by concept next to it:
 reading a folder in :mod:`~galot_core.t2i.loading`, the scheduler maths (x̂0, step keywords) in
@@ -38,10 +39,15 @@ from galot_core.t2i.conditioning import Conditioning
 from galot_core.t2i.gradients import AcquisitionGradient
 from galot_core.t2i.hub import local_folder
 from galot_core.t2i.latents import LatentImages
-from galot_core.t2i.loading import (component_loader, configured_scheduler, family_class, moved, read_model_index,
+from galot_core.t2i.loading import (component_loader, configured_scheduler, moved, pipeline_family, read_model_index,
                                     resolve_options)
 from galot_core.t2i.schedule import predict_x0, step_kwargs
 from galot_core.t2i.text_encoders import TextEncoderPlacement, with_text_encoders
+
+
+FAMILIES: dict[str, type[DiffusersT2I]] = {}
+"""family name (the values of :data:`~galot_core.t2i.loading.PIPELINES`) -> its class; every class
+that sets ``family`` registers itself here when its module is imported."""
 
 
 class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
@@ -73,6 +79,11 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
     family = "sd"
     training_guidance = 0.0
     """The guidance argument of the denoiser call during adaptation: unguided, one pass."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "family" in cls.__dict__:
+            FAMILIES[cls.family] = cls
 
     def __init__(
         self,
@@ -174,7 +185,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
                                                                    timestep_spacing, scheduler)
         # 2. The folder (local, cached or downloaded) and its family.
         folder = local_folder(str(id_or_path), revision=revision, variant=variant, local_files_only=local_files_only)
-        family = family_class(folder)
+        family = FAMILIES[pipeline_family(folder)]
         # 3. The family loads its components; the scheduler options apply to every family.
         components = family._load_components(folder, model_dtype=model_dtype, variant=variant or None,
                                              text_encoder_dtype=encoder_dtype)
@@ -399,3 +410,6 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
     def _extra_step_kwargs(self, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
         """``eta`` / ``generator`` for schedulers whose ``step`` accepts them (the pipeline's rule)."""
         return step_kwargs(self.scheduler, generator, eta)
+
+
+FAMILIES[DiffusersT2I.family] = DiffusersT2I

@@ -10,15 +10,12 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import diffusers
 import torch
 
 from galot_core.errors import GalotError
-
-if TYPE_CHECKING:
-    from galot_core.t2i.backend import DiffusersT2I
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # t2i.scheduler names → diffusers classes (all expose alphas_cumprod or sigmas, see schedule.predict_x0).
@@ -27,15 +24,16 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "
 _REQUIRED_COMPONENTS = ("unet", "scheduler", "text_encoder", "tokenizer")
 _LAYOUT = "model_index.json plus unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 
-# model_index.json's _class_name -> (family, module, backend class). The family decides which
-# components are loaded and how the denoiser is called; anything else is refused in one line.
-PIPELINES: dict[str, tuple[str, str, str]] = {
-    "StableDiffusionPipeline": ("sd", "galot_core.t2i.backend", "DiffusersT2I"),
-    "StableDiffusionXLPipeline": ("sdxl", "galot_core.t2i.sdxl", "SDXLT2I"),
-    "FluxPipeline": ("flux", "galot_core.t2i.flux", "FluxT2I"),
-    "StableDiffusion3Pipeline": ("sd3", "galot_core.t2i.sd3", "SD3T2I"),
-    "Flux2KleinPipeline": ("flux2", "galot_core.t2i.flux2", "Flux2KleinT2I"),
-    "ZImagePipeline": ("zimage", "galot_core.t2i.zimage", "ZImageT2I"),
+# model_index.json's _class_name -> family. The family decides which components are loaded and
+# how the denoiser is called (its class registers in galot_core.t2i.backend.FAMILIES); anything
+# else is refused in one line.
+PIPELINES: dict[str, str] = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "FluxPipeline": "flux",
+    "StableDiffusion3Pipeline": "sd3",
+    "Flux2KleinPipeline": "flux2",
+    "ZImagePipeline": "zimage",
 }
 
 
@@ -94,8 +92,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def family_class(folder: Path) -> type[DiffusersT2I]:
-    """The backend class for the pipeline that ``folder/model_index.json`` names; others are refused."""
+def pipeline_family(folder: Path) -> str:
+    """The family of the pipeline that ``folder/model_index.json`` names; others are refused."""
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise GalotError(
@@ -112,8 +110,7 @@ def family_class(folder: Path) -> type[DiffusersT2I]:
             f"t2i.model: '{folder}' holds a {class_name} (model_index.json _class_name), which galot does not "
             f"support: use a model of one of {', '.join(PIPELINES)}"
         )
-    _, module, backend = PIPELINES[class_name]
-    return getattr(importlib.import_module(module), backend)
+    return PIPELINES[class_name]
 
 
 def component_loader(folder: Path, index: dict[str, tuple[str, str]], variant: str | None) -> Callable[..., Any]:
