@@ -8,6 +8,7 @@ its traceback. A message that echoes input shows it through :func:`show`, shorte
 
 from __future__ import annotations
 
+import errno
 import reprlib
 from typing import Any
 
@@ -39,8 +40,6 @@ def os_error(e: OSError) -> GalotError:
     """A file-system error (read-only file system, a directory where a file belongs, permissions)
     as one line: the path, what the system said, and the fix. The CLI turns any OSError that
     reaches it into this line, so such an error is never a traceback."""
-    import errno
-
     name = errno.errorcode.get(e.errno or 0, "")
     path = e.filename if e.filename is not None else "?"
     why = e.strerror or e.__class__.__name__
