@@ -110,6 +110,7 @@ def _run_cycle(ctx: Context, cycle: int, do: Executor) -> dict[str, Any]:
 
 def run(ctx: Context, do: Executor | None = None) -> list[dict[str, Any]]:
     """Every remaining cycle of the experiment; returns all cycles' metrics."""
+    ctx.check()  # parameters that cannot work are refused before the lock makes the run folder
     with ctx.folder.run_lock():  # from the config it writes to the last cycle's metrics
         ctx.start()
         while ctx.folder.completed_cycles() < ctx.cfg.experiment.cycles:
