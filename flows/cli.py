@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from galot.flows.parser import build_parser
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, os_error
 from galot_core.labels import WaitingForLabels
 
 
@@ -59,8 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"galot: error: {line}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a read-only file system, a directory where a file belongs: one line with the fix
-        from galot_core.errors import os_error
-
         print(f"galot: error: {os_error(e)}"[:2000], file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -39,6 +39,7 @@ from galot_core.params_file import load_config, with_overrides
 from galot_core.context import Context, describe
 from galot_core.cycle import next_cycle, run_cycle
 from galot_core.errors import GalotError
+from galot_core.runfolder import RunFolder
 from galot_core.steps import export_cycle
 from galot_core.steps.evaluate import write_summary
 from galot.flows.labelling import wait_for_labels
@@ -179,7 +180,7 @@ def galot_cycle(config: Config | None = None, overrides: list[str] | None = None
     # The run lock before the MLflow run: a flow refused because another process is advancing
     # the experiment must not end that process's MLflow run as FAILED.
     # The MLflow run ends with this flow, unless galot-run owns it.
-    with context(cfg).folder.run_lock(), tracked_run(cfg):
+    with RunFolder(cfg.run_dir).run_lock(), tracked_run(cfg):
         return run_one_cycle(cfg, pause_for_labels)
 
 
@@ -190,7 +191,7 @@ def galot_run(config: Config | None = None, overrides: list[str] | None = None,
     cfg = parameters(config, overrides)
     # Every cycle and the deliverables under one run lock (as galot_cycle), taken before the MLflow
     # run, which ends FINISHED (classifier logged as an MLflow model), FAILED or KILLED.
-    with context(cfg).folder.run_lock(), tracked_run(cfg):
+    with RunFolder(cfg.run_dir).run_lock(), tracked_run(cfg):
         return _run_cycles(cfg, pause_for_labels)
 
 

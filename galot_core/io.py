@@ -18,25 +18,36 @@ from galot_core.errors import GalotError
 from galot_core.faults import failpoint
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def replace_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    A reader (or a crash) sees the old file or the new one, never half of one. ``mode`` sets
+    the new file's permissions; without it the file keeps the temp file's 0600.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
         failpoint("write.before_rename")  # the temp file is complete, the target untouched
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        replace_atomically(path, data)
+    except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise GalotError(f"{path.parent}: disk full (or quota exceeded) while writing {path.name}; free space "
                              "there and rerun the same command: everything already written is kept") from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -206,11 +206,11 @@ def _cost_section(main: Curve) -> list[str]:
 def _samples_section(cfg: Config, main: Curve, out: Path) -> list[str]:
     """Copies the sample grids of the first, middle and last cycle into ``out`` and links them."""
     grids, folder = [], RunFolder(cfg.run_dir)
+    shown = {main.rows[0]["cycle"], main.rows[len(main.rows) // 2]["cycle"], main.rows[-1]["cycle"]}
     for r in main.rows:
         src = folder.grid_path(r["cycle"])
         # report/ is made for sharing: a grid that links outside the run folder is never copied into it.
-        if src.exists() and folder.contains(src) and r["cycle"] in {main.rows[0]["cycle"], main.rows[len(main.rows) // 2]["cycle"],
-                                           main.rows[-1]["cycle"]}:
+        if src.exists() and folder.contains(src) and r["cycle"] in shown:
             shutil.copyfile(src, out / f"grid_cycle_{r['cycle']:03d}.png")
             grids.append(r["cycle"])
     if not grids:

@@ -416,15 +416,16 @@ class RunFolder:
         return [self.read_metrics(c) for c in range(1, self.completed_cycles() + 1)]  # type: ignore[misc]
 
     # ----- run-level deliverables (galot_core/runfolder/deliverables.py) ---------------------
-    def read_run_metrics(self) -> list[dict[str, Any]] | None:
-        """The run-level metrics.json, checked row by row against the cycle folders (None before cycle 1).
+    def read_run_metrics(self, cycles: list[dict[str, Any]] | None = None) -> list[dict[str, Any]] | None:
+        """The run-level metrics.json, checked row by row against the cycle folders (None before cycle 1);
+        ``cycles``: their metrics when the caller has read them already.
 
         Raises :class:`BehindCycles` when the run stopped between a cycle's metrics and its summary."""
         path = self.run_metrics_path
         if not path.exists():
             return None
         d = read_checked_json(path, "run metrics", "delete it and rerun `galot run`")
-        return check_run_metrics(d, path, self.all_metrics())
+        return check_run_metrics(d, path, self.all_metrics() if cycles is None else cycles)
 
     def read_summary(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         path = self.summary_path
@@ -451,8 +452,7 @@ class RunFolder:
         rows = self.all_metrics()
         if not rows:
             return rows
-        listed = self.read_run_metrics()
-        if listed is None:
+        if self.read_run_metrics(rows) is None:
             raise behind(self.run_metrics_path, None, len(rows))
         if self.read_summary(rows) is None:
             raise behind(self.summary_path, None, len(rows))

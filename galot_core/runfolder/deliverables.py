@@ -19,8 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from galot_core.config import show
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show
 from galot_core.runfolder.checks import _SHA256, _is_int, bad_file, check_metrics
 
 _FIX = "delete it and rerun `galot run`, which writes it again from the cycle folders"
