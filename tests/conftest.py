@@ -62,7 +62,7 @@ def finished_gal_run(tmp_path_factory, tiny_digits, tiny_sd_folder):
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory):
     """A tiny random Stable Diffusion pipeline saved as a diffusers folder (built offline from configs)."""
-    from tests.tiny_sd import tiny_sd_pipeline
+    from galot_core.t2i.tiny import tiny_sd_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-sd") / "pipe"
     tiny_sd_pipeline(scheduler="ddim").save_pretrained(str(folder))

@@ -1,6 +1,6 @@
 """gal.adapt: the generator fitted to the labelled images (galot_core/t2i/finetune.py, steps/adapt.py).
 
-On tiny random pipelines of every family (tests/tiny_families.py): the denoising loss falls on a
+On tiny random pipelines of every family (galot_core/t2i/tiny.py): the denoising loss falls on a
 fixed batch; its gradient with respect to the conditioning matches an independent reference
 written from diffusers' own scheduler and denoiser; a LoRA galot saved loads into plain diffusers
 (``load_lora_weights``) and changes the denoiser's output exactly as it does in galot. Then whole
@@ -30,9 +30,9 @@ from galot_core.t2i.flux2 import Flux2KleinT2I  # noqa: E402
 from galot_core.t2i.sd3 import SD3T2I  # noqa: E402
 from galot_core.t2i.sdxl import SDXLT2I  # noqa: E402
 from galot_core.t2i.zimage import ZImageT2I  # noqa: E402
-from tests.tiny_families import (tiny_flux2_klein_pipeline, tiny_flux_pipeline, tiny_sd3_pipeline,  # noqa: E402
+from galot_core.t2i.tiny import (tiny_flux2_klein_pipeline, tiny_flux_pipeline, tiny_sd3_pipeline,  # noqa: E402
                                  tiny_sdxl_pipeline, tiny_z_image_pipeline)
-from tests.tiny_sd import tiny_sd_pipeline  # noqa: E402
+from galot_core.t2i.tiny import tiny_sd_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

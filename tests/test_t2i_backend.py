@@ -1,6 +1,6 @@
 """DiffusersT2I against diffusers' own StableDiffusionPipeline and against independent autograd.
 
-Everything runs on a tiny random pipeline (tests/tiny_sd.py), fp32 on the CPU, offline.
+Everything runs on a tiny random pipeline (galot_core/t2i/tiny.py), fp32 on the CPU, offline.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from transformers import BertConfig, BertModel, BertTokenizer  # noqa: E402
 
 from galot_core.errors import GalotError  # noqa: E402
 from galot_core.t2i import DiffusersT2I  # noqa: E402
-from tests.tiny_sd import make_scheduler, tiny_sd_pipeline  # noqa: E402
+from galot_core.t2i.tiny import make_scheduler, tiny_sd_pipeline  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "a drawing of a seven"]
 

@@ -1,7 +1,7 @@
 """The SDXL and FLUX backends against their diffusers pipelines and independent autograd references
 (SD3, FLUX.2 [klein] and Z-Image: tests/test_t2i_transformers.py); whole runs of every family.
 
-Tiny random pipelines with each family's real layout (tests/tiny_families.py), fp32 on the CPU,
+Tiny random pipelines with each family's real layout (galot_core/t2i/tiny.py), fp32 on the CPU,
 offline. "Independent" references: the denoising loop, guidance and x0 written again here from
 the components, without the backend's code.
 """
@@ -20,7 +20,7 @@ from diffusers import StableDiffusionXLPipeline  # noqa: E402
 from galot_core.t2i import DiffusersT2I  # noqa: E402
 from galot_core.t2i.flux import FluxT2I  # noqa: E402
 from galot_core.t2i.sdxl import SDXLT2I  # noqa: E402
-from tests.tiny_families import (tiny_flux2_klein_pipeline, tiny_flux_pipeline, tiny_sd3_pipeline,  # noqa: E402
+from galot_core.t2i.tiny import (tiny_flux2_klein_pipeline, tiny_flux_pipeline, tiny_sd3_pipeline,  # noqa: E402
                                  tiny_sdxl_pipeline, tiny_z_image_pipeline)
 
 PROMPTS = ["a photo of a cat", "a drawing of a seven"]

@@ -21,7 +21,7 @@ from huggingface_hub.utils import hf_raise_for_status  # noqa: E402
 from galot_core.errors import GalotError  # noqa: E402
 from galot_core.t2i import DiffusersT2I  # noqa: E402
 from galot_core.t2i.loading import PIPELINES  # noqa: E402
-from tests.tiny_sd import tiny_sd_pipeline  # noqa: E402
+from galot_core.t2i.tiny import tiny_sd_pipeline  # noqa: E402
 
 
 def hub_answer(status: int, error_code: str | None, model: str = "galot-test/model") -> Exception:

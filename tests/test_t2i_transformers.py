@@ -1,6 +1,6 @@
 """SD3, FLUX.2 [klein] and Z-Image against their diffusers pipelines and independent autograd references.
 
-Tiny random pipelines with each family's real layout (tests/tiny_families.py), fp32 on the CPU,
+Tiny random pipelines with each family's real layout (galot_core/t2i/tiny.py), fp32 on the CPU,
 offline. The references write each family's guided velocity, the Euler loop of the flow, x̂0 and
 the decoding again from the components, without the backend's code; the schedules come from the
 scheduler set up as each pipeline sets it up.
@@ -22,7 +22,7 @@ from galot_core.t2i.flux2 import Flux2KleinT2I  # noqa: E402
 from galot_core.t2i.sd3 import SD3T2I  # noqa: E402
 from galot_core.t2i.zimage import ZImageT2I  # noqa: E402
 from tests.test_t2i_families import PROMPTS, assert_grad_close, seeded, weighted_sum  # noqa: E402
-from tests.tiny_families import tiny_flux2_klein_pipeline, tiny_sd3_pipeline, tiny_z_image_pipeline  # noqa: E402
+from galot_core.t2i.tiny import tiny_flux2_klein_pipeline, tiny_sd3_pipeline, tiny_z_image_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models run fastest on one thread
 

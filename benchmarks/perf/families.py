@@ -20,30 +20,28 @@ script works, not a performance result. On a GPU (one H200), the default run is 
 < 8 minutes: building the 12 B FLUX transformer in bf16 on the GPU takes ~1 min, the rest is
 seconds per measurement at 512 px (``--models`` runs a subset).
 
-    python benchmarks/perf/families.py --smoke                  # CPU, ~1 min
-    python benchmarks/perf/families.py --device cuda            # GPU, writes results/perf_families.json
+    python -m benchmarks.perf.families --smoke                  # CPU, ~1 min
+    python -m benchmarks.perf.families --device cuda            # GPU, writes results/perf_families.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT
 
-from galot_core.t2i.flux import FluxT2I  # noqa: E402
-from galot_core.t2i.flux2 import Flux2KleinT2I  # noqa: E402
-from galot_core.t2i.sdxl import SDXLT2I  # noqa: E402
-from tests.tiny_families import (tiny_flux2_klein_pipeline, tiny_flux_pipeline, tiny_qwen_tokenizer,  # noqa: E402
+from galot_core.t2i.flux import FluxT2I
+from galot_core.t2i.flux2 import Flux2KleinT2I
+from galot_core.t2i.sdxl import SDXLT2I
+from galot_core.t2i.tiny import (tiny_flux2_klein_pipeline, tiny_flux_pipeline, tiny_qwen_tokenizer,
                                  tiny_sdxl_pipeline, tiny_t5_tokenizer)
-from tests.tiny_sd import tiny_tokenizer  # noqa: E402
+from galot_core.t2i.tiny import tiny_tokenizer
 
 # stabilityai/stable-diffusion-xl-base-1.0
 SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
@@ -289,7 +287,7 @@ def main() -> None:
         args.size, args.t5_length, args.qwen_length, args.sdxl_steps = 16, 16, 32, 3
         build = {"sdxl": tiny_sdxl_pipeline, "flux": tiny_flux_pipeline,
                  "flux2": lambda: tiny_flux2_klein_pipeline(distilled=True)}
-        label = "CPU SMOKE TEST on tiny random models (tests/tiny_families.py): NOT a performance result"
+        label = "CPU SMOKE TEST on tiny random models (galot_core/t2i/tiny.py): NOT a performance result"
     else:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         build = {"sdxl": lambda: real_sdxl(args.device, dtype), "flux": lambda: real_flux(args.device, dtype),

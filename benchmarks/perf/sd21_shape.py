@@ -7,7 +7,7 @@ and random weights. Its images are noise; its seconds per image are those of the
 (same layers, same attention, same resolution), up to data-dependent effects that a random
 model does not have (none in this loop: no early exit, no NaN check).
 
-Mirrors tests/tiny_sd.py at full size: the same byte-level CLIP tokenizer (no download; the
+Mirrors galot_core/t2i/tiny.py at full size: the same byte-level CLIP tokenizer (no download; the
 prompt is padded to 77 tokens either way, so the text encoder's cost is the same), and SD's
 noise schedule. The configs below are those of stabilityai/stable-diffusion-2-1-base's
 unet/, vae/, text_encoder/ and scheduler/ folders (attention_head_dim there is SD 2's
@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from tests.tiny_sd import SD_SCHEDULE, tiny_tokenizer
+from galot_core.t2i.tiny import SD_SCHEDULE, tiny_tokenizer
 
 UNET = dict(
     sample_size=64,  # 64×64 latents = 512 px

@@ -1,6 +1,6 @@
 """Fewer UNet calls for the same result: each saving measured against the judge (issue: performance).
 
-    python benchmarks/perf/unet_savings.py     # ~6 min on 2 CPU cores; needs models/galot-mini,
+    python -m benchmarks.perf.unet_savings     # ~6 min on 2 CPU cores; needs models/galot-mini,
                                                # models/judge-mnist5k.safetensors and a finished
                                                # GALOT run (`make run` leaves runs/default)
 
@@ -18,7 +18,7 @@ docs/performance.md. Two savings, both on galot-mini with the default guidance 3
    fully-supervised classifier. A setting saves calls only if its judged pseudo-label accuracy
    stays within the sampling error of the default (DDIM, 10 steps).
 
-    python benchmarks/perf/unet_savings.py --run runs/default   # the run whose last cycle is used
+    python -m benchmarks.perf.unet_savings --run runs/default   # the run whose last cycle is used
 """
 
 from __future__ import annotations
@@ -28,23 +28,21 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from safetensors.torch import load_file  # noqa: E402
+from safetensors.torch import load_file
 
-from galot_core import acquisition  # noqa: E402
-from galot_core.checkpoint import load_classifier  # noqa: E402
-from galot_core.data.mnist5k import load_mnist5k  # noqa: E402
-from galot_core.judge import judged_accuracy, preprocess_for  # noqa: E402
-from galot_core.t2i import DiffusersT2I  # noqa: E402
+from galot_core import acquisition
+from galot_core.checkpoint import load_classifier
+from galot_core.data.mnist5k import load_mnist5k
+from galot_core.judge import judged_accuracy, preprocess_for
+from galot_core.t2i import DiffusersT2I
 
 OUT = ROOT / "benchmarks" / "results" / "unet_savings.json"
 MODEL = ROOT / "models" / "galot-mini"

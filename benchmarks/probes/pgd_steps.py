@@ -1,6 +1,6 @@
 """Does TextOpt's PGD use its steps? The paper's step size against steps scaled to the ball (issue 15).
 
-    python benchmarks/pgd_steps.py --world fashion     # benchmarks/results/pgd_steps_fashion.json
+    python -m benchmarks.probes.pgd_steps --world fashion     # benchmarks/results/pgd_steps_fashion.json
 
 The paper's sign step moves each of the D = 16 × 384 coordinates by α = ε/5: an L2 step of
 α·√D ≈ 16·ε, so every step leaves the ball and the projection puts it back on the sphere; the
@@ -24,21 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import ROOT
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from galot_core import acquisition, textopt  # noqa: E402
-from galot_core.experiment import Experiment  # noqa: E402
+from galot_core import acquisition, textopt
+from galot_core.experiment import Experiment
 
-import gal_probe  # noqa: E402
+from benchmarks.probes import gal_probe
 
 RULES = {"paper": ("sign", 1.0), "ball": ("sign", None), "l2": ("l2", 1.0)}  # None: 1/√D
 

@@ -1,8 +1,8 @@
 """One-cycle probes of the ways to make the synthetic set (issue 15), chosen on validation data.
 
-    python benchmarks/gal_probe.py --world fashion                 # every arm, |L| = 40, 80, 120
-    python benchmarks/gal_probe.py --world mnist5k --arms basic paper select4_dc
-    python benchmarks/gal_probe.py --world fashion --report        # print the table only
+    python -m benchmarks.probes.gal_probe --world fashion                 # every arm, |L| = 40, 80, 120
+    python -m benchmarks.probes.gal_probe --world mnist5k --arms basic paper select4_dc
+    python -m benchmarks.probes.gal_probe --world fashion --report        # print the table only
 
 A full run differs from another by ~0.7 pp per cycle (two seeds cannot see 0.3 pp), so each
 variant is first measured on ONE cycle, everything else held fixed. The protocol, fixed before
@@ -37,24 +37,22 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from galot_core import synthetic  # noqa: E402
-from galot_core.params_file import load_config  # noqa: E402
-from galot_core.data import ImageSet, PoolState  # noqa: E402
-from galot_core.experiment import Experiment  # noqa: E402
-from galot_core.judge import load_or_train_judge, preprocess_for  # noqa: E402
-from galot_core.models import build_model  # noqa: E402
-from galot_core.train import accuracy, fit, predict  # noqa: E402
-from study import unet_sha  # noqa: E402
+from galot_core import synthetic
+from galot_core.params_file import load_config
+from galot_core.data import ImageSet, PoolState
+from galot_core.experiment import Experiment
+from galot_core.judge import load_or_train_judge, preprocess_for
+from galot_core.models import build_model
+from galot_core.train import accuracy, fit, predict
+from benchmarks.studies.study import unet_sha
 
 WORLDS = {"mnist5k": ROOT, "fashion": ROOT / "worlds" / "fashion"}
 BUDGETS = (40, 80, 120)

@@ -1,6 +1,6 @@
 """docs/results.md's section "A generator that learns from the labels", from benchmarks/results/adaptation_*.json.
 
-Called by benchmarks/study_report.py (which writes docs/results.md); nothing here is typed by
+Called by benchmarks/studies/report.py (which writes docs/results.md); nothing here is typed by
 hand but the protocol. The arm chosen per world is the one with the best mean validation
 accuracy of real ∪ generated over the |L| measured — never the test set.
 """
@@ -8,9 +8,8 @@ accuracy of real ∪ generated over the |L| measured — never the test set.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT
 RESULTS = {w: ROOT / "benchmarks" / "results" / f"adaptation_{w}.json" for w in ("mnist5k", "fashion")}
 PROBE = ROOT / "benchmarks" / "results" / "gal_probe_fashion.json"
 TITLES = {"mnist5k": "mnist5k", "fashion": "Fashion"}
@@ -128,16 +127,16 @@ def targets(results: dict[str, dict]) -> list[str]:
                    f"{pct(mean(arm, 'with_real_test'))} % vs {pct(mean('none', 'with_real_test'))} %).")
         if missing_cells(r):
             out.append(f"- **{TITLES[world]}, not measured**: {', '.join(missing_cells(r))} — the run stopped "
-                       f"before them; `python benchmarks/adaptation.py --world {world}` measures exactly these "
+                       f"before them; `python -m benchmarks.studies.adaptation --world {world}` measures exactly these "
                        f"(it refuses if the galot-mini on disk is not {r['model_sha256']}).")
     return out + probe_lines()
 
 
 def probe_lines() -> list[str]:
-    """One-cycle probes of the adapted arms (benchmarks/gal_probe.py) against GALOT basic and each other."""
+    """One-cycle probes of the adapted arms (benchmarks/probes/gal_probe.py) against GALOT basic and each other."""
     if not PROBE.exists():
         return []
-    import gal_probe  # the probes' own statistics (mean over budgets, SEM, the 2-SEM verdict)
+    from benchmarks.probes import gal_probe  # the probes' own statistics (mean over budgets, SEM, the 2-SEM verdict)
 
     rows = [r for r in json.loads(PROBE.read_text()) if r["arm"] == "basic" or r["arm"].startswith("adapt_")]
     groups = {m: g for m, g in gal_probe.by_model(rows).items() if any(r["arm"] != "basic" for r in g)}
@@ -148,7 +147,7 @@ def probe_lines() -> list[str]:
         arms = "; ".join(f"{a} {100 * d:+.1f} ± {100 * se:.1f} pp ({gal_probe.verdict(d, se)}, "
                          f"{seconds[a] / seconds['basic']:.0f}× basic's time)" for a, (d, se, _, _) in vs.items())
         out.append(f"- **Fashion one-cycle probes (galot-mini {model}, validation, 5 trainings per cell, "
-                   f"`python benchmarks/gal_probe.py --world fashion --arms …`)**, vs GALOT basic averaged over "
+                   f"`python -m benchmarks.probes.gal_probe --world fashion --arms …`)**, vs GALOT basic averaged over "
                    f"|L| = {', '.join(map(str, sorted({r['budget'] for r in g})))}: {arms}.")
         pairs = [(a, f"{a}_textopt") for a in vs if f"{a}_textopt" in vs]
         for plain, opt in pairs:
@@ -185,7 +184,7 @@ def section(results: dict[str, dict] | None = None) -> list[str]:
              "`gal.adapt` fits the generator to the real images labelled so far, every cycle before TextOpt "
              "(galot_core/steps/adapt.py): `embedding` fits each class's prompt embedding s*_c by the denoising loss "
              "(inside 0.3·‖s*_c‖ of the template; TextOpt's ε-ball then sits on the fit), `lora` fits one peft LoRA on "
-             "the denoiser's attention for all classes. Measured by `python benchmarks/adaptation.py --world W` on the "
+             "the denoiser's attention for all classes. Measured by `python -m benchmarks.studies.adaptation --world W` on the "
              "labelled sets the world's MarginSampling AL run bought (its first |L| labels), 100 images per class at "
              "ε = 0: judged = the fully-supervised judge agrees with the prompted class; FD in the judge's features "
              "beside the real floor; CAS = the study's classifier trained on the 1,000 generated images only; real ∪ "

@@ -1,6 +1,6 @@
 """Whether two run folders made the same first N cycles, byte for byte: a refactoring's proof.
 
-    python benchmarks/compare_runs.py OLD_RUN NEW_RUN --cycles 3
+    python -m benchmarks.studies.compare_runs OLD_RUN NEW_RUN --cycles 3
 
 Compares, per cycle, the optimised embeddings, the classifier, the sample grid, every
 generated PNG and the manifest, and metrics.json (every key but the step seconds), and the

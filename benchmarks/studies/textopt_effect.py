@@ -1,9 +1,9 @@
 """What TextOpt does to the images of a finished GALOT run: more informative, less correct?
 
-    OMP_NUM_THREADS=1 python benchmarks/textopt_effect.py            # the study's GALOT runs, ~5 min
-    python benchmarks/textopt_effect.py --runs-dir DIR --run galot-s0  # any run folders
+    OMP_NUM_THREADS=1 python -m benchmarks.studies.textopt_effect            # the study's GALOT runs, ~5 min
+    python -m benchmarks.studies.textopt_effect --runs-dir DIR --run galot-s0  # any run folders
 
-Writes benchmarks/results/textopt_effect.json; ``benchmarks/study_report.py`` renders it.
+Writes benchmarks/results/textopt_effect.json; ``benchmarks/studies/report.py`` renders it.
 
 Why: in the study GALOT and GALOT basic (ε = 0) end level, although TextOpt's whole point is
 Eq. 2 — images the current classifier finds more uncertain. This script separates the two
@@ -16,7 +16,7 @@ things that could be going on, per cycle c ≥ 2 of a run:
   the pair differs only by the embedding);
 - for scale, σ_GAL of the same classifier on the real images σ_AL picked in that cycle;
 - what it costs: the share of each set the judge (the fully-supervised classifier, the
-  offline stand-in for a human, as in benchmarks/pseudo_labels.py) puts in its prompted
+  offline stand-in for a human, as in benchmarks/studies/pseudo_labels.py) puts in its prompted
   class, and the σ_GAL gain left once the images the judge rejects are dropped.
 
 The s' images are the run's own PNGs (read from its synthetic/ folder, checked against their
@@ -29,24 +29,22 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from galot_core import acquisition, synthetic  # noqa: E402
-from galot_core.checkpoint import load_classifier  # noqa: E402
-from galot_core.config import config_from_dict  # noqa: E402
-from galot_core.experiment import Experiment  # noqa: E402
-from galot_core.t2i import DiffusersT2I  # noqa: E402
-from galot_core.train import predict  # noqa: E402
-from galot_core.transforms import to_uint8  # noqa: E402
+from galot_core import acquisition, synthetic
+from galot_core.checkpoint import load_classifier
+from galot_core.config import config_from_dict
+from galot_core.experiment import Experiment
+from galot_core.t2i import DiffusersT2I
+from galot_core.train import predict
+from galot_core.transforms import to_uint8
 
 OUT = ROOT / "benchmarks" / "results" / "textopt_effect.json"
 RUNS = ROOT / "benchmarks" / "runs" / "study"

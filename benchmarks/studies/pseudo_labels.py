@@ -1,13 +1,13 @@
 """Pseudo-label accuracy vs ε per prompt template (paper Sec. 4.4, Fig. 4 / Table 9), offline.
 
-    OMP_NUM_THREADS=1 python benchmarks/pseudo_labels.py   # ~12 min on one CPU core;
+    OMP_NUM_THREADS=1 python -m benchmarks.studies.pseudo_labels   # ~12 min on one CPU core;
                                                           # needs models/galot-mini and the judge
 
-Writes benchmarks/results/pseudo_labels.json; ``benchmarks/study_report.py`` renders it.
+Writes benchmarks/results/pseudo_labels.json; ``benchmarks/studies/report.py`` renders it.
 
 The paper (App. A, Sec. 4.4): "we use random sampling to randomly optimize the text embedding
 with different constraints of ε", generate images per class and count how many show their
-prompted class. Here, for each template of benchmarks/study.py's TEMPLATES and each relative
+prompted class. Here, for each template of benchmarks/studies/study.py's TEMPLATES and each relative
 radius ε (a fraction of ‖s*‖₂ per class, as galot's ``gal.epsilon_relative``), s* of every
 class is moved exactly as galot moves it for σ_GAL = RandomSampling: ``textopt.optimize`` with
 ``textopt.random_direction_grad``, α = ε/5, n = 10 sign steps. PER_CLASS images per class are
@@ -20,26 +20,23 @@ differ only by the embedding.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import ROOT
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from galot_core import textopt  # noqa: E402
-from galot_core.checkpoint import load_classifier  # noqa: E402
-from galot_core.data.mnist5k import load_mnist5k  # noqa: E402
-from galot_core.judge import preprocess_for  # noqa: E402
-from galot_core.t2i import DiffusersT2I  # noqa: E402
-from galot_core.train import predict  # noqa: E402
-from study import TEMPLATES  # noqa: E402
+from galot_core import textopt
+from galot_core.checkpoint import load_classifier
+from galot_core.data.mnist5k import load_mnist5k
+from galot_core.judge import preprocess_for
+from galot_core.t2i import DiffusersT2I
+from galot_core.train import predict
+from benchmarks.studies.study import TEMPLATES
 
 OUT = ROOT / "benchmarks" / "results" / "pseudo_labels.json"
 MODEL = ROOT / "models" / "galot-mini"
@@ -59,6 +56,7 @@ def moved_embeddings(s_star: torch.Tensor, eps_rel: float, seed: int) -> torch.T
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     for path in (MODEL / "model_index.json", JUDGE):
         if not path.exists():

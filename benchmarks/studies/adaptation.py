@@ -1,8 +1,8 @@
 """Does fitting the generator to the labels bought so far (gal.adapt) fix label fidelity, and does it teach?
 
-    python benchmarks/adaptation.py --world mnist5k     # benchmarks/results/adaptation_mnist5k.json
-    python benchmarks/adaptation.py --world fashion     # benchmarks/results/adaptation_fashion.json
-    python benchmarks/adaptation.py --report            # docs/results.md's section from both JSON files
+    python -m benchmarks.studies.adaptation --world mnist5k     # benchmarks/results/adaptation_mnist5k.json
+    python -m benchmarks.studies.adaptation --world fashion     # benchmarks/results/adaptation_fashion.json
+    python -m benchmarks.studies.adaptation --report            # docs/results.md's section from both JSON files
 
 For each world, labelled sets of |L| = 20, 60 and 200 real images taken from the world's AL run
 (runs/default-baselines/MarginSampling/pool.json: the first |L| images σ_AL bought, in the order
@@ -31,26 +31,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from galot_core.data import load_dataset  # noqa: E402
-from galot_core.judge import judged_accuracy, load_or_train_judge, preprocess_for  # noqa: E402
-from galot_core.models import build_model  # noqa: E402
-from galot_core.params_file import load_config  # noqa: E402
-from galot_core.quality import model_sha, realism  # noqa: E402
-from galot_core.synthetic import resize_uint8  # noqa: E402
-from galot_core.t2i import DiffusersT2I  # noqa: E402
-from galot_core.t2i import finetune as ft  # noqa: E402
-from galot_core.train import accuracy, fit  # noqa: E402
-from galot_core.transforms import to_uint8  # noqa: E402
+from galot_core.data import load_dataset
+from galot_core.judge import judged_accuracy, load_or_train_judge, preprocess_for
+from galot_core.models import build_model
+from galot_core.params_file import load_config
+from galot_core.quality import model_sha, realism
+from galot_core.synthetic import resize_uint8
+from galot_core.t2i import DiffusersT2I
+from galot_core.t2i import finetune as ft
+from galot_core.train import accuracy, fit
+from galot_core.transforms import to_uint8
 
 WORLDS = {"mnist5k": ROOT, "fashion": ROOT / "worlds" / "fashion"}
 SIZES = (20, 60, 200)
@@ -197,10 +195,9 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if not args.report:
         measure(args.world, args.arms)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import study_report  # docs/results.md, whose section "A generator that learns from the labels" this feeds
+    from benchmarks.studies import report as study_report  # docs/results.md, whose section "A generator that learns from the labels" this feeds
 
-    study_report.main()
+    study_report.main([])
 
 
 if __name__ == "__main__":

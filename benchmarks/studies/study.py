@@ -1,10 +1,10 @@
 """The paper's experiments in the embedded world: every run, resumable, seeded, raw results kept.
 
-    python benchmarks/study.py                     # everything not yet done (hours on 2 cores)
-    python benchmarks/study.py --only table1 fig3  # some experiment groups
-    python benchmarks/study.py --jobs 2            # two runs at a time, one torch thread each
-    python benchmarks/study.py --list              # what exists and what is missing
-    python benchmarks/study.py --world fashion     # the Fashion world's study (protocol below)
+    python -m benchmarks.studies.study                     # everything not yet done (hours on 2 cores)
+    python -m benchmarks.studies.study --only table1 fig3  # some experiment groups
+    python -m benchmarks.studies.study --jobs 2            # two runs at a time, one torch thread each
+    python -m benchmarks.studies.study --list              # what exists and what is missing
+    python -m benchmarks.studies.study --world fashion     # the Fashion world's study (protocol below)
 
 Every run is the real tool: ``galot run`` / ``galot transfer`` in a subprocess, with the
 project's params.yaml plus the overrides below, in ``benchmarks/runs/study/`` (ignored by
@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT
 RUNS = ROOT / "benchmarks" / "runs" / "study"
 RESULTS = ROOT / "benchmarks" / "results" / "study"
 SEEDS = (0, 1)
@@ -95,7 +95,7 @@ FASHION_EXPERIMENTS: dict[str, dict[str, list[str]]] = {
     "table1": {"galot": [], "galot_basic": ["gal.epsilon=0.0"], **{f"al_{s}": _al(s) for s in FASHION_AL}},
     "fig3": {"gal_only": ["experiment.mode=gal"],
              "fully_supervised": [*_al("RandomSampling"), "al.budget_per_cycle=5000", "experiment.cycles=1"]},
-    # Issue 15, added after the one-cycle probes (benchmarks/gal_probe.py, validation split): the
+    # Issue 15, added after the one-cycle probes (benchmarks/probes/gal_probe.py, validation split): the
     # best arm there, hard positives (4 candidates per image, keep the highest cross-entropy of the
     # prompted class), as a full run with GALOT basic's protocol.
     "issue15": {"hard_select4": ["gal.epsilon=0.0", "gal.candidates=4", "gal.select_by=intended_loss"]},
