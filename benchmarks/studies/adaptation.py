@@ -195,7 +195,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if not args.report:
         measure(args.world, args.arms)
-    from benchmarks.studies import report as study_report  # docs/results.md, whose section "A generator that learns from the labels" this feeds
+    from benchmarks.studies.report import write as study_report  # docs/results.md, whose section "A generator that learns from the labels" this feeds
 
     study_report.main([])
 

@@ -1,0 +1,3 @@
+from benchmarks.studies.report.write import main
+
+main()
