@@ -30,18 +30,25 @@ def load_json(path: Path, default: Any = None) -> Any:
     return json.loads(path.read_text()) if path.exists() else default
 
 
-def template(name: str) -> string.Template:
-    """benchmarks/templates/<name>.md: the prose of a generated doc, ``$field`` placeholders."""
-    return string.Template((TEMPLATES / f"{name}.md").read_text())
+def unwrap(text: str) -> str:
+    """A template's text as the doc's lines: a paragraph wrapped over several lines becomes one line.
+
+    Blank lines stay; a line that starts a Markdown block ("- ", "| ", "#", "![", "```") starts a new line."""
+    out: list[str] = []
+    for line in text.rstrip("\n").split("\n"):
+        starts_block = not line or line.startswith(("- ", "| ", "#", "![", "```"))
+        if out and out[-1] and not starts_block and not out[-1].startswith(("#", "![", "```")):
+            out[-1] += " " + line
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def prose(name: str, **fields: Any) -> str:
-    """A template filled in, without its final newline (the docs' lines are joined by the callers).
+    """benchmarks/templates/<name>.md unwrapped and filled in (``$field``; ``$$`` is a dollar sign).
 
-    Each paragraph of a template is one line of the generated doc; a template may wrap a
-    paragraph over several lines, which are joined with one space."""
-    text = template(name).substitute(fields).rstrip("\n")
-    return "\n\n".join(" ".join(p.split("\n")) for p in text.split("\n\n"))
+    The result has no final newline: the report code joins the doc's lines."""
+    return string.Template(unwrap((TEMPLATES / f"{name}.md").read_text())).substitute(fields)
 
 
 # --------------------------------------------------------------------------- timing
