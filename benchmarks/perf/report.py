@@ -61,6 +61,16 @@ def write_doc(res: dict, doc: Path = DOC) -> None:
         lines += ["", "## galot-mini throughput", "",
                   f"{m['images_per_s']:.1f} images/s at {m['steps']} steps, guidance {m['guidance']}, batch "
                   f"{m['batch']}, {m['threads']} threads."]
+    lines += e2e_section(res)
+    lines += scaleout_section(res)
+    lines += savings_section()
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines) + "\n")
+
+
+def e2e_section(res: dict) -> list[str]:
+    """The last end-to-end `dvc repro` measurement, if any."""
+    lines: list[str] = []
     if res.get("e2e"):
         e = res["e2e"]
         lines += ["", "## End to end: `dvc repro` of the embedded default", "",
@@ -81,10 +91,7 @@ def write_doc(res: dict, doc: Path = DOC) -> None:
         if e.get("report_table"):
             lines += ["", "`galot report` after it (GALOT against the best AL baseline at each budget):", "", "```",
                       e["report_table"], "```"]
-    lines += scaleout_section(res)
-    lines += savings_section()
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def sd21_section(res: dict) -> list[str]:

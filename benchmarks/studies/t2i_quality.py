@@ -253,6 +253,12 @@ def world_section(world: str, r: dict) -> list[str]:
             lines += ["| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
                       "| " + " | ".join(f"{a:.0%}" for a in e["per_class"]) + " |", ""]
     lines += [f"![samples: one row per class, {names[0]} to {names[-1]}](img/{WORLDS[world][2]})", ""]
+    return lines + cas_lines(r) + guidance_lines(r, names) + realism_lines(r, names) + sweep_lines(r)
+
+
+def cas_lines(r: dict) -> list[str]:
+    """The Classification Accuracy Score table, if measured."""
+    lines: list[str] = []
     if "cas" in r:
         c = r["cas"]
         lines += ["Classification Accuracy Score: the study's classifier trained on N images only, tested on the "
@@ -263,6 +269,12 @@ def world_section(world: str, r: dict) -> list[str]:
         lines += [f"| {row['n']} | {row['generated']:.1%} | {row['real']:.1%} | {row['cas_ratio']:.2f} | "
                   f"{row['generated_judged']:.1%} |" for row in c["rows"]]
         lines.append("")
+    return lines
+
+
+def guidance_lines(r: dict, names: list[str]) -> list[str]:
+    """Judged accuracy, FD and diversity by guidance scale, if measured."""
+    lines: list[str] = []
     if "guidance_sweep" in r:
         lines += [f"By classifier-free guidance scale, at ε = 0 ({r['guidance_sweep'][0]['steps']} steps, 500 images): "
                   "judged accuracy overall and per class, FD to the real test set and diversity as a fraction of "
@@ -274,6 +286,12 @@ def world_section(world: str, r: dict) -> list[str]:
                   f"| {g['guidance']} | {g['judged_accuracy']:.1%} | – | – | "
                   + " | ".join(f"{a:.0%}" for a in g["per_class"]) + " |" for g in r["guidance_sweep"]]
         lines.append("")
+    return lines
+
+
+def realism_lines(r: dict, names: list[str]) -> list[str]:
+    """FD to the real test set and per-class diversity, if measured."""
+    lines: list[str] = []
     if "realism" in r:
         q = r["realism"]
         lines += [f"Realism and diversity at ε = 0 ({q['steps']} steps, guidance {q['guidance']}, {q['images']} images; "
@@ -289,6 +307,12 @@ def world_section(world: str, r: dict) -> list[str]:
         ratio = [g / r_ if r_ else 0.0 for g, r_ in zip(q["diversity_per_class"], q["diversity_real_per_class"])]
         lines.append("| generated / real | " + " | ".join(f"{a:.2f}" for a in ratio) + f" | {sum(ratio) / len(ratio):.2f} |")
         lines.append("")
+    return lines
+
+
+def sweep_lines(r: dict) -> list[str]:
+    """Pseudo-label accuracy vs ε, random and TextOpt directions, if measured."""
+    lines: list[str] = []
     if "sweep" in r:
         lines += [
             "Pseudo-label accuracy vs ε (paper Fig. 4). ε is the L2 radius over the whole embedding (16 tokens × "

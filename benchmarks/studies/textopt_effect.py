@@ -74,6 +74,19 @@ def generate(t2i, cfg, s: torch.Tensor, entries: list[synthetic.ManifestEntry]) 
     return to_uint8(images)
 
 
+def score(images: torch.Tensor, labels: torch.Tensor, model, judge, pre, strategy: str) -> dict:
+    """σ_GAL of the classifier TextOpt optimised against, the judge's and the classifier's agreement."""
+    logits = predict(model, images, pre)["logits"]
+    sigma = acquisition.objective(strategy, logits)  # σ_GAL, higher = more uncertain: what TextOpt ascends
+    judged = predict(judge, images, pre)["logits"].argmax(1) == labels
+    own = logits.argmax(1) == labels
+    return {"sigma": float(sigma.mean()), "judged_accuracy": float(judged.float().mean()),
+            "sigma_judged_correct": float(sigma[judged].mean()) if judged.any() else None,
+            # the classifier's own agreement with the pseudo-label: what it still had to learn
+            "classifier_accuracy": float(own.float().mean()),
+            "classifier_errors_judged_correct": int((~own & judged).sum())}
+
+
 def analyse(run_dir: Path, judge, t2i_cache: dict) -> dict:
     cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()), source=str(run_dir / "config.json"))
     exp = Experiment(cfg)
@@ -114,15 +127,7 @@ def analyse(run_dir: Path, judge, t2i_cache: dict) -> dict:
                "epsilon": float(emb["epsilon"].max()),
                "distance": float((emb["s"] - s_star).flatten(1).norm(dim=1).mean())}
         for name, images in (("template", template), ("optimised", optimised)):
-            logits = predict(model, images, pre)["logits"]
-            sigma = acquisition.objective(strategy, logits)  # σ_GAL, higher = more uncertain: what TextOpt ascends
-            judged = predict(judge, images, pre)["logits"].argmax(1) == labels
-            own = logits.argmax(1) == labels
-            row[name] = {"sigma": float(sigma.mean()), "judged_accuracy": float(judged.float().mean()),
-                         "sigma_judged_correct": float(sigma[judged].mean()) if judged.any() else None,
-                         # the classifier's own agreement with the pseudo-label: what it still had to learn
-                         "classifier_accuracy": float(own.float().mean()),
-                         "classifier_errors_judged_correct": int((~own & judged).sum())}
+            row[name] = score(images, labels, model, judge, pre, strategy)
         # For scale: the real images σ_AL picked from the pool in the same cycle, scored the same way.
         picked = [i for i, c in zip(pool.labelled, pool.cycles) if c == cycle]
         if picked:
