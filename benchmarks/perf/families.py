@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, timed
 
 from galot_core.t2i.flux import FluxT2I
 from galot_core.t2i.flux2 import Flux2KleinT2I
@@ -134,16 +133,6 @@ def real_flux2_klein(device: str, dtype: torch.dtype):
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
     return Flux2KleinPipeline(scheduler=scheduler, vae=vae.to(dtype), text_encoder=qwen.eval(),
                               tokenizer=tiny_qwen_tokenizer(), transformer=transformer.eval(), is_distilled=True)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
 
 
 def peak_gib(fn: Callable[[], Any], device: torch.device) -> float | None:

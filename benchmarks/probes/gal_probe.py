@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, mean_sem, verdict_2sem
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from galot_core import synthetic
@@ -172,11 +172,6 @@ def by_model(rows: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def mean_sem(v: list[float]) -> tuple[float, float]:
-    m = sum(v) / len(v)
-    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else float("nan")
-
-
 def versus_basic(rows: list[dict]) -> dict[str, tuple[float, float, float, list[int]]]:
     """Per arm: the validation-accuracy difference to basic averaged over the probed budgets, its SEM
     (per-budget SEMs of both arms combined as independent), the mean judged accuracy and the budgets."""
@@ -193,17 +188,12 @@ def versus_basic(rows: list[dict]) -> dict[str, tuple[float, float, float, list[
     return out
 
 
-def verdict(d: float, se: float) -> str:
-    """A difference ``d`` with SEM ``se``: better / worse by more than 2 SEM, else no difference."""
-    return "better" if d > 2 * se else "worse" if d < -2 * se else "no difference"
-
-
 def summary(rows: list[dict]) -> str:
     """Per arm against basic of the same model, averaged over the probed budgets (``versus_basic``)."""
     lines = ["| arm | budgets | vs basic, mean over budgets (pp) | judged | verdict |", "|---|---:|---:|---:|---|"]
     for arm, (d, se, judged, budgets) in versus_basic(rows).items():
         lines.append(f"| {arm} | {', '.join(map(str, budgets))} | {100 * d:+.1f} ± {100 * se:.1f} | {judged:.1%} | "
-                     f"{verdict(d, se)} |")
+                     f"{verdict_2sem(d, se)} |")
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, verdict_2sem
 RESULTS = {w: ROOT / "benchmarks" / "results" / f"adaptation_{w}.json" for w in ("mnist5k", "fashion")}
 PROBE = ROOT / "benchmarks" / "results" / "gal_probe_fashion.json"
 TITLES = {"mnist5k": "mnist5k", "fashion": "Fashion"}
@@ -144,7 +144,7 @@ def probe_lines() -> list[str]:
     for model, g in groups.items():
         vs = gal_probe.versus_basic(g)
         seconds = {a: sum(r["seconds"] for r in g if r["arm"] == a) for a in {r["arm"] for r in g}}
-        arms = "; ".join(f"{a} {100 * d:+.1f} ± {100 * se:.1f} pp ({gal_probe.verdict(d, se)}, "
+        arms = "; ".join(f"{a} {100 * d:+.1f} ± {100 * se:.1f} pp ({verdict_2sem(d, se)}, "
                          f"{seconds[a] / seconds['basic']:.0f}× basic's time)" for a, (d, se, _, _) in vs.items())
         out.append(f"- **Fashion one-cycle probes (galot-mini {model}, validation, 5 trainings per cell, "
                    f"`python -m benchmarks.probes.gal_probe --world fashion --arms …`)**, vs GALOT basic averaged over "
@@ -154,8 +154,8 @@ def probe_lines() -> list[str]:
             d = vs[opt][0] - vs[plain][0]
             se = (vs[opt][1] ** 2 + vs[plain][1] ** 2) ** 0.5
             out.append(f"- **The paper's claim around an adapted centre** ({opt} vs {plain}): {100 * d:+.1f} ± "
-                       f"{100 * se:.1f} pp — {gal_probe.verdict(d, se)}.")
-        if not any(gal_probe.verdict(d, se) == "better" for d, se, _, _ in vs.values()):
+                       f"{100 * se:.1f} pp — {verdict_2sem(d, se)}.")
+        if not any(verdict_2sem(d, se) == "better" for d, se, _, _ in vs.values()):
             out.append("- **Full runs (3 seeds)**: not started — the protocol runs the probes' best arms in full, "
                        "and no adapted arm beats GALOT basic on validation, so there is no candidate; "
                        "params.yaml keeps `gal.adapt: none`.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 
-from benchmarks.common import RESULTS, md_table
+from benchmarks.common import verdict_2sem, RESULTS, md_table
 from benchmarks.studies import study
 from benchmarks.studies.report.world import (BASIC, FULL_BASIC, FULL_RUNS, FULL_SEEDS, GAL_DIVERSE, GAL_PLAIN, GALOT,
                                              HARD, Key, WorldResults, diff, fmt, pp, results)
@@ -127,7 +127,7 @@ def full_runs(wr: WorldResults) -> list[str]:
         calls, base_calls = wr.run_total(key, "unet_calls"), wr.run_total(base, "unet_calls")
         secs, base_secs = wr.run_total(key, "seconds"), wr.run_total(base, "seconds")
         rows.append([FULL_RUNS[name], f"{seeds}", pp(d),
-                     "pending" if seeds < len(FULL_SEEDS) else gal_probe.verdict(d.mean, d.sem),
+                     "pending" if seeds < len(FULL_SEEDS) else verdict_2sem(d.mean, d.sem),
                      "pending" if seeds < len(FULL_SEEDS) else ", ".join(map(str, lost)) or "none", fmt(judged),
                      f"{calls.mean / base_calls.mean:.1f}×" if calls and base_calls and base_calls.mean else "–",
                      f"{secs.mean / base_secs.mean:.1f}×" if secs and base_secs and base_secs.mean else "–"])
@@ -203,7 +203,7 @@ def issue15_verdict(wr: WorldResults) -> list[str]:
             return "not probed"
         arm = max(known, key=lambda a: known[a][0])
         d, se, judged, _ = known[arm]
-        return f"{arm}: {100 * d:+.1f} ± {100 * se:.1f} pp ({gal_probe.verdict(d, se)}; judged {judged:.0%})"
+        return f"{arm}: {100 * d:+.1f} ± {100 * se:.1f} pp ({verdict_2sem(d, se)}; judged {judged:.0%})"
 
     def full(world: str, label: str, key: Key, base: Key) -> str:
         w = results(world)
