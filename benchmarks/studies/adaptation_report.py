@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from benchmarks.common import ROOT, verdict_2sem
+from benchmarks.probes import gal_probe
 RESULTS = {w: ROOT / "benchmarks" / "results" / f"adaptation_{w}.json" for w in ("mnist5k", "fashion")}
 PROBE = ROOT / "benchmarks" / "results" / "gal_probe_fashion.json"
 TITLES = {"mnist5k": "mnist5k", "fashion": "Fashion"}
@@ -136,8 +137,6 @@ def probe_lines() -> list[str]:
     """One-cycle probes of the adapted arms (benchmarks/probes/gal_probe.py) against GALOT basic and each other."""
     if not PROBE.exists():
         return []
-    from benchmarks.probes import gal_probe  # the probes' own statistics (mean over budgets, SEM, the 2-SEM verdict)
-
     rows = [r for r in json.loads(PROBE.read_text()) if r["arm"] == "basic" or r["arm"].startswith("adapt_")]
     groups = {m: g for m, g in gal_probe.by_model(rows).items() if any(r["arm"] != "basic" for r in g)}
     out = []

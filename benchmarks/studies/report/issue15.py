@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 
-from benchmarks.common import verdict_2sem, RESULTS, md_table
+from benchmarks.common import RESULTS, md_table, prose, verdict_2sem
 from benchmarks.studies import study
 from benchmarks.studies.report.world import (BASIC, FULL_BASIC, FULL_RUNS, FULL_SEEDS, GAL_DIVERSE, GAL_PLAIN, GALOT,
                                              HARD, Key, WorldResults, diff, fmt, pp, results)
 from benchmarks.studies.report.sections import fig3, protocol, table1
+from benchmarks.probes import gal_probe
 
 ISSUE15_ITEMS = [
     ("the paper's TextOpt (the preset)", "`gal.epsilon` > 0 (params.yaml's default)", ("paper",),
@@ -106,8 +107,6 @@ def gal_only_diversity(wr: WorldResults) -> list[str]:
 
 def full_runs(wr: WorldResults) -> list[str]:
     """Issue 15's full runs on mnist5k: the probes' best arms against GALOT basic, 3 seeds, one galot-mini."""
-    from benchmarks.probes import gal_probe
-
     keys = {name: ("issue15_full", name) for name in FULL_RUNS}
     base = FULL_BASIC
     if not wr.load(base):
@@ -150,8 +149,6 @@ def full_runs(wr: WorldResults) -> list[str]:
 
 def variants() -> list[str]:
     """Issue 15's one-cycle probes (benchmarks/probes/gal_probe.py) and PGD step measurement (benchmarks/probes/pgd_steps.py)."""
-    from benchmarks.probes import gal_probe
-
     lines = ["## Generated images that teach: one-cycle probes", "",
              "Written by `python -m benchmarks.probes.gal_probe --world <world>` into "
              "`benchmarks/results/gal_probe_<world>.json`; protocol (fixed before any result) in that script's "
@@ -187,8 +184,6 @@ def variants() -> list[str]:
 def issue15_verdict(wr: WorldResults) -> list[str]:
     """Issue 15 in one table: each way of making the synthetic set, its best one-cycle probe per world
     and its full runs against their baseline, then what the numbers say."""
-    from benchmarks.probes import gal_probe
-
     probes = {}  # world -> arm -> (d, se, judged, budgets): the arm's best model
     for world in gal_probe.WORLDS:
         path = RESULTS / f"gal_probe_{world}.json"
@@ -239,32 +234,13 @@ def issue15_lessons(wr: WorldResults) -> list[str]:
         return f"{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}–{hi:.1f}"
 
     per_call = {k: v["sigma_change_per_1000_calls"] for k, v in steps.items()}
-    return [
-        "- **The goal is not met in either world.** No option is better than GALOT basic in full runs, and the one "
-        "probe win (hard positives on Fashion) did not survive its full runs. The default stays the paper's GALOT "
-        "(params.yaml), itself no better than GALOT basic: for the same accuracy at a fraction of the UNet calls, "
-        "set `gal.epsilon: 0` (README, \"Which to pick\").",
-        f"- **Label fidelity binds, not informativeness.** On Fashion the generator's template images are judged "
-        f"right {fmt(judged)} % of the time (GALOT basic's runs); every option that moves images towards the classifier's "
-        "uncertainty (TextOpt, σ-selection, hard positives, image-to-image anchors) lowers that further, because with "
-        "a weak generator the classes the classifier confuses are the ones the generator confuses. The options that "
-        "raise it (guidance 5, the Diffusion Classifier check) make the images easier or fewer, and accuracy does "
-        "not follow.",
-        f"- **On mnist5k the labels are right and the images too easy**: the previous classifier errs on "
-        f"{span(gen)} % of basic's generated images against {100 * min(real):.0f}–"
-        f"{100 * max(real):.0f} % of real ones. The options that make them harder (most: {most['arm']}, "
-        f"{most['classifier_error_generated']:.1%} at |L| = {most['budget']}) do not make them teach more; per-image "
-        f"diversity helps GAL only (no real labels) a little ({pp(diff(wr.acc(GAL_DIVERSE), wr.acc(GAL_PLAIN)))}, 2 seeds) "
-        f"and AL + GAL not measurably ({pp(diverse)} in the 3-seed full runs).",
-        f"- **Fixing PGD's step size works as optimisation, not as learning.** Steps sized to the ball raise the cosine "
-        f"to the expected gradient from {steps['paper']['cosine']:.2f} to {steps['ball']['cosine']:.2f} and the σ_GAL "
-        f"gain per UNet call {per_call['ball'] / per_call['paper']:.2f}× (the L2 rule: {steps['l2']['cosine']:.2f}, "
-        f"{per_call['l2'] / per_call['paper']:.1f}×), yet accuracy does not move: a more uncertain image is not a "
-        "more useful one when its label may be wrong.",
-        "- **The embedded generators cap what these worlds can show.** galot-mini is a small model trained from "
-        "scratch on a few thousand (mnist5k) or twenty thousand (Fashion) images (docs/t2i.md); the paper's gain "
-        "comes from Stable Diffusion, whose label fidelity they cannot reproduce. The options stay in galot, tested "
-        "and documented, for users with such a model."]
+    return [prose("results/issue15_lessons", judged=fmt(judged), generated_error=span(gen),
+                  real_error=f"{100 * min(real):.0f}–{100 * max(real):.0f}", hardest_arm=most["arm"],
+                  hardest_error=f"{most['classifier_error_generated']:.1%}", hardest_budget=most["budget"],
+                  gal_only_diversity=pp(diff(wr.acc(GAL_DIVERSE), wr.acc(GAL_PLAIN))), al_gal_diversity=pp(diverse),
+                  cos_paper=f"{steps['paper']['cosine']:.2f}", cos_ball=f"{steps['ball']['cosine']:.2f}",
+                  gain_ball=f"{per_call['ball'] / per_call['paper']:.2f}", cos_l2=f"{steps['l2']['cosine']:.2f}",
+                  gain_l2=f"{per_call['l2'] / per_call['paper']:.1f}")]
 
 
 def refactor_identity() -> list[str]:
@@ -272,11 +248,4 @@ def refactor_identity() -> list[str]:
     path = RESULTS / "refactor_identity_fashion.txt"
     if not path.exists():
         return []
-    return ["## Before and after the one-driver refactoring", "",
-            "The Fashion study's `galot-s2` run (GALOT, TextOpt on from cycle 2; made by the code before the "
-            "refactoring, 05b98c5) against the same parameters run for three cycles by the refactored code "
-            "(one driver, run-folder module, pydantic schema; commit 19d21c9), same galot-mini, one torch thread: "
-            "`python -m benchmarks.studies.compare_runs OLD_RUN NEW_RUN --cycles 3` printed", "", "```",
-            path.read_text().rstrip(), "```", "",
-            "The suite checks the same on a tiny model every run (tests/test_cycle.py, two cycles with TextOpt, "
-            "diversity, candidates and the judge against b1b94f3's code).", ""]
+    return [prose("results/refactor_identity", printout=path.read_text().rstrip()), ""]
