@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from benchmarks.common import Stat, md_table, stat
+from benchmarks.common import Stat, md_table, prose, stat
 from benchmarks.studies import study
 from benchmarks.studies.study import TEMPLATES, TRANSFER_ARCHS
 from benchmarks.studies.report.world import (BASIC, CHANCE, FULL, GAL_ONLY, GALOT, MARGIN, SIGMAS, Key, WorldResults,
                                              combine, diff, fmt, pp, results)
-
-RULE = ("A comparison **holds** if the mean difference is > 0 and larger than its SEM, √(SEM_a² + SEM_b²) (the two "
-        "SEMs combined as independent); otherwise it **does not hold** (\"within 1 SEM\" when the mean difference is "
-        "positive but smaller). A \"best of\" claim holds only if its method beats every other one that way. Every "
-        "cell needs all of its world's seeds; with fewer the verdict is **pending** and the numbers are provisional.")
 
 
 def pseudo_stat(data: dict, template: str, eps: float) -> Stat | None:
@@ -98,7 +93,7 @@ def claims(wr: WorldResults, data: dict | None) -> list[str]:
     rows.append(["Table 7: σ_AL = σ_GAL = margin is the best pair, on average", "yes (of the 3 pairs listed)",
                  *wr.ranked("margin", t7)])
     tally = {k: sum(r[3].startswith(k) for r in rows) for k in ("holds", "does not hold", "pending")}
-    return ["## Claims", "", RULE, "", *md_table(["claim", "paper", "embedded world", "verdict"], rows, 4),
+    return ["## Claims", "", prose("results/verdict_rule"), "", *md_table(["claim", "paper", "embedded world", "verdict"], rows, 4),
             f"**{tally['holds']} hold, {tally['does not hold']} do not hold, {tally['pending']} pending.** "
             "Accuracies in %, differences in percentage points (pp); \"on average\" is the mean over the "
             f"{len(wr.cycles())} budgets of each seed's curve.", ""]

@@ -37,17 +37,9 @@ def fashion() -> list[str]:
     jobs = study.plan(list(study.FASHION.experiments), study.FASHION.seeds, study.FASHION)
     runs = [json.loads(p.read_text()) for j in jobs if (p := study.result_path(*j[1:3], j[4], study.FASHION)).exists()]
     wall = sum(r.get("wall_seconds", 0.0) for r in runs)
-    lines = ["## The Fashion world", "",
-             "Raw results in [benchmarks/results/study_fashion/](../benchmarks/results/study_fashion/) (written by "
-             "`python -m benchmarks.studies.study --world fashion`).", "",
-             f"**Status: {len(runs)} of {len(jobs)} planned runs are done** ({wall / 3600:.1f} h of one-thread run "
-             "time so far). Cells with fewer seeds are marked; their verdicts in the side-by-side table are pending.",
-             "", "Seed 2's runs that generate images (GALOT, GALOT basic, GAL only) use a galot-mini re-pretrained "
-             "by the same recipe on the same split after the first one was lost with its machine (on one torch thread; "
-             "the first run's thread count was not recorded. Not bit-identical: its VAE scaling factor is 0.7795 "
-             "against 0.7779); seeds 0 and 1 "
-             "used the first. The model is thus part of seed 2's variation.",
-             "", protocol("The Fashion world's protocol"), "", *table1(wr, "fashion_"), *fig3(wr, "fashion_"), *hard_positives(wr)]
+    lines = [prose("results/fashion", done=len(runs), planned=len(jobs), hours=f"{wall / 3600:.1f}",
+                   protocol=protocol("The Fashion world's protocol")), "",
+             *table1(wr, "fashion_"), *fig3(wr, "fashion_"), *hard_positives(wr)]
     return lines
 
 
@@ -149,17 +141,7 @@ def full_runs(wr: WorldResults) -> list[str]:
 
 def variants() -> list[str]:
     """Issue 15's one-cycle probes (benchmarks/probes/gal_probe.py) and PGD step measurement (benchmarks/probes/pgd_steps.py)."""
-    lines = ["## Generated images that teach: one-cycle probes", "",
-             "Written by `python -m benchmarks.probes.gal_probe --world <world>` into "
-             "`benchmarks/results/gal_probe_<world>.json`; protocol (fixed before any result) in that script's "
-             "docstring. Each arm makes one cycle's synthetic set from the same labelled set and previous "
-             "classifier of a GALOT basic run, then 5 classifiers are trained on L ∪ G and scored on the "
-             "**validation** split (never the test set). \"vs basic\" is the arm's mean minus basic's at the same "
-             "|L|, in pp. judged: the judge's agreement with the pseudo-labels; informative & correct: images the "
-             "judge accepts and the previous classifier gets wrong; wrong: images the judge rejects; clf error: the "
-             "previous classifier's error on the generated images and on real validation images. The 5 trainings "
-             "share one synthetic set per arm, so the SEM covers training noise, not a second draw of the images. "
-             "The guidance arms were added after the first arms' results (chosen on validation data).", ""]
+    lines = [prose("results/probes"), ""]
     for world in gal_probe.WORLDS:
         path = RESULTS / f"gal_probe_{world}.json"
         if path.exists():
