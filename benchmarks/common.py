@@ -33,11 +33,12 @@ def load_json(path: Path, default: Any = None) -> Any:
 def unwrap(text: str) -> str:
     """A template's text as the doc's lines: a paragraph wrapped over several lines becomes one line.
 
-    Blank lines stay; a line that starts a Markdown block ("- ", "| ", "#", "![", "```") starts a new line."""
+    Blank lines stay; a line that starts a Markdown block ("- ", "|", "#", "![", "```") starts a new line,
+    and a heading, image, fence or table line is never continued."""
     out: list[str] = []
     for line in text.rstrip("\n").split("\n"):
-        starts_block = not line or line.startswith(("- ", "| ", "#", "![", "```"))
-        if out and out[-1] and not starts_block and not out[-1].startswith(("#", "![", "```")):
+        starts_block = not line or line.startswith(("- ", "|", "#", "![", "```"))
+        if out and out[-1] and not starts_block and not out[-1].startswith(("#", "![", "```", "|")):
             out[-1] += " " + line
         else:
             out.append(line)
