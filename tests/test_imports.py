@@ -135,3 +135,13 @@ def test_no_upward_imports(layer):
                     and _layer(name) != layer:
                 upward.append(f"{module} imports {name}")
     assert not upward, "; ".join(sorted(set(upward)))
+
+
+def test_benchmarks_import_as_a_package():
+    """benchmarks/ runs as ``python -m benchmarks.…``: no script edits sys.path to find its neighbours."""
+    edits = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "benchmarks").rglob("*.py"))
+             if any(f"sys.path.{verb}" in p.read_text() for verb in ("insert", "append"))]
+    assert not edits, "sys.path edited in " + ", ".join(edits)
+    graph = import_graph()
+    assert "galot_core.t2i.tiny" in graph["benchmarks.perf.families"]
+    assert "benchmarks.common" in graph["benchmarks.studies.report.world"]
