@@ -56,23 +56,20 @@ def hard_positives(wr: WorldResults) -> list[str]:
     # The goal's time bound is checked on UNet calls: the seconds depend on what else ran on the machine.
     goal = (d is not None and d.n >= len(wr.world.seeds) and d.mean >= 0.025 and d.mean > 2 * d.sem and judged[HARD]
             and judged[HARD].mean >= 0.98 and calls[HARD] and calls[HARD].mean <= 1.5 * calls[BASIC].mean)
-    return ["## Fashion: hard positives, full runs (issue 15)", "",
-            "The best arm of the one-cycle probes on the validation split (section \"Generated images that teach\" "
-            "below): GALOT basic's protocol with `gal.candidates: 4`, `gal.select_by: intended_loss` (generate 4 "
-            "images per kept one, keep those whose prompted class the current classifier gets most wrong). Run "
-            "after every other Fashion cell, with the code of the commit that added the cell (study.py, group "
-            "`issue15`); test accuracy by |L|:", "",
-            *wr.curve_table([("GALOT basic (ε = 0)", BASIC), ("hard positives (4 candidates)", HARD)]), "",
-            f"- Hard positives − GALOT basic, averaged over budgets: **{pp(d)}**; {text} — {every}.",
-            f"- Judged pseudo-label accuracy (mean over cycles): {fmt(judged[HARD])} against {fmt(judged[BASIC])}.",
-            f"- Time per run (the cycles' step seconds): {wall[HARD].mean / 60:.1f} min against "
-            f"{wall[BASIC].mean / 60:.1f} min "
-            f"({wall[HARD].mean / wall[BASIC].mean:.1f}×; the hard-positive runs shared the 2 cores with more "
-            "jobs, so this overstates the ratio), and UNet calls per run (load-independent): "
-            f"{calls[HARD].mean:.0f} against {calls[BASIC].mean:.0f} ({calls[HARD].mean / calls[BASIC].mean:.1f}×)."
-            if wall[HARD] and wall[BASIC] else "- Wall time: pending.",
-            f"- Issue 15's goal (≥ 2.5 pp over basic by more than 2 combined SEM, judged ≥ 98 %, ≤ 1.5× the cost, "
-            f"here in UNet calls): **{'met' if goal else 'not met'}**.", ""]
+    time = (f"Time per run (the cycles' step seconds): {wall[HARD].mean / 60:.1f} min against "
+            f"{wall[BASIC].mean / 60:.1f} min ({wall[HARD].mean / wall[BASIC].mean:.1f}×; the hard-positive runs "
+            "shared the 2 cores with more jobs, so this overstates the ratio), and UNet calls per run "
+            f"(load-independent): {calls[HARD].mean:.0f} against {calls[BASIC].mean:.0f} "
+            f"({calls[HARD].mean / calls[BASIC].mean:.1f}×)." if wall[HARD] and wall[BASIC] else "Wall time: pending.")
+    return [prose("results/hard_positives", table=curve_lines(wr, [("GALOT basic (ε = 0)", BASIC),
+                                                                  ("hard positives (4 candidates)", HARD)]),
+                  difference=pp(d), budgets=text, every=every, judged_hard=fmt(judged[HARD]),
+                  judged_basic=fmt(judged[BASIC]), time=time, met="met" if goal else "not met"), ""]
+
+
+def curve_lines(wr: WorldResults, rows: list[tuple[str, Key]]) -> str:
+    """``wr.curve_table`` for a template placeholder (the template has the blank line after it)."""
+    return "\n".join(wr.curve_table(rows)[:-1])
 
 
 def gal_only_diversity(wr: WorldResults) -> list[str]:
@@ -84,17 +81,11 @@ def gal_only_diversity(wr: WorldResults) -> list[str]:
     text, every = wr.per_budget(GAL_DIVERSE, GAL_PLAIN)
     best = max((wr.acc(k) for k in (GAL_PLAIN, GAL_DIVERSE) if wr.acc(k)), key=lambda x: x.mean)
     judged = {k: wr.acc(k, field="judged_accuracy") for k in (GAL_PLAIN, GAL_DIVERSE)}
-    return ["## mnist5k: GAL only with per-image diversity (issue 15)", "",
-            "GAL only (`experiment.mode: gal`: no real labels, B_GAL generated images a cycle) with the re-pretrained "
-            "mnist5k galot-mini (UNet sha256 6fd6208e697d; the Figure 3 GAL only row used an earlier one), plain and "
-            "with `gal.diversity: 0.4` (each image its own random embedding offset of 0.4·‖s*‖); study.py group "
-            "`issue15_gal_only`, the mnist5k protocol, test accuracy by number of generated images:", "",
-            *wr.curve_table([("GAL only", GAL_PLAIN), ("GAL only, diversity 0.4", GAL_DIVERSE)]), "",
-            f"- Diversity − plain, averaged over budgets: **{pp(d)}**; {text} — {every}.",
-            f"- Judged pseudo-label accuracy (mean over cycles): {fmt(judged[GAL_DIVERSE])} with diversity, "
-            f"{fmt(judged[GAL_PLAIN])} without.",
-            f"- Issue 15's target for mnist5k, GAL only averaging ≥ 85 %: the better cell averages {fmt(best)} — "
-            f"**{'met' if best.mean >= 0.85 else 'not met'}**.", ""]
+    return [prose("results/gal_only_diversity",
+                  table=curve_lines(wr, [("GAL only", GAL_PLAIN), ("GAL only, diversity 0.4", GAL_DIVERSE)]),
+                  difference=pp(d), budgets=text, every=every, judged_diverse=fmt(judged[GAL_DIVERSE]),
+                  judged_plain=fmt(judged[GAL_PLAIN]), best=fmt(best), met="met" if best.mean >= 0.85 else "not met"),
+            ""]
 
 
 def full_runs(wr: WorldResults) -> list[str]:
