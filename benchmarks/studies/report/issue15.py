@@ -113,21 +113,12 @@ def full_runs(wr: WorldResults) -> list[str]:
                      "pending" if seeds < len(FULL_SEEDS) else ", ".join(map(str, lost)) or "none", fmt(judged),
                      f"{calls.mean / base_calls.mean:.1f}×" if calls and base_calls and base_calls.mean else "–",
                      f"{secs.mean / base_secs.mean:.1f}×" if secs and base_secs and base_secs.mean else "–"])
-    return ["## mnist5k: the probes' best arms, full runs (issue 15)", "",
-            "The one-cycle probes' best arms on mnist5k by mean (none beat basic there), each as a full run with "
-            "GALOT basic's protocol, seeds 0–2, all with one re-pretrained galot-mini (UNet sha256 "
-            f"{', '.join(models)}), GALOT basic re-run with it; study.py group `issue15_full`. Test accuracy by |L|:",
-            "", *wr.curve_table([(FULL_RUNS[n], k) for n, k in keys.items()]),
-            "Against GALOT basic: the mean over budgets of the difference (pp, ± combined SEM); \"better\"/\"worse\" by "
-            "more than 2 combined SEM; budgets where the arm is lower than basic by more than 1 combined SEM; judged "
-            "pseudo-label accuracy (mean over cycles); UNet calls and the cycles' step seconds per run, relative to "
-            "basic:", "",
-            *md_table(["arm", "seeds", "vs basic (pp)", "verdict", "lower at |L|", "judged", "UNet calls", "seconds"],
-                      rows, text_columns=5),
-            "Arms that lose to basic at no budget (issue 15's mnist5k condition for a winner, which has to beat "
-            "basic on Fashion too): "
-            f"{', '.join(n for n, lost in lost_any.items() if not lost) or 'none'}"
-            f"{' (pending: not every arm has all seeds)' if len(lost_any) < len(rows) else ''}.", ""]
+    versus = md_table(["arm", "seeds", "vs basic (pp)", "verdict", "lower at |L|", "judged", "UNet calls", "seconds"],
+                      rows, text_columns=5)
+    return [prose("results/full_runs", models=", ".join(models),
+                  curves=curve_lines(wr, [(FULL_RUNS[n], k) for n, k in keys.items()]),
+                  versus="\n".join(versus[:-1]), winners=", ".join(n for n, lost in lost_any.items() if not lost) or "none",
+                  pending=" (pending: not every arm has all seeds)" if len(lost_any) < len(rows) else ""), ""]
 
 
 def variants() -> list[str]:
@@ -180,18 +171,12 @@ def issue15_verdict(wr: WorldResults) -> list[str]:
 
     rows = [[item, keys, best_probe("mnist5k", arms), best_probe("fashion", arms),
              "; ".join(f for cell in cells if (f := full(*cell))) or "–"] for item, keys, arms, cells in ISSUE15_ITEMS]
-    return ["## Issue 15's verdict: nothing beats GALOT basic", "",
-            "Every way of making the synthetic set that issue 15 asked for, as a `gal.*` option, with its best "
-            "one-cycle probe arm per world (validation split, against basic of the same galot-mini; \"better\"/"
-            "\"worse\" by 2 combined SEM; judged: pseudo-label accuracy) and its full runs (test accuracy averaged "
-            "over budgets, against GALOT basic run with the same model, or for diversity in GAL only against plain "
-            "GAL only). Sections above and below give every number.", "",
-            *md_table(["issue item", "option", "best probe, mnist5k", "best probe, Fashion", "full runs (vs basic)"],
-                      rows, text_columns=5),
-            "What the numbers say:", "", *issue15_lessons(wr), ""]
+    table = md_table(["issue item", "option", "best probe, mnist5k", "best probe, Fashion", "full runs (vs basic)"],
+                     rows, text_columns=5)
+    return [prose("results/issue15_verdict", table="\n".join(table[:-1]), lessons=issue15_lessons(wr)), ""]
 
 
-def issue15_lessons(wr: WorldResults) -> list[str]:
+def issue15_lessons(wr: WorldResults) -> str:
     """The verdict's reading of the numbers, each number read from the committed results."""
     judged = results("fashion").acc(BASIC, field="judged_accuracy")
     mnist = json.loads((RESULTS / "gal_probe_mnist5k.json").read_text())
@@ -207,13 +192,13 @@ def issue15_lessons(wr: WorldResults) -> list[str]:
         return f"{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}–{hi:.1f}"
 
     per_call = {k: v["sigma_change_per_1000_calls"] for k, v in steps.items()}
-    return [prose("results/issue15_lessons", judged=fmt(judged), generated_error=span(gen),
-                  real_error=f"{100 * min(real):.0f}–{100 * max(real):.0f}", hardest_arm=most["arm"],
-                  hardest_error=f"{most['classifier_error_generated']:.1%}", hardest_budget=most["budget"],
-                  gal_only_diversity=pp(diff(wr.acc(GAL_DIVERSE), wr.acc(GAL_PLAIN))), al_gal_diversity=pp(diverse),
-                  cos_paper=f"{steps['paper']['cosine']:.2f}", cos_ball=f"{steps['ball']['cosine']:.2f}",
-                  gain_ball=f"{per_call['ball'] / per_call['paper']:.2f}", cos_l2=f"{steps['l2']['cosine']:.2f}",
-                  gain_l2=f"{per_call['l2'] / per_call['paper']:.1f}")]
+    return prose("results/issue15_lessons", judged=fmt(judged), generated_error=span(gen),
+                 real_error=f"{100 * min(real):.0f}–{100 * max(real):.0f}", hardest_arm=most["arm"],
+                 hardest_error=f"{most['classifier_error_generated']:.1%}", hardest_budget=most["budget"],
+                 gal_only_diversity=pp(diff(wr.acc(GAL_DIVERSE), wr.acc(GAL_PLAIN))), al_gal_diversity=pp(diverse),
+                 cos_paper=f"{steps['paper']['cosine']:.2f}", cos_ball=f"{steps['ball']['cosine']:.2f}",
+                 gain_ball=f"{per_call['ball'] / per_call['paper']:.2f}", cos_l2=f"{steps['l2']['cosine']:.2f}",
+                 gain_l2=f"{per_call['l2'] / per_call['paper']:.1f}")
 
 
 def refactor_identity() -> list[str]:
