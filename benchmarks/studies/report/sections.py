@@ -206,13 +206,8 @@ def cost(wr: WorldResults) -> list[str]:
     price = (f"GALOT − AL margin, on average: {pp(d)}, for "
              f"{fastest['GALOT']['wall_seconds'] / fastest['AL margin']['wall_seconds']:.1f}× the wall time of an AL "
              "margin run (fastest seeds)." if d and {"GALOT", "AL margin"} <= set(fastest) else "")
-    return ["## Cost", "",
-            f"Seconds per stage summed over the {len(wr.cycles())} cycles and the run's wall time (including process "
-            "start, model loading and evaluation), from each method's fastest seed; the wall time of every seed is "
-            "listed, as the spread shows how much other load on the 2-core machine added. UNet calls are batched "
-            "forward passes (a classifier-free-guidance pair counts once). One torch thread per run, two runs at once "
-            "for part of the study.", "",
-            *md_table(["method", *stages, "stages total", "wall", "wall, each seed", "UNet calls TextOpt",
-                       "UNet calls generation"], rows),
-            price, "", "GALOT per cycle (fastest seed); ε is the absolute radius (0.2·‖s*‖ at the end):", "",
-            *md_table(["|L|", "ε", *(f"{s} s" for s in stages[:4]), "UNet TextOpt", "UNet generation"], per_cycle)]
+    stage_table = md_table(["method", *stages, "stages total", "wall", "wall, each seed", "UNet calls TextOpt",
+                            "UNet calls generation"], rows)
+    cycle_table = md_table(["|L|", "ε", *(f"{s} s" for s in stages[:4]), "UNet TextOpt", "UNet generation"], per_cycle)
+    return [prose("results/cost", cycles=len(wr.cycles()), stages="\n".join(stage_table[:-1]), price=price,
+                  per_cycle="\n".join(cycle_table[:-1])), ""]
