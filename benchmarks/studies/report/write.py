@@ -15,7 +15,8 @@ from benchmarks.studies.report.world import DOC, EFFECT, FIGS, PSEUDO, results
 
 
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(description="docs/results.md and its plots from the raw results of the study").parse_args(argv)
+    argparse.ArgumentParser(prog="python -m benchmarks.studies.report",
+                            description="docs/results.md and its plots from the raw results of the study").parse_args(argv)
     FIGS.mkdir(parents=True, exist_ok=True)
     data = json.loads(PSEUDO.read_text()) if PSEUDO.exists() else None
     effect = json.loads(EFFECT.read_text()) if EFFECT.exists() else None
