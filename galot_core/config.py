@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from galot_core.config_errors import one_line
 from galot_core.errors import GalotError, show
 from galot_core.images import DEFAULT_MAX_PIXELS
+from galot_core.names import class_names_problem, name_key, text_problem
 
 # Names as in the paper's Table 1; they are also the values accepted in params.yaml.
 AL_STRATEGIES = (
@@ -379,6 +380,8 @@ def inconsistency(cfg: Config) -> str | None:
     name = cfg.experiment.name
     if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         return f"experiment.name must be a plain folder name (no '/', '..'), got {show(name)}"
+    if text_problem("experiment.name", name):
+        return text_problem("experiment.name", name)
     if cfg.gal.adapt != "none" and cfg.experiment.mode != "al+gal":
         lacks = "labels no real image" if cfg.experiment.mode == "gal" else "generates no image"
         return (f"gal.adapt: {cfg.gal.adapt} fits the generator to the labelled real images, but experiment.mode: "
@@ -401,12 +404,9 @@ def _data_source_problem(cfg: Config) -> str | None:
     elif d.classes is not None or d.test_root is not None:
         key = "data.classes" if d.classes is not None else "data.test_root"
         return f"{key} is only used with data.dataset: folder, got data.dataset: {d.dataset}; remove {key}"
-    names = [" ".join(c.split()) for c in d.classes or ()]
-    if any(not n for n in names):
-        return "data.classes must not contain empty names"
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        return f"data.classes lists {show(dup[0])} twice; give each class once"
-    if any(n.lower() == "skip" for n in names):
+    problem = class_names_problem("data.classes", d.classes or ())
+    if problem:
+        return problem
+    if any(name_key(n) == "skip" for n in d.classes or ()):
         return "data.classes must not contain 'skip' (it is the label for 'none of these classes'); rename that class"
     return None

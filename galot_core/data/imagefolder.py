@@ -23,8 +23,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from galot_core.data.base import Dataset, ImageSet
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show_names
 from galot_core.images import DEFAULT_MAX_PIXELS, open_image
+from galot_core.names import check_class_names
 
 OnBadImage = Literal["skip", "fail"]
 
@@ -186,7 +187,9 @@ def _class_folders(train_dir: Path) -> list[str]:
 def _class_names(folders: list[str], class_names_file: str | Path | None) -> list[str]:
     """Human class names for ``folders``: from the mapping file if given, else the folder names."""
     if class_names_file is None:
-        return [" ".join(name.replace("_", " ").replace("-", " ").split()) for name in folders]
+        names = [" ".join(name.replace("_", " ").replace("-", " ").split()) for name in folders]
+        check_class_names("data.root (its class sub-folders)", names, folders)
+        return names
     mapping = _read_name_mapping(Path(class_names_file).expanduser())
     missing = [name for name in folders if name not in mapping]
     extra = sorted(set(mapping) - set(folders))
@@ -197,11 +200,12 @@ def _class_names(folders: list[str], class_names_file: str | Path | None) -> lis
         raise GalotError(
             f"data.class_names_file: {'; '.join(problems)}; map every class folder, and only those, to a name"
         )
+    check_class_names(f"data.class_names_file '{class_names_file}'", [mapping[name] for name in folders])
     return [mapping[name] for name in folders]
 
 
 def _quoted(names: Sequence[str]) -> str:
-    return ", ".join(f"'{name}'" for name in names)
+    return show_names(names)
 
 
 def _read_name_mapping(path: Path) -> dict[str, str]:
