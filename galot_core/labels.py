@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from galot_core.errors import GalotError, show, show_names
-from galot_core.images import open_image
+from galot_core.images import open_image, to_mode
 from galot_core import synthetic
 from galot_core.io import atomic_write_bytes, atomic_write_json
 from galot_core.names import class_names_problem, name_key
@@ -105,7 +105,7 @@ def _thumbnail_png(dataset: Dataset, index: int) -> bytes:
     if dataset.pool_files and dataset.root:
         try:
             with open_image(Path(dataset.root) / dataset.pool_files[index]) as im:
-                im = im.convert("RGB")
+                im = to_mode(im, "RGB")
                 im.thumbnail((THUMB_MAX, THUMB_MAX), Image.Resampling.LANCZOS)
                 return _png(im)
         except (OSError, ValueError):  # ValueError: ImageTooLarge

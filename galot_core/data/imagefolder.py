@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from galot_core.data.base import Dataset, ImageSet
 from galot_core.errors import GalotError, show_names
-from galot_core.images import DEFAULT_MAX_PIXELS, open_image
+from galot_core.images import DEFAULT_MAX_PIXELS, open_image, oriented_size, to_mode
 from galot_core.names import check_class_names
 
 OnBadImage = Literal["skip", "fail"]
@@ -122,7 +122,7 @@ def _decode(path: Path, mode: str, size: tuple[int, int], on_bad_image: OnBadIma
     """``path`` as a ``mode`` image of ``size`` (W, H), or None when it is bad (or too large) and skipped."""
     try:
         with open_image(path, max_pixels) as image:
-            image = image.convert(mode)
+            image = to_mode(image, mode)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
         _bad_image(path, exc, on_bad_image, fix)
         return None
@@ -281,7 +281,8 @@ def _headers(files: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> lis
     for path in files:
         try:
             with open_image(path, max_pixels) as image:
-                headers.append((image.height, image.width, image.mode))
+                width, height = oriented_size(image)
+                headers.append((height, width, image.mode))
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
     return headers
