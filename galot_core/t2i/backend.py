@@ -39,8 +39,8 @@ from galot_core.t2i.conditioning import Conditioning
 from galot_core.t2i.gradients import AcquisitionGradient
 from galot_core.t2i.hub import local_folder
 from galot_core.t2i.latents import LatentImages
-from galot_core.t2i.loading import (component_loader, configured_scheduler, moved, pipeline_family, read_model_index,
-                                    resolve_options)
+from galot_core.t2i.loading import (component_loader, configured_scheduler, moved, pipe_family, pipeline_family,
+                                    read_model_index, resolve_options)
 from galot_core.t2i.schedule import predict_x0, step_kwargs
 from galot_core.t2i.text_encoders import TextEncoderPlacement, with_text_encoders
 
@@ -107,15 +107,13 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         self.text_encoder_dtype, self.offload_text_encoders = text_encoder_dtype, offload_text_encoders
         self.text_encoder = moved(text_encoder, self.encoder_device, text_encoder_dtype)
         self.tokenizer = tokenizer
-        self.unet = moved(unet, self.device, unet_dtype)
-        self.scheduler = scheduler
+        self.unet, self.scheduler = moved(unet, self.device, unet_dtype), scheduler
         self.vae = moved(vae, self.device, unet_dtype) if vae is not None else None
         # We never train these here: only the prompt embedding receives gradients.
         self._freeze(self.text_encoder, self.unet, self.vae)
+        if gradient_checkpointing and not getattr(self.unet, "_supports_gradient_checkpointing", False):
+            raise GalotError(f"t2i.gradient_checkpointing: {type(self.unet).__name__} does not support it: set it to false")
         if gradient_checkpointing:
-            if not getattr(self.unet, "_supports_gradient_checkpointing", False):
-                raise GalotError(f"t2i.gradient_checkpointing: {type(self.unet).__name__} does not support it: "
-                                 "set it to false")
             self.unet.enable_gradient_checkpointing()
         self.resolution = resolution
         self.model_id, self.revision, self.variant = model_id, revision, variant  # provenance
@@ -124,10 +122,8 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
 
     @staticmethod
     def _freeze(*modules: torch.nn.Module | None) -> None:
-        for module in modules:
-            if module is not None:
-                module.eval()
-                module.requires_grad_(False)
+        for module in (m for m in modules if m is not None):
+            module.eval().requires_grad_(False)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -138,7 +134,11 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
 
     @classmethod
     def from_pipeline(cls, pipe: DiffusionPipeline, **kwargs: Any) -> DiffusersT2I:
-        """Wrap an already-built ``StableDiffusionPipeline`` (its components are shared, not copied)."""
+        """Wrap an already-built pipeline (its components are shared, not copied); on ``DiffusersT2I`` the
+        pipeline's family picks the class (as diffusers' ``AutoPipelineForText2Image.from_pipe``)."""
+        family = FAMILIES[pipe_family(pipe, None if cls is DiffusersT2I else cls.family)]
+        if family is not cls:
+            return family.from_pipeline(pipe, **kwargs)
         return cls(pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler, getattr(pipe, "vae", None), **kwargs)
 
     @classmethod
