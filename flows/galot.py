@@ -45,6 +45,7 @@ from galot_core.steps.evaluate import write_summary
 from galot.flows.labelling import wait_for_labels
 from galot.tasks.cycle import TASKS, context
 from galot.tasks.tracking import track_experiment, track_transfer, tracked_run
+from galot.tasks.tracking_check import check_tracking
 from galot.tasks.transfer import train_transfer
 
 TABLE_COLUMNS = ("cycle", "labelled", "generated", "epsilon", "test_accuracy", "judged_accuracy")
@@ -177,6 +178,7 @@ def galot_cycle(config: Config | None = None, overrides: list[str] | None = None
     ``pause_for_labels``: with a human oracle, pause this flow run until the batch is labelled
     (needs a Prefect server) instead of stopping with "waits for labels"."""
     cfg = parameters(config, overrides)
+    check_tracking(cfg)  # MLFLOW_TRACKING_URI refused now, in seconds, not after the cycle's work
     # The run lock before the MLflow run: a flow refused because another process is advancing
     # the experiment must not end that process's MLflow run as FAILED.
     # The MLflow run ends with this flow, unless galot-run owns it.
@@ -189,6 +191,7 @@ def galot_run(config: Config | None = None, overrides: list[str] | None = None,
               pause_for_labels: bool = False) -> list[dict[str, Any]]:
     """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
     cfg = parameters(config, overrides)
+    check_tracking(cfg)  # before the lock and any cycle: an unusable tracking URI is one line
     # Every cycle and the deliverables under one run lock (as galot_cycle), taken before the MLflow
     # run, which ends FINISHED (classifier logged as an MLflow model), FAILED or KILLED.
     with RunFolder(cfg.run_dir).run_lock(), tracked_run(cfg):
@@ -218,6 +221,7 @@ def galot_transfer(config: Config | None = None, overrides: list[str] | None = N
                    archs: list[str] | None = None) -> list[dict[str, Any]]:
     """Train ``archs`` (default ``transfer.archs``) on the experiment's cached real + synthetic data."""
     cfg = parameters(config, overrides)
+    check_tracking(cfg)
     results = []
     for arch in archs or list(cfg.transfer.archs):
         if arch not in ARCHITECTURES:
