@@ -168,3 +168,18 @@ def test_test_root_folder_not_among_many_classes_is_one_short_line(tmp_path):
     message = _one_line_error(lambda: load_folder(tmp_path / "pool", classes, test_root=tmp_path / "test"),
                               "data.test_root", "'zebra'", "(9995 more)")
     assert len(message) < 400
+
+
+def test_cli_refuses_an_image_folder_with_case_twin_subfolders_before_writing(tmp_path, capsys):
+    for i, folder in enumerate(["Cat", "cat"]):
+        for k in range(3):
+            _png(tmp_path / "imgs" / folder / f"{k}.png", 20 * i + k)
+    runs = tmp_path / "runs"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"experiment": {"runs_dir": str(runs), "name": "n", "mode": "al"},
+                                      "data": {"dataset": "imagefolder", "root": str(tmp_path / "imgs")},
+                                      "tracking": {"mlflow": False}}))
+    code = main(["run", "--params", str(params)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0
+    assert "'Cat' and 'cat'" in err and not runs.exists()
