@@ -139,3 +139,25 @@ def test_a_family_class_refuses_another_familys_pipeline():
         from galot_core.t2i.backend import FAMILIES
 
         FAMILIES.pop("sd-test-other", None)
+
+
+def test_cli_refuses_the_folder_with_exit_2_before_writing_or_importing(saved_sd, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from galot.flows.cli import main
+
+    marker = tmp_path / "imported.marker"
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "galot_cli_side_effect.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    folder = _copy_with_entry(saved_sd, tmp_path / "model", "text_encoder", ["galot_cli_side_effect", "CLIPTextModel"])
+    runs = tmp_path / "runs"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"experiment": {"runs_dir": str(runs), "name": "m", "mode": "al+gal",
+                                                     "judge": None},
+                                      "t2i": {"model": str(folder), "device": "cpu"}, "tracking": {"mlflow": False}}))
+    code = main(["run", "--params", str(params)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0
+    assert "field 'text_encoder'" in err and "'galot_cli_side_effect'" in err
+    assert not marker.exists() and not runs.exists()
