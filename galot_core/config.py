@@ -380,8 +380,8 @@ def inconsistency(cfg: Config) -> str | None:
     name = cfg.experiment.name
     if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         return f"experiment.name must be a plain folder name (no '/', '..'), got {show(name)}"
-    if text_problem("experiment.name", name):
-        return text_problem("experiment.name", name)
+    if problem := text_problem("experiment.name", name):
+        return problem
     if cfg.gal.adapt != "none" and cfg.experiment.mode != "al+gal":
         lacks = "labels no real image" if cfg.experiment.mode == "gal" else "generates no image"
         return (f"gal.adapt: {cfg.gal.adapt} fits the generator to the labelled real images, but experiment.mode: "
@@ -404,8 +404,7 @@ def _data_source_problem(cfg: Config) -> str | None:
     elif d.classes is not None or d.test_root is not None:
         key = "data.classes" if d.classes is not None else "data.test_root"
         return f"{key} is only used with data.dataset: folder, got data.dataset: {d.dataset}; remove {key}"
-    problem = class_names_problem("data.classes", d.classes or ())
-    if problem:
+    if problem := class_names_problem("data.classes", d.classes or ()):
         return problem
     if any(name_key(n) == "skip" for n in d.classes or ()):
         return "data.classes must not contain 'skip' (it is the label for 'none of these classes'); rename that class"

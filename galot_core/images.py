@@ -65,25 +65,32 @@ _EXIF_ORIENTATION = 0x0112
 _EXIF_ERRORS = (OSError, ValueError, SyntaxError, struct.error, KeyError, IndexError, TypeError)
 
 
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1 = as stored, 2–8 flipped or turned); 1 when the EXIF block is corrupt,
+    so such an image keeps its pixels as stored."""
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except _EXIF_ERRORS:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def oriented_size(im: Image.Image) -> tuple[int, int]:
     """(width, height) as shown, from the header: EXIF orientations 5–8 turn the image by 90°."""
-    try:
-        turned = im.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
-    except _EXIF_ERRORS:  # a corrupt EXIF block: the orientation is unknown, the pixels are kept as stored
-        turned = False
-    return (im.height, im.width) if turned else im.size
+    return (im.height, im.width) if _orientation(im) >= 5 else im.size
 
 
 def to_mode(im: Image.Image, mode: str) -> Image.Image:
     """``im`` upright (its EXIF orientation applied) in the 8-bit PIL ``mode`` (L or RGB), with
     16-bit, 32-bit and float pixels scaled by the rules of this module's docstring."""
-    try:
-        im = ImageOps.exif_transpose(im)
-    except _EXIF_ERRORS:
-        pass  # as oriented_size: a corrupt EXIF block leaves the pixels as stored
+    if _orientation(im) != 1:  # exif_transpose copies even an upright image: only when needed
+        try:
+            im = ImageOps.exif_transpose(im)
+        except _EXIF_ERRORS:
+            pass
     if im.mode in _SIXTEEN_BIT or im.mode in ("I", "F"):
         im = Image.fromarray(to_uint8(np.asarray(im), im.mode))
-    return im if im.mode == mode else im.convert(mode)
+    return im.convert(mode)  # a loaded copy even in the same mode: the caller may close the file
 
 
 def to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
