@@ -183,3 +183,19 @@ def test_cli_refuses_an_image_folder_with_case_twin_subfolders_before_writing(tm
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0
     assert "'Cat' and 'cat'" in err and not runs.exists()
+
+
+def test_label_export_and_import_name_a_few_of_ten_thousand_classes(tmp_path, capsys):
+    from tests.hostile_util import cli, human_run
+
+    run = human_run(tmp_path)
+    batch_file = run / "labels" / "cycle_001.json"
+    batch = json.loads(batch_file.read_text())
+    batch["classes"] = [f"class{i}" for i in range(10_000)]
+    batch_file.write_text(json.dumps(batch))
+    r = cli(capsys, "label", "export", str(run), "--out", str(tmp_path / "labels.csv"))
+    assert r.code == 0 and "fill the label column with one of: 'class0'" in r.out and "(9995 more)" in r.out
+    assert len(r.out) < 600
+    (tmp_path / "answers.csv").write_text("image,label\nimg0.png,zebra\n")
+    r = cli(capsys, "label", "import", str(run), str(tmp_path / "answers.csv"))
+    assert r.code == 2 and "unknown class 'zebra'" in r.err and "(9995 more)" in r.err and len(r.err) < 800
