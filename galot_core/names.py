@@ -9,9 +9,10 @@ parameters (``data.classes``), an image folder's sub-folders or its ``data.class
 a run folder's label batch.
 
 Control and format characters (Unicode categories Cc and Cf: newline, tab, ESC, NUL, the
-bidirectional overrides) are refused in names too: they reach a terminal raw, rewrite lines
-of CSV files and logs, and make two names that look the same differ. The joiners U+200C and
-U+200D are the exception: Persian, the Indic scripts and emoji sequences need them.
+bidirectional overrides) and the line and paragraph separators U+2028, U+2029 are refused in
+names too: they reach a terminal raw, rewrite lines of CSV files and logs, and make two names
+that look the same differ. The joiners U+200C and U+200D are the exception: Persian, the Indic
+scripts and emoji sequences need them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Sequence
 from galot_core.errors import GalotError, show
 
 _JOINERS = frozenset("\u200c\u200d")  # zero-width non-joiner / joiner: part of some scripts' spelling
+# Control, format, and the line / paragraph separators U+2028 / U+2029 (new lines to many tools).
+_REFUSED = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def name_key(name: str) -> str:
@@ -32,7 +35,7 @@ def name_key(name: str) -> str:
 def control_char(text: str) -> str | None:
     """The first control or format character in ``text`` as ``U+XXXX``, or None when there is none."""
     for ch in str(text):
-        if unicodedata.category(ch) in ("Cc", "Cf") and ch not in _JOINERS:
+        if unicodedata.category(ch) in _REFUSED and ch not in _JOINERS:
             return f"U+{ord(ch):04X}"
     return None
 

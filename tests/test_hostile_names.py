@@ -51,7 +51,8 @@ def test_class_names_equal_when_matched_are_refused_naming_both(classes, first, 
                     "differ only in case")
 
 
-@pytest.mark.parametrize("bad", ["a\nb", "cat\x1b[31m", "tab\there", "nul\x00", "rtl\u202eevil", "zw\u200bsp"])
+@pytest.mark.parametrize("bad", ["a\nb", "cat\x1b[31m", "tab\there", "nul\x00", "rtl\u202eevil", "zw\u200bsp",
+                                 "line\u2028sep", "nel\x85"])
 def test_control_and_format_characters_in_class_names_are_refused(bad):
     message = _one_line_error(lambda: config_from_dict(_folder_cfg([bad, "dog"])), "data.classes",
                               "control characters")
