@@ -158,7 +158,7 @@ class GALConfig(_Section):
     budget_factor: float = _field(1.0, min=0.0, max=1000.0, help="B_GAL = budget_factor·|L| (gal mode: ·B_AL·c)",
                                   why="every generated image is kept on disk")
     accumulate: bool = _field(False, help="keep earlier cycles' synthetic images in training")
-    # Beyond the paper (issue 15; docs/results.md "Generated images that teach"). Defaults = the paper.
+    # Beyond the paper (docs/results.md "Generated images that teach"). Defaults = the paper.
     step_scale: Literal["paper", "ball"] = _field(
         "paper",
         help="paper: α = alpha_ratio·ε per coordinate (a sign step then has L2 norm α·√D and "
@@ -181,7 +181,7 @@ class GALConfig(_Section):
         "none",
         help="diffusion: drop generated images that the T2I model itself, as a zero-shot "
              "classifier (Diffusion Classifier), does not put in their prompted class")
-    # Few-shot adaptation of the generator to the labels bought so far (issue 28; docs/results.md
+    # Few-shot adaptation of the generator to the labels bought so far (docs/results.md,
     # "A generator that learns from the labels"). none = the paper: the T2I model never changes.
     adapt: Literal["none", "embedding", "lora"] = _field(
         "none",

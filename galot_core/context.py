@@ -28,7 +28,7 @@ from galot_core.data import Dataset, PoolState, load_dataset
 from galot_core.errors import GalotError
 from galot_core.models import Classifier, LossPredictionHead
 from galot_core.runfolder import RunFolder
-from galot_core.train import resolve_device
+from galot_core.devices import resolve_device
 from galot_core.transforms import Preprocess
 
 DEFAULT_T2I = "models/galot-mini"

@@ -1,4 +1,4 @@
-"""An experiment as one object: the Python API of earlier versions, kept for benchmarks and notebooks.
+"""An experiment as one object: the context every flow, the CLI, the tests and notebooks build.
 
 The cycle itself is :func:`galot_core.cycle.run_cycle` (Algorithm 1, five steps in
 :mod:`galot_core.steps`) over a run folder (:mod:`galot_core.runfolder`); an
@@ -51,9 +51,6 @@ class Experiment(Context):
 
     def select(self, cycle: int) -> list[int]:
         return steps.select_real_batch(self, cycle)
-
-    def receive_labels(self, cycle: int) -> dict[str, int]:
-        return steps.receive_labels(self, cycle)
 
     def adapt(self, cycle: int) -> dict[str, Any]:
         """gal.adapt: fit the generator to the labelled images (nothing with gal.adapt: none)."""

@@ -21,7 +21,8 @@ from galot_core.data import Dataset, load_dataset
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_json, read_json
 from galot_core.models import build_model
-from galot_core.train import accuracy, fit, resolve_device
+from galot_core.devices import resolve_device
+from galot_core.train import accuracy, fit
 from galot_core.transforms import Preprocess
 
 

