@@ -50,7 +50,7 @@ def transfer(cfg: Config, arch: str, dataset: Dataset | None = None, progress: b
     if len(labels) == 0:
         raise GalotError(f"{source}: the experiment has no labelled or generated images yet; run a cycle first")
     t, tc = cfg.transfer, cfg.train
-    train_cfg = type(tc)(**{**cfg.to_dict()["train"], "epochs": t.epochs, "min_steps": t.min_steps, "lr": t.lr})
+    train_cfg = tc.model_copy(update={"epochs": t.epochs, "min_steps": t.min_steps, "lr": t.lr})
     torch.manual_seed(t.seed)
     model = build_model(arch, dataset.channels, dataset.num_classes, cfg.model.dropout)
     preprocess = Preprocess(dataset.image_size, dataset.channels, dataset.mean, dataset.std)
