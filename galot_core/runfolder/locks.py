@@ -1,6 +1,6 @@
 """The run folder's two cross-process locks: the run lock and the labels lock.
 
-Both are ``flock``\ s on a folder itself, so no lock file is ever left behind and the kernel
+Both are an ``flock`` on a folder itself, so no lock file is ever left behind and the kernel
 releases a lock when its holder dies (SIGKILL included). :class:`FolderLocks` is mixed into
 :class:`~galot_core.runfolder.RunFolder`, which provides ``path`` and ``labels_dir``.
 """
