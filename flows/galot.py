@@ -34,7 +34,7 @@ from prefect import flow
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from galot_core.config import ARCHITECTURES, Config, RunnerConfig
+from galot_core.config import ARCHITECTURES, Config, RunnerConfig, updated
 from galot_core.params_file import load_config, with_overrides
 from galot_core.context import Context, describe
 from galot_core.cycle import next_cycle, run_cycle
@@ -156,13 +156,12 @@ def local_dask_cluster(cfg: Config) -> Iterator[str | None]:
 def _absolute(cfg: Config) -> Config:
     """Paths that exist here made absolute, for Dask workers that run in another directory (a
     shared filesystem mounted at the same path on every worker is assumed)."""
-    out = cfg.to_dict()
-    out["experiment"]["runs_dir"] = str(Path(out["experiment"]["runs_dir"]).resolve())
+    cfg = updated(cfg, "experiment", runs_dir=str(Path(cfg.experiment.runs_dir).resolve()))
     for section, key in (("experiment", "judge"), ("t2i", "model"), ("data", "root")):
-        value = out[section].get(key)
+        value = getattr(getattr(cfg, section), key)
         if value and Path(value).exists():  # a hub id such as stabilityai/... stays as it is
-            out[section][key] = str(Path(value).resolve())
-    return Config.model_validate(out)
+            cfg = updated(cfg, section, **{key: str(Path(value).resolve())})
+    return cfg
 
 
 def parameters(config: Config | None, overrides: list[str] | None) -> Config:
@@ -204,9 +203,9 @@ def _run_cycles(cfg: Config, pause_for_labels: bool) -> list[dict[str, Any]]:
     if ctx.folder.completed_cycles() < cfg.experiment.cycles:
         with local_dask_cluster(cfg) as address:
             # One cluster for every cycle, so its workers keep the diffusion model loaded.
-            extra = [f"runner.dask_address={address}"] if address else []
+            each = updated(cfg, "runner", dask_address=address) if address else cfg
             for _ in range(ctx.folder.completed_cycles(), cfg.experiment.cycles):
-                galot_cycle(cfg, extra, pause_for_labels)
+                galot_cycle(each, pause_for_labels=pause_for_labels)
     if ctx.folder.completed_cycles():
         # The deliverables (exported dataset, summary, classifier copy) exist even when every
         # cycle was already done, e.g. after `dvc repro` removed them to rerun the stage.

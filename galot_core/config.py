@@ -159,7 +159,7 @@ class GALConfig(_Section):
     budget_factor: float = _field(1.0, min=0.0, max=1000.0, help="B_GAL = budget_factor·|L| (gal mode: ·B_AL·c)",
                                   why="every generated image is kept on disk")
     accumulate: bool = _field(False, help="keep earlier cycles' synthetic images in training")
-    # Beyond the paper (issue 15; docs/results.md "Generated images that teach"). Defaults = the paper.
+    # Beyond the paper (docs/results.md "Generated images that teach"). Defaults = the paper.
     step_scale: Literal["paper", "ball"] = _field(
         "paper",
         help="paper: α = alpha_ratio·ε per coordinate (a sign step then has L2 norm α·√D and "
@@ -182,7 +182,7 @@ class GALConfig(_Section):
         "none",
         help="diffusion: drop generated images that the T2I model itself, as a zero-shot "
              "classifier (Diffusion Classifier), does not put in their prompted class")
-    # Few-shot adaptation of the generator to the labels bought so far (issue 28; docs/results.md
+    # Few-shot adaptation of the generator to the labels bought so far (docs/results.md,
     # "A generator that learns from the labels"). none = the paper: the T2I model never changes.
     adapt: Literal["none", "embedding", "lora"] = _field(
         "none",
@@ -351,14 +351,29 @@ class Config(BaseModel):
         return Path(self.experiment.runs_dir) / self.experiment.name
 
 
+# ε relative to ‖s*‖ that galot ships for every model (the embedded one and each family preset,
+# galot_core/t2i/presets.py); the schema's own default above is the paper's absolute ε.
+RELATIVE_EPSILON = 0.2
+
 EMBEDDED_PRESET: dict[tuple[str, str], Any] = {
     ("experiment", "judge"): "models/judge-mnist5k.safetensors",  # written by `galot prepare`
-    ("gal", "epsilon"): 0.2,               # relative: galot-mini's MiniLM embedding has ‖s*‖ ≈ 36
+    ("gal", "epsilon"): RELATIVE_EPSILON,  # relative: galot-mini's MiniLM embedding has ‖s*‖ ≈ 36
     ("gal", "epsilon_relative"): True,
     ("t2i", "steps"): 4,                   # galot-mini keeps its quality at 4 DDIM steps
     ("transfer", "epochs"): 15,            # DenseNet121 within minutes on 2 CPU cores
     ("transfer", "min_steps"): 150,
 }
+
+
+def updated(cfg: Config, section: str, **values: Any) -> Config:
+    """``cfg`` with ``section``'s ``values`` replaced, validated like every other Config (a
+    typed copy: no round trip through strings or params.yaml)."""
+    part = getattr(cfg, section)
+    try:
+        # The other sections are taken as they are (already validated); only this one is checked again.
+        return Config.model_validate({**dict(cfg), section: {**dict(part), **values}})
+    except ValidationError as e:
+        raise GalotError(one_line(e, Config)) from None
 
 
 def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:

@@ -1,7 +1,7 @@
 """Step 2 (beyond the paper, ``gal.adapt``): fit the generator to the real labels bought so far.
 
 Why: the generator's idea of "a realistic photo of a {label}" is fixed when it is pretrained,
-and issue 15 measured that this, not σ_GAL, is what caps GALOT: on Fashion two classes are
+and docs/results.md ("Issue 15's verdict") measured that this, not σ_GAL, is what caps GALOT: on Fashion two classes are
 drawn wrong most of the time, whatever TextOpt does. galot has the labelled real images in
 hand every cycle; this step lets them reach the generator before TextOpt runs:
 

@@ -29,7 +29,7 @@ def alpha(ctx: Context, eps: torch.Tensor, s_star: torch.Tensor) -> torch.Tensor
 
     With ``gal.step_scale: paper`` a sign step moves every one of the D coordinates by α, an
     L2 step of α·√D ≫ ε, so each step leaves the ball and the projection throws it back
-    onto the sphere (issue 15). ``ball`` divides a sign step by √D so that its L2 length is
+    onto the sphere (docs/results.md, "Step rule"). ``ball`` divides a sign step by √D so that its L2 length is
     alpha_ratio·ε, as the ``l2`` step's already is.
     """
     g = ctx.cfg.gal

@@ -10,7 +10,7 @@ transformers (SD3, FLUX.1, FLUX.2, Z-Image). The denoiser is called through the 
 the loop uses, unguided, so one loss serves every family.
 
 Why adapt at all: the generator's idea of "a photo of a {label}" is fixed when it is
-pretrained; the labels galot buys each cycle never reach it (issue 15, FACTS.md's pilots). A
+pretrained; the labels galot buys each cycle never reach it (docs/results.md, "Issue 15's verdict"). A
 LoRA on the denoiser's attention can redraw a class the model gets wrong; an embedding fit can
 only move within what the frozen denoiser already draws, which is why it is kept inside a ball.
 """
@@ -85,8 +85,8 @@ def fit_embeddings(t2i: Any, x0: Tensor, labels: Tensor, template: Tensor, *, st
     """Per class, the conditioning row whose denoising loss on the class's images is lowest.
 
     Starts from ``start`` (last cycle's fit) or ``template`` (s*_c, one row per class) and stays
-    within ``radius``·‖s*_c‖ of the template (projected after every Adam step): FACTS.md's pilot
-    lost labels when the fit drifted freely toward the images' style. Only classes with images
+    within ``radius``·‖s*_c‖ of the template (projected after every Adam step): in a pilot fit
+    without the ball, labels were lost when the fit drifted freely toward the images' style. Only classes with images
     move; exact zeros of the template (Z-Image's padding rows) stay zero.
     """
     template = template.float()
@@ -199,7 +199,7 @@ def fit_lora(t2i: Any, x0: Tensor, cond: Tensor, uncond: Tensor, *, steps: int, 
 
     ``cond`` (N, ...) is each image's class conditioning; ``uncond_prob`` of a batch's rows get
     the empty prompt instead, so the unconditional branch of classifier-free guidance learns the
-    images' domain too (FACTS.md's pilot: 10 %).
+    images' domain too (10 %, which kept guidance working in the pilot LoRA fit).
     """
     params = [p for n, p in t2i.unet.named_parameters() if "lora_" in n]
     for p in params:

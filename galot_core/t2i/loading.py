@@ -16,6 +16,7 @@ from typing import Any, Callable
 import diffusers
 import torch
 
+from galot_core.devices import resolve_device
 from galot_core.errors import GalotError, show
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -47,7 +48,7 @@ def resolve_options(device: str, dtype: str, text_encoder_dtype: str, timestep_s
                     scheduler: str | None) -> tuple[torch.device, torch.dtype, torch.dtype]:
     """Check the loading options before touching the disk or the network: (device, UNet/VAE dtype,
     text encoder dtype); see :meth:`DiffusersT2I.from_pretrained` for their meaning."""
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "t2i.device")
     model_dtype = resolve_dtype(dtype, torch_device)
     if text_encoder_dtype not in DTYPES:
         raise GalotError(f"t2i.text_encoder_dtype: {text_encoder_dtype!r} is not one of {', '.join(DTYPES)}: "
@@ -76,18 +77,6 @@ def moved(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | No
     ``.to(dtype=...)``, even a no-op one)."""
     module = module.to(device)
     return module if dtype is None or dtype == module.dtype else module.to(dtype=dtype)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise GalotError(f"t2i.device: {device!r} is not a device: use auto, cpu or cuda") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise GalotError(f"t2i.device: {device!r} but CUDA is not available here: use auto or cpu")
-    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

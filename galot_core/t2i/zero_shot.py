@@ -1,8 +1,8 @@
 """The text-to-image model as a zero-shot classifier, to check generated images' pseudo-labels.
 
 A generated image carries the class it was prompted with. Whether it really shows that class
-is what TextOpt puts at risk (issue 15: per image made informative and correct, 3–5 wrong
-pseudo-labels). No second model is available offline, but the generator itself is one:
+is what TextOpt puts at risk (docs/results.md, "Issue 15's verdict": per image made informative
+and correct, 3–5 wrong pseudo-labels). No second model is available offline, but the generator itself is one:
 Diffusion Classifier (Li, Prabhudesai, Duggal, Brown, Pathak: "Your Diffusion Model is Secretly
 a Zero-Shot Classifier", ICCV 2023) picks the class whose prompt lets the denoiser predict the
 added noise best,
@@ -11,7 +11,7 @@ added noise best,
 
 with the same timesteps and noise draws for every class (paired differences: the noise
 cancels out of the comparison). Cost: classes × timesteps × draws UNet calls per image.
-It shares the generator's biases, so it is a partial gate, not a judge (FACTS.md: on MNIST
+It shares the generator's biases, so it is a partial gate, not a judge (measured on MNIST:
 it rejected 10 of 25 judge-wrong images and 4 of 175 judge-right ones).
 """
 
