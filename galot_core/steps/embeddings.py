@@ -70,7 +70,7 @@ class GroupGradient:
             batch = self.ctx.batch_size("TextOpt")
             with self.ctx.t2i_lock:
                 use_adapter(self.ctx, self.cycle)
-                before = t2i.num_unet_calls
+                before = t2i.num_denoiser_calls
                 noise = t2i.initial_noise(classes * g.samples, gen)  # every class's, as one draw
                 noise = noise.view(classes, g.samples, *noise.shape[1:])[self.rows].flatten(0, 1)
                 try:
@@ -82,7 +82,7 @@ class GroupGradient:
                 except torch.cuda.OutOfMemoryError:
                     self.ctx.halve_batch("TextOpt", min(batch, want))
                 finally:
-                    self.calls += t2i.num_unet_calls - before
+                    self.calls += t2i.num_denoiser_calls - before
 
 
 def optimize_group(ctx: Context, cycle: int, group: int) -> int:
