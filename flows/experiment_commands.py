@@ -79,8 +79,10 @@ def _prepare_run(args: argparse.Namespace, overrides: list[str], stack: ExitStac
     hold the run folder's lock (in ``stack``) so that no second process runs the same experiment."""
     from galot_core.params_file import load_config
     from galot_core.experiment import replace_if_changed
+    from galot.tasks.tracking_check import check_tracking
 
     cfg = load_config(params_path(args), overrides)
+    check_tracking(cfg)  # an unusable MLFLOW_TRACKING_URI is one line now, not after the cycle's work
     code = code_fingerprint()
     if args.restart_if_changed:
         moved = replace_if_changed(cfg)

@@ -34,7 +34,7 @@ from prefect import flow
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from galot_core.config import ARCHITECTURES, Config, RunnerConfig
+from galot_core.config import ARCHITECTURES, Config, RunnerConfig, updated
 from galot_core.params_file import load_config, with_overrides
 from galot_core.context import Context, describe
 from galot_core.cycle import next_cycle, run_cycle
@@ -45,6 +45,7 @@ from galot_core.steps.evaluate import write_summary
 from galot.flows.labelling import wait_for_labels
 from galot.tasks.cycle import TASKS, context
 from galot.tasks.tracking import track_experiment, track_transfer, tracked_run
+from galot.tasks.tracking_check import check_tracking
 from galot.tasks.transfer import train_transfer
 
 TABLE_COLUMNS = ("cycle", "labelled", "generated", "epsilon", "test_accuracy", "judged_accuracy")
@@ -155,13 +156,12 @@ def local_dask_cluster(cfg: Config) -> Iterator[str | None]:
 def _absolute(cfg: Config) -> Config:
     """Paths that exist here made absolute, for Dask workers that run in another directory (a
     shared filesystem mounted at the same path on every worker is assumed)."""
-    out = cfg.to_dict()
-    out["experiment"]["runs_dir"] = str(Path(out["experiment"]["runs_dir"]).resolve())
+    cfg = updated(cfg, "experiment", runs_dir=str(Path(cfg.experiment.runs_dir).resolve()))
     for section, key in (("experiment", "judge"), ("t2i", "model"), ("data", "root")):
-        value = out[section].get(key)
+        value = getattr(getattr(cfg, section), key)
         if value and Path(value).exists():  # a hub id such as stabilityai/... stays as it is
-            out[section][key] = str(Path(value).resolve())
-    return Config.model_validate(out)
+            cfg = updated(cfg, section, **{key: str(Path(value).resolve())})
+    return cfg
 
 
 def parameters(config: Config | None, overrides: list[str] | None) -> Config:
@@ -177,6 +177,7 @@ def galot_cycle(config: Config | None = None, overrides: list[str] | None = None
     ``pause_for_labels``: with a human oracle, pause this flow run until the batch is labelled
     (needs a Prefect server) instead of stopping with "waits for labels"."""
     cfg = parameters(config, overrides)
+    check_tracking(cfg)  # MLFLOW_TRACKING_URI refused now, in seconds, not after the cycle's work
     # The run lock before the MLflow run: a flow refused because another process is advancing
     # the experiment must not end that process's MLflow run as FAILED.
     # The MLflow run ends with this flow, unless galot-run owns it.
@@ -189,6 +190,7 @@ def galot_run(config: Config | None = None, overrides: list[str] | None = None,
               pause_for_labels: bool = False) -> list[dict[str, Any]]:
     """Run the experiment's remaining cycles, one ``galot`` subflow each; returns every cycle's metrics."""
     cfg = parameters(config, overrides)
+    check_tracking(cfg)  # before the lock and any cycle: an unusable tracking URI is one line
     # Every cycle and the deliverables under one run lock (as galot_cycle), taken before the MLflow
     # run, which ends FINISHED (classifier logged as an MLflow model), FAILED or KILLED.
     with RunFolder(cfg.run_dir).run_lock(), tracked_run(cfg):
@@ -201,9 +203,9 @@ def _run_cycles(cfg: Config, pause_for_labels: bool) -> list[dict[str, Any]]:
     if ctx.folder.completed_cycles() < cfg.experiment.cycles:
         with local_dask_cluster(cfg) as address:
             # One cluster for every cycle, so its workers keep the diffusion model loaded.
-            extra = [f"runner.dask_address={address}"] if address else []
+            each = updated(cfg, "runner", dask_address=address) if address else cfg
             for _ in range(ctx.folder.completed_cycles(), cfg.experiment.cycles):
-                galot_cycle(cfg, extra, pause_for_labels)
+                galot_cycle(each, pause_for_labels=pause_for_labels)
     if ctx.folder.completed_cycles():
         # The deliverables (exported dataset, summary, classifier copy) exist even when every
         # cycle was already done, e.g. after `dvc repro` removed them to rerun the stage.
@@ -218,6 +220,7 @@ def galot_transfer(config: Config | None = None, overrides: list[str] | None = N
                    archs: list[str] | None = None) -> list[dict[str, Any]]:
     """Train ``archs`` (default ``transfer.archs``) on the experiment's cached real + synthetic data."""
     cfg = parameters(config, overrides)
+    check_tracking(cfg)
     results = []
     for arch in archs or list(cfg.transfer.archs):
         if arch not in ARCHITECTURES:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from galot.flows.options import params_path
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show_names
 
 
 def _run_folder(path: str) -> Path:
@@ -45,7 +45,7 @@ def cmd_label_export(args: argparse.Namespace) -> int:
     atomic_write_text(out, text)
     left = len(labels.missing(batch, answers))
     print(f"galot: cycle {cycle}: {len(batch.items)} images ({left} without a label) -> {out}; fill the label column "
-          f"with one of: {', '.join(batch.classes)} or {labels.SKIP}, then `galot label import {run} {out}`")
+          f"with one of: {show_names(batch.classes)} or {labels.SKIP}, then `galot label import {run} {out}`")
     return 0
 
 

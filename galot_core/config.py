@@ -24,11 +24,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from galot_core.config_errors import one_line
+from galot_core.config_fields import (BATCH_MAX, LR_MAX, SEED_MAX, STEPS_MAX, TUPLE, WORKERS_MAX, Section,
+                                      schema_field)
 from galot_core.errors import GalotError, show
 from galot_core.images import DEFAULT_MAX_PIXELS
+from galot_core.names import class_names_problem, name_key, text_problem
 
 # Names as in the paper's Table 1; they are also the values accepted in params.yaml.
 AL_STRATEGIES = (
@@ -53,265 +56,226 @@ MODES = ("al", "gal", "al+gal")
 ORACLES = ("simulated", "human")
 
 
-def _field(default: Any, *, min: float | None = None, max: float | None = None, min_exclusive: bool = False,
-           help: str = "", why: str = "") -> Any:
-    """A schema entry; ``why`` says why ``max`` is where it is (appended to the help text, which
-    the Prefect UI shows next to the field)."""
-    if max is not None and why:
-        help = f"{help} (at most {max:g}: {why})" if help else f"at most {max:g}: {why}"
-    bounds: dict[str, Any] = {"le": max} if max is not None else {}
-    if min is not None:
-        bounds["gt" if min_exclusive else "ge"] = min
-    return Field(default, description=help or None, json_schema_extra={"why": why} if why else None, **bounds)
-
-
-class _Section(BaseModel):
-    """One section of params.yaml: immutable, no unknown keys, no silent type conversion (``"10"``
-    is not an integer, ``true`` is not a number), finite numbers only."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
-
-
-def _as_tuple(value: Any) -> Any:
-    """YAML and JSON have no tuples: a list, or one bare value, stands for one; never an empty one."""
-    value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    if not value:
-        raise ValueError("must list at least one value")
-    return value
-
-
-# A tuple key (class names, architectures, strategies) as params.yaml writes it: see _as_tuple.
-_LIST = BeforeValidator(_as_tuple)
-
-
-# Bounds shared by several keys, with the reason stated once.
-_SEED_MAX = 2**32 - 1          # numpy's and torch's generators take 32-bit seeds
-_BATCH_MAX = 65536             # more images per batch than any accelerator holds
-_STEPS_MAX = 10**7             # optimiser steps: ~days on an accelerator
-_WORKERS_MAX = 1024
-_LR_MAX = 100.0                # a learning rate above this diverges for every model here
-
-
-class ExperimentConfig(_Section):
-    name: str = _field("default", help="run folder name under runs_dir")
-    runs_dir: str = _field("runs", help="where run folders live")
-    seed: int = _field(0, min=0, max=_SEED_MAX, why="generators take 32-bit seeds")
-    mode: Literal[MODES] = _field("al+gal", help="al: real labels only; gal: generated only; al+gal: GALOT")
-    cycles: int = _field(10, min=1, max=10_000, help="N, active-learning cycles",
+class ExperimentConfig(Section):
+    name: str = schema_field("default", help="run folder name under runs_dir")
+    runs_dir: str = schema_field("runs", help="where run folders live")
+    seed: int = schema_field(0, min=0, max=SEED_MAX, why="generators take 32-bit seeds")
+    mode: Literal[MODES] = schema_field("al+gal", help="al: real labels only; gal: generated only; al+gal: GALOT")
+    cycles: int = schema_field(10, min=1, max=10_000, help="N, active-learning cycles",
                          why="one folder and one classifier per cycle")
-    oracle: Literal[ORACLES] = _field(
+    oracle: Literal[ORACLES] = schema_field(
         "simulated",
         help="simulated: labels read from the dataset (benchmarks); human: a person labels each "
              "selected batch (`galot label serve|import`), the run stops until they are given")
-    judge: str | None = _field(None, help="fully-supervised classifier (safetensors) that judges pseudo-labels; "
+    judge: str | None = schema_field(None, help="fully-supervised classifier (safetensors) that judges pseudo-labels; "
                                           "written by `galot prepare`, skipped when the file is absent")
 
 
-class DataConfig(_Section):
-    dataset: Literal[DATASETS] = _field("mnist5k")
-    root: str = _field("data", help="dataset folder (fashion_mnist: its IDX files, else Debian's copy; cifar/tinyimagenet/imagefolder/folder)")
-    classes: Annotated[tuple[str, ...], _LIST] | None = _field(None, help="folder: the class names (words put into prompts)")
-    test_root: str | None = _field(None, help="folder: optional labelled test set, one sub-folder per class "
+class DataConfig(Section):
+    dataset: Literal[DATASETS] = schema_field("mnist5k")
+    root: str = schema_field("data", help="dataset folder (fashion_mnist: its IDX files, else Debian's copy; cifar/tinyimagenet/imagefolder/folder)")
+    classes: Annotated[tuple[str, ...], TUPLE] | None = schema_field(None, help="folder: the class names (words put into prompts)")
+    test_root: str | None = schema_field(None, help="folder: optional labelled test set, one sub-folder per class "
                                               "named like data.classes; without it test accuracy is not computed")
-    download: bool = _field(False, help="allow torchvision to download CIFAR (needs network)")
-    image_size: int | None = _field(None, min=8, max=4096, help="resize imagefolder images to this size",
+    download: bool = schema_field(False, help="allow torchvision to download CIFAR (needs network)")
+    image_size: int | None = schema_field(None, min=8, max=4096, help="resize imagefolder images to this size",
                                     why="every image is held in memory at this size")
-    class_names_file: str | None = _field(None, help="imagefolder: folder name -> class name mapping")
-    test_fraction: float = _field(0.2, min=0.0, max=0.9, min_exclusive=True)
-    on_bad_image: Literal["skip", "fail"] = _field(
+    class_names_file: str | None = schema_field(None, help="imagefolder: folder name -> class name mapping")
+    test_fraction: float = schema_field(0.2, min=0.0, max=0.9, min_exclusive=True)
+    on_bad_image: Literal["skip", "fail"] = schema_field(
         "skip",
         help="an image that cannot be decoded (or is larger than data.max_pixels): skip it with a warning, or fail")
-    max_pixels: int = _field(DEFAULT_MAX_PIXELS, min=64, max=2**28,
+    max_pixels: int = schema_field(DEFAULT_MAX_PIXELS, min=64, max=2**28,
                              help="largest image (width × height) decoded; a larger one is a bad image "
                                   "(data.on_bad_image)",
                              why="a 1 MB PNG can declare 2^28 pixels, about 1 GB decoded")
 
 
-class ALConfig(_Section):
-    strategy: Literal[AL_STRATEGIES] = _field("MarginSampling", help="σ_AL")
-    budget_per_cycle: int = _field(20, min=1, max=1_000_000, help="B_AL, real images labelled per cycle",
+class ALConfig(Section):
+    strategy: Literal[AL_STRATEGIES] = schema_field("MarginSampling", help="σ_AL")
+    budget_per_cycle: int = schema_field(20, min=1, max=1_000_000, help="B_AL, real images labelled per cycle",
                                   why="more labels per cycle than any pool holds")
-    mc_samples: int = _field(10, min=2, max=1000, help="MC-dropout passes for BALD / MeanSTD",
+    mc_samples: int = schema_field(10, min=2, max=1000, help="MC-dropout passes for BALD / MeanSTD",
                             why="each pass scores the whole pool")
 
 
-class GALConfig(_Section):
-    strategy: Literal[GAL_STRATEGIES] = _field("MarginSampling", help="σ_GAL, maximised by TextOpt")
-    template: str = _field("a realistic photo of a {label}", help="prompt template τ with {label}")
-    epsilon: float = _field(0.5, min=0.0, max=1e6, help="ε (final value of the schedule)",
+class GALConfig(Section):
+    strategy: Literal[GAL_STRATEGIES] = schema_field("MarginSampling", help="σ_GAL, maximised by TextOpt")
+    template: str = schema_field("a realistic photo of a {label}", help="prompt template τ with {label}")
+    epsilon: float = schema_field(0.5, min=0.0, max=1e6, help="ε (final value of the schedule)",
                             why="far beyond any text embedding's norm")
-    epsilon_schedule: Literal["linear", "constant"] = _field(
+    epsilon_schedule: Literal["linear", "constant"] = schema_field(
         "linear",
         help="linear: ε·(c-1)/(N-1) in cycle c, as linear(0, ε) in Table 8")
-    epsilon_relative: bool = _field(False, help="ε as a fraction of ||s*||₂ instead of absolute")
-    alpha_ratio: float = _field(0.2, min=0.0, min_exclusive=True, max=100.0, help="α = alpha_ratio·ε (Table 8: ε/5)",
+    epsilon_relative: bool = schema_field(False, help="ε as a fraction of ||s*||₂ instead of absolute")
+    alpha_ratio: float = schema_field(0.2, min=0.0, min_exclusive=True, max=100.0, help="α = alpha_ratio·ε (Table 8: ε/5)",
                                 why="a step of 100ε leaves the ε-ball at once")
-    steps: int = _field(10, min=0, max=10_000, help="n, PGD steps", why="each step runs k denoising passes")
-    samples: int = _field(6, min=1, max=4096, help="k, images per gradient estimate",
+    steps: int = schema_field(10, min=0, max=10_000, help="n, PGD steps", why="each step runs k denoising passes")
+    samples: int = schema_field(6, min=1, max=4096, help="k, images per gradient estimate",
                          why="k images are denoised at every PGD step")
-    step_rule: Literal["sign", "l2"] = _field("sign", help="sign: Eq. 5; l2: the authors' code")
-    estimator: Literal["last_step", "full", "tweedie", "last_m"] = _field(
+    step_rule: Literal["sign", "l2"] = schema_field("sign", help="sign: Eq. 5; l2: the authors' code")
+    estimator: Literal["last_step", "full", "tweedie", "last_m"] = schema_field(
         "last_step",
         help="gradient through the last step (Prop. 1), all steps, or one x0 prediction")
-    momentum: float = _field(0.0, min=0.0, max=0.99, help="heavy-ball momentum across PGD steps (0 = paper)")
-    common_noise: bool = _field(False, help="same k noise samples at every PGD step (common random numbers)")
-    budget_factor: float = _field(1.0, min=0.0, max=1000.0, help="B_GAL = budget_factor·|L| (gal mode: ·B_AL·c)",
+    momentum: float = schema_field(0.0, min=0.0, max=0.99, help="heavy-ball momentum across PGD steps (0 = paper)")
+    common_noise: bool = schema_field(False, help="same k noise samples at every PGD step (common random numbers)")
+    budget_factor: float = schema_field(1.0, min=0.0, max=1000.0, help="B_GAL = budget_factor·|L| (gal mode: ·B_AL·c)",
                                   why="every generated image is kept on disk")
-    accumulate: bool = _field(False, help="keep earlier cycles' synthetic images in training")
-    # Beyond the paper (issue 15; docs/results.md "Generated images that teach"). Defaults = the paper.
-    step_scale: Literal["paper", "ball"] = _field(
+    accumulate: bool = schema_field(False, help="keep earlier cycles' synthetic images in training")
+    # Beyond the paper (docs/results.md "Generated images that teach"). Defaults = the paper.
+    step_scale: Literal["paper", "ball"] = schema_field(
         "paper",
         help="paper: α = alpha_ratio·ε per coordinate (a sign step then has L2 norm α·√D and "
              "leaves the ball); ball: α = alpha_ratio·ε in L2 norm (sign steps of α/√D)")
-    diversity: float = _field(0.0, min=0.0, max=2.0,
+    diversity: float = schema_field(0.0, min=0.0, max=2.0,
                               help="per-image embedding offset, a random direction of this length relative to "
                                    "‖s*‖ (0 = every image of a class from the same embedding, as the paper)")
-    anchor_strength: float = _field(0.0, min=0.0, max=1.0,
+    anchor_strength: float = schema_field(0.0, min=0.0, max=1.0,
                                     help="0: text-to-image from noise (paper); >0: image-to-image from the labelled "
                                          "real images of the class (SDEdit strength; 1 = pure noise)")
-    candidates: int = _field(1, min=1, max=32, help="m: generate m·B_GAL candidates and keep the B_GAL the classifier "
+    candidates: int = schema_field(1, min=1, max=32, help="m: generate m·B_GAL candidates and keep the B_GAL the classifier "
                                                     "is least sure of by σ_GAL (1 = keep all, as the paper)",
                              why="each candidate costs a full generation")
-    select_by: Literal["sigma", "intended_loss"] = _field(
+    select_by: Literal["sigma", "intended_loss"] = schema_field(
         "sigma",
         help="which candidates to keep: sigma: the highest σ_GAL (uncertain between any classes); "
              "intended_loss: the highest cross-entropy of their prompted class (hard positives, "
              "as online hard example mining, Shrivastava et al., CVPR 2016)")
-    label_check: Literal["none", "diffusion"] = _field(
+    label_check: Literal["none", "diffusion"] = schema_field(
         "none",
         help="diffusion: drop generated images that the T2I model itself, as a zero-shot "
              "classifier (Diffusion Classifier), does not put in their prompted class")
-    # Few-shot adaptation of the generator to the labels bought so far (issue 28; docs/results.md
+    # Few-shot adaptation of the generator to the labels bought so far (docs/results.md,
     # "A generator that learns from the labels"). none = the paper: the T2I model never changes.
-    adapt: Literal["none", "embedding", "lora"] = _field(
+    adapt: Literal["none", "embedding", "lora"] = schema_field(
         "none",
         help="fit the generator to the labelled real images every cycle before TextOpt: embedding: each "
              "class's prompt embedding s*_c by the denoising loss (the new centre of TextOpt's ε-ball); "
              "lora: a LoRA on the denoiser's attention (peft), all classes at once")
-    adapt_steps: int = _field(300, min=1, max=100_000, help="optimiser steps of each cycle's fit",
+    adapt_steps: int = schema_field(300, min=1, max=100_000, help="optimiser steps of each cycle's fit",
                               why="each step is a denoiser forward and backward pass")
-    adapt_lr: float = _field(1e-3, min=0.0, min_exclusive=True, max=1.0, help="Adam(W) learning rate of the fit",
+    adapt_lr: float = schema_field(1e-3, min=0.0, min_exclusive=True, max=1.0, help="Adam(W) learning rate of the fit",
                              why="larger rates destroy a pretrained denoiser")
-    adapt_batch: int = _field(32, min=1, max=_BATCH_MAX, help="labelled images per optimiser step",
+    adapt_batch: int = schema_field(32, min=1, max=BATCH_MAX, help="labelled images per optimiser step",
                               why="more than any accelerator holds")
-    adapt_rank: int = _field(8, min=1, max=256, help="lora: the LoRA's rank r (alpha = r)",
+    adapt_rank: int = schema_field(8, min=1, max=256, help="lora: the LoRA's rank r (alpha = r)",
                              why="beyond it a LoRA is as large as the layers it adapts")
-    adapt_modules: Annotated[tuple[str, ...], _LIST] = _field(
+    adapt_modules: Annotated[tuple[str, ...], TUPLE] = schema_field(
         ("to_q", "to_k", "to_v", "to_out.0"),
         help="lora: names (suffixes) of the denoiser's linear layers to adapt, as peft's target_modules")
-    adapt_scale: float = _field(1.0, min=0.0, max=2.0,
+    adapt_scale: float = schema_field(1.0, min=0.0, max=2.0,
                                 help="lora: strength of the adapter at generation (1 = as fitted, 0 = the "
                                      "pretrained model)")
-    adapt_radius: float = _field(0.3, min=0.0, max=2.0,
+    adapt_radius: float = schema_field(0.3, min=0.0, max=2.0,
                                  help="embedding: the fit stays within adapt_radius·‖s*_c‖ of the template's "
                                       "embedding (unconstrained fits trade labels for style)")
 
 
-class T2IConfig(_Section):
-    model: str = _field("models/galot-mini", help="diffusers folder or hub id")
-    steps: int = _field(10, min=1, max=10_000, help="denoising steps T", why="schedulers train on 1,000 timesteps")
-    guidance_scale: float = _field(3.0, min=0.0, max=1000.0, why="far beyond any useful guidance (1–20)")
-    timestep_spacing: Literal[None, "leading", "trailing", "linspace"] = _field("trailing")
-    scheduler: Literal[None, "ddim", "dpm++", "euler", "unipc"] = _field(
+class T2IConfig(Section):
+    model: str = schema_field("models/galot-mini", help="diffusers folder or hub id")
+    steps: int = schema_field(10, min=1, max=10_000, help="denoising steps T", why="schedulers train on 1,000 timesteps")
+    guidance_scale: float = schema_field(3.0, min=0.0, max=1000.0, why="far beyond any useful guidance (1–20)")
+    timestep_spacing: Literal[None, "leading", "trailing", "linspace"] = schema_field("trailing")
+    scheduler: Literal[None, "ddim", "dpm++", "euler", "unipc"] = schema_field(
         None,
         help="null: the model folder's scheduler; else this one on its noise schedule")
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = _field("auto")
-    device: str = _field("auto")
-    batch_size: int = _field(100, min=1, max=_BATCH_MAX, help="images per generation batch (halved on out-of-memory)",
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = schema_field("auto")
+    device: str = schema_field("auto")
+    batch_size: int = schema_field(100, min=1, max=BATCH_MAX, help="images per generation batch (halved on out-of-memory)",
                             why="more than any accelerator holds")
-    allow_download: bool = _field(False, help="fetch t2i.model from the Hugging Face hub if it is not local")
-    revision: str = _field("", help="hub revision to pin (branch, tag or commit); empty = the default branch")
-    variant: str = _field("", help="weight variant on the hub/in the folder, e.g. fp16; empty = the default weights")
-    text_encoder_dtype: Literal["fp32", "fp16", "bf16"] = _field(
+    allow_download: bool = schema_field(False, help="fetch t2i.model from the Hugging Face hub if it is not local")
+    revision: str = schema_field("", help="hub revision to pin (branch, tag or commit); empty = the default branch")
+    variant: str = schema_field("", help="weight variant on the hub/in the folder, e.g. fp16; empty = the default weights")
+    text_encoder_dtype: Literal["fp32", "fp16", "bf16"] = schema_field(
         "fp32",
         help="bf16 halves the text encoders' memory (T5-XXL: 9.5 GB in fp32)")
-    resolution: int | None = _field(None, min=8, max=4096,
+    resolution: int | None = schema_field(None, min=8, max=4096,
                                     help="image height = width in pixels; null = the model's default",
                                     why="no text-to-image model generates larger images")
-    gradient_checkpointing: bool = _field(False, help="recompute denoiser activations in TextOpt's backward pass "
+    gradient_checkpointing: bool = schema_field(False, help="recompute denoiser activations in TextOpt's backward pass "
                                                       "(less memory, more time)")
-    offload_text_encoders: bool = _field(False, help="keep the text encoders on the CPU between encodings "
+    offload_text_encoders: bool = schema_field(False, help="keep the text encoders on the CPU between encodings "
                                                      "(once per cycle): frees T5-XXL / Qwen3 memory on the GPU")
 
 
-class ModelConfig(_Section):
-    arch: Literal[ARCHITECTURES] = _field("small_cnn")
-    dropout: float = _field(0.2, min=0.0, max=0.9, help="before the last layer; MC dropout for BALD/MeanSTD")
+class ModelConfig(Section):
+    arch: Literal[ARCHITECTURES] = schema_field("small_cnn")
+    dropout: float = schema_field(0.2, min=0.0, max=0.9, help="before the last layer; MC dropout for BALD/MeanSTD")
 
 
-class TrainConfig(_Section):
-    epochs: int = _field(40, min=1, max=100_000, why="epochs over the labelled set, retrained every cycle")
-    min_steps: int = _field(300, min=0, max=_STEPS_MAX,
+class TrainConfig(Section):
+    epochs: int = schema_field(40, min=1, max=100_000, why="epochs over the labelled set, retrained every cycle")
+    min_steps: int = schema_field(300, min=0, max=STEPS_MAX,
                             help="at least this many SGD steps, so tiny labelled sets still train",
                             why="days of training")
-    batch_size: int = _field(32, min=1, max=_BATCH_MAX, why="more than any accelerator holds")
-    lr: float = _field(0.01, min=0.0, min_exclusive=True, max=_LR_MAX, why="larger rates diverge")
-    momentum: float = _field(0.9, min=0.0, max=1.0)
-    weight_decay: float = _field(5e-4, min=0.0, max=1.0, why="a decay of 1 zeroes the weights every step")
-    augment: Literal["auto", "none", "crop", "crop+flip"] = _field(
+    batch_size: int = schema_field(32, min=1, max=BATCH_MAX, why="more than any accelerator holds")
+    lr: float = schema_field(0.01, min=0.0, min_exclusive=True, max=LR_MAX, why="larger rates diverge")
+    momentum: float = schema_field(0.9, min=0.0, max=1.0)
+    weight_decay: float = schema_field(5e-4, min=0.0, max=1.0, why="a decay of 1 zeroes the weights every step")
+    augment: Literal["auto", "none", "crop", "crop+flip"] = schema_field(
         "auto",
         help="auto: crop+flip for natural images, crop for digits and for your own "
              "imagefolder/folder images (a flip may change their class; set crop+flip "
              "if mirrored images keep their class)")
-    device: str = _field("auto")
-    eval_batch_size: int = _field(512, min=1, max=_BATCH_MAX, why="more than any accelerator holds")
+    device: str = schema_field("auto")
+    eval_batch_size: int = schema_field(512, min=1, max=BATCH_MAX, why="more than any accelerator holds")
 
 
-class PretrainConfig(_Section):
+class PretrainConfig(Section):
     """Pretraining of the embedded galot-mini model (``galot pretrain-t2i``, DVC stage ``pretrain_t2i``)."""
 
-    out: str = _field("models/galot-mini", help="where the diffusers folder is written")
-    vae_steps: int = _field(450, min=1, max=_STEPS_MAX, why="days of training")
-    vae_batch: int = _field(64, min=1, max=_BATCH_MAX, why="more than any accelerator holds")
-    vae_lr: float = _field(2e-3, min=0.0, min_exclusive=True, max=_LR_MAX, why="larger rates diverge")
-    kl_weight: float = _field(1e-6, min=0.0, max=1e6, why="the KL term would drown the reconstruction")
-    unet_steps: int = _field(1500, min=1, max=_STEPS_MAX, why="days of training")
-    unet_batch: int = _field(128, min=1, max=_BATCH_MAX, why="more than any accelerator holds")
-    unet_lr: float = _field(1e-3, min=0.0, min_exclusive=True, max=_LR_MAX, why="larger rates diverge")
-    warmup: int = _field(100, min=1, max=_STEPS_MAX, why="days of training")
-    ema: float = _field(0.998, min=0.0, max=1.0)
-    uncond_prob: float = _field(0.1, min=0.0, max=1.0, help="caption dropout for classifier-free guidance")
-    seed: int = _field(0, min=0, max=_SEED_MAX, why="generators take 32-bit seeds")
+    out: str = schema_field("models/galot-mini", help="where the diffusers folder is written")
+    vae_steps: int = schema_field(450, min=1, max=STEPS_MAX, why="days of training")
+    vae_batch: int = schema_field(64, min=1, max=BATCH_MAX, why="more than any accelerator holds")
+    vae_lr: float = schema_field(2e-3, min=0.0, min_exclusive=True, max=LR_MAX, why="larger rates diverge")
+    kl_weight: float = schema_field(1e-6, min=0.0, max=1e6, why="the KL term would drown the reconstruction")
+    unet_steps: int = schema_field(1500, min=1, max=STEPS_MAX, why="days of training")
+    unet_batch: int = schema_field(128, min=1, max=BATCH_MAX, why="more than any accelerator holds")
+    unet_lr: float = schema_field(1e-3, min=0.0, min_exclusive=True, max=LR_MAX, why="larger rates diverge")
+    warmup: int = schema_field(100, min=1, max=STEPS_MAX, why="days of training")
+    ema: float = schema_field(0.998, min=0.0, max=1.0)
+    uncond_prob: float = schema_field(0.1, min=0.0, max=1.0, help="caption dropout for classifier-free guidance")
+    seed: int = schema_field(0, min=0, max=SEED_MAX, why="generators take 32-bit seeds")
 
 
-class TransferConfig(_Section):
+class TransferConfig(Section):
     """Other architectures trained on a finished experiment's data (paper Table 2), no generation."""
 
-    archs: Annotated[tuple[Literal[ARCHITECTURES], ...], _LIST] = _field(("vgg16", "densenet121", "mobilenet_v2"))
-    epochs: int = _field(40, min=1, max=100_000, why="epochs over the cached dataset")
-    min_steps: int = _field(300, min=0, max=_STEPS_MAX, why="days of training")
-    lr: float = _field(0.01, min=0.0, min_exclusive=True, max=_LR_MAX, why="larger rates diverge")
-    seed: int = _field(0, min=0, max=_SEED_MAX, why="generators take 32-bit seeds")
+    archs: Annotated[tuple[Literal[ARCHITECTURES], ...], TUPLE] = schema_field(("vgg16", "densenet121", "mobilenet_v2"))
+    epochs: int = schema_field(40, min=1, max=100_000, why="epochs over the cached dataset")
+    min_steps: int = schema_field(300, min=0, max=STEPS_MAX, why="days of training")
+    lr: float = schema_field(0.01, min=0.0, min_exclusive=True, max=LR_MAX, why="larger rates diverge")
+    seed: int = schema_field(0, min=0, max=SEED_MAX, why="generators take 32-bit seeds")
 
 
-class BaselinesConfig(_Section):
+class BaselinesConfig(Section):
     """AL-only runs with the same budgets, for comparison (DVC stage ``baselines``, ``galot report``)."""
 
-    strategies: Annotated[tuple[Literal[AL_STRATEGIES], ...], _LIST] = _field(("RandomSampling", "EntropySampling", "MarginSampling"))
+    strategies: Annotated[tuple[Literal[AL_STRATEGIES], ...], TUPLE] = schema_field(("RandomSampling", "EntropySampling", "MarginSampling"))
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     """MLflow; the tracking URI comes from ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``)."""
 
-    mlflow: bool = _field(True, help="log params, per-cycle metrics, models and grids to MLflow")
-    experiment: str = _field("galot", help="MLflow experiment name")
+    mlflow: bool = schema_field(True, help="log params, per-cycle metrics, models and grids to MLflow")
+    experiment: str = schema_field("galot", help="MLflow experiment name")
 
 
-class RunnerConfig(_Section):
+class RunnerConfig(Section):
     """Where the diffusion-model work runs; never changes what is computed (same images, same manifest)."""
 
-    task_runner: Literal["thread", "dask"] = _field(
+    task_runner: Literal["thread", "dask"] = schema_field(
         "thread",
         help="thread: this process; dask: prefect-dask's DaskTaskRunner")
-    dask_address: str | None = _field(None, help="an existing Dask scheduler (tcp://host:8786); "
+    dask_address: str | None = schema_field(None, help="an existing Dask scheduler (tcp://host:8786); "
                                                  "unset: a local cluster of dask_workers processes")
-    dask_workers: int = _field(0, min=0, max=_WORKERS_MAX,
+    dask_workers: int = schema_field(0, min=0, max=WORKERS_MAX,
                               help="local cluster size; 0 = one per visible GPU (1 without GPU)",
                               why="one process each")
-    shard_size: int = _field(100, min=1, max=1_000_000, help="generated images per task (a multiple of "
+    shard_size: int = schema_field(100, min=1, max=1_000_000, help="generated images per task (a multiple of "
                                                           "t2i.batch_size keeps every batch full)",
                             why="one task's images are held in memory")
-    textopt_classes_per_task: int = _field(0, min=0, max=1_000_000,
+    textopt_classes_per_task: int = schema_field(0, min=0, max=1_000_000,
                                           help="classes per TextOpt task; 0 = all classes in one batched task "
                                                "(cheapest on one device)", why="more than any dataset has")
 
@@ -350,14 +314,29 @@ class Config(BaseModel):
         return Path(self.experiment.runs_dir) / self.experiment.name
 
 
+# ε relative to ‖s*‖ that galot ships for every model (the embedded one and each family preset,
+# galot_core/t2i/presets.py); the schema's own default above is the paper's absolute ε.
+RELATIVE_EPSILON = 0.2
+
 EMBEDDED_PRESET: dict[tuple[str, str], Any] = {
     ("experiment", "judge"): "models/judge-mnist5k.safetensors",  # written by `galot prepare`
-    ("gal", "epsilon"): 0.2,               # relative: galot-mini's MiniLM embedding has ‖s*‖ ≈ 36
+    ("gal", "epsilon"): RELATIVE_EPSILON,  # relative: galot-mini's MiniLM embedding has ‖s*‖ ≈ 36
     ("gal", "epsilon_relative"): True,
     ("t2i", "steps"): 4,                   # galot-mini keeps its quality at 4 DDIM steps
     ("transfer", "epochs"): 15,            # DenseNet121 within minutes on 2 CPU cores
     ("transfer", "min_steps"): 150,
 }
+
+
+def updated(cfg: Config, section: str, **values: Any) -> Config:
+    """``cfg`` with ``section``'s ``values`` replaced, validated like every other Config (a
+    typed copy: no round trip through strings or params.yaml)."""
+    part = getattr(cfg, section)
+    try:
+        # The other sections are taken as they are (already validated); only this one is checked again.
+        return Config.model_validate({**dict(cfg), section: {**dict(part), **values}})
+    except ValidationError as e:
+        raise GalotError(one_line(e, Config)) from None
 
 
 def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:
@@ -379,6 +358,8 @@ def inconsistency(cfg: Config) -> str | None:
     name = cfg.experiment.name
     if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         return f"experiment.name must be a plain folder name (no '/', '..'), got {show(name)}"
+    if problem := text_problem("experiment.name", name):
+        return problem
     if cfg.gal.adapt != "none" and cfg.experiment.mode != "al+gal":
         lacks = "labels no real image" if cfg.experiment.mode == "gal" else "generates no image"
         return (f"gal.adapt: {cfg.gal.adapt} fits the generator to the labelled real images, but experiment.mode: "
@@ -401,12 +382,8 @@ def _data_source_problem(cfg: Config) -> str | None:
     elif d.classes is not None or d.test_root is not None:
         key = "data.classes" if d.classes is not None else "data.test_root"
         return f"{key} is only used with data.dataset: folder, got data.dataset: {d.dataset}; remove {key}"
-    names = [" ".join(c.split()) for c in d.classes or ()]
-    if any(not n for n in names):
-        return "data.classes must not contain empty names"
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        return f"data.classes lists {show(dup[0])} twice; give each class once"
-    if any(n.lower() == "skip" for n in names):
+    if problem := class_names_problem("data.classes", d.classes or ()):
+        return problem
+    if any(name_key(n) == "skip" for n in d.classes or ()):
         return "data.classes must not contain 'skip' (it is the label for 'none of these classes'); rename that class"
     return None

@@ -28,7 +28,7 @@ from galot_core.data import Dataset, PoolState, load_dataset
 from galot_core.errors import GalotError
 from galot_core.models import Classifier, LossPredictionHead
 from galot_core.runfolder import RunFolder
-from galot_core.train import resolve_device
+from galot_core.devices import resolve_device
 from galot_core.transforms import Preprocess
 
 DEFAULT_T2I = "models/galot-mini"
@@ -140,6 +140,11 @@ class Context:
         schedule it was started with: the linear schedule reached its final ε in cycle N and
         stays there, instead of ε·(c−1)/(N'−1) for the new N' dropping ε mid-run.
         """
+        return self._started_cycles
+
+    @cached_property
+    def _started_cycles(self) -> int:
+        # Read once per context (not per ε lookup): config.json is written once, when the run starts.
         started = self.folder.read_config()
         return int(started["experiment"]["cycles"]) if started else self.cfg.experiment.cycles
 

@@ -62,3 +62,11 @@ def shown_key(key: Any) -> str:
     """A key as written in params.yaml, shortened like :func:`show` (without quotes)."""
     text = show(str(key))
     return text[1:-1] if text[:1] in "'\"" else text
+
+
+def show_names(names: Any, limit: int = 5) -> str:
+    """At most ``limit`` of ``names``, each quoted and shortened by :func:`show`, then ``… (N more)``:
+    a list of class names, files or images a user controls is never printed whole."""
+    names = list(names)
+    shown = ", ".join(show(str(n)) for n in names[:limit])
+    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")

@@ -1,4 +1,4 @@
-"""An experiment as one object: the Python API of earlier versions, kept for benchmarks and notebooks.
+"""An experiment as one object: the context every flow, the CLI, the tests and notebooks build.
 
 The cycle itself is :func:`galot_core.cycle.run_cycle` (Algorithm 1, five steps in
 :mod:`galot_core.steps`) over a run folder (:mod:`galot_core.runfolder`); an
@@ -18,7 +18,7 @@ import torch
 
 from galot_core import cycle as cycles
 from galot_core import steps
-from galot_core.config import Config, config_from_dict
+from galot_core.config import Config, config_from_dict, updated
 from galot_core.context import DEFAULT_T2I, Context, check_same_experiment, cycle_seed
 from galot_core.errors import GalotError
 from galot_core.steps import embeddings, evaluate, generate, train
@@ -51,9 +51,6 @@ class Experiment(Context):
 
     def select(self, cycle: int) -> list[int]:
         return steps.select_real_batch(self, cycle)
-
-    def receive_labels(self, cycle: int) -> dict[str, int]:
-        return steps.receive_labels(self, cycle)
 
     def adapt(self, cycle: int) -> dict[str, Any]:
         """gal.adapt: fit the generator to the labelled images (nothing with gal.adapt: none)."""
@@ -124,7 +121,6 @@ def baselines_dir(cfg: Config) -> Path:
 
 def baseline_config(cfg: Config, strategy: str) -> Config:
     """The AL-only run that GALOT is compared with: same data, budgets, model and training."""
-    d = cfg.to_dict()
-    d["experiment"].update(runs_dir=str(baselines_dir(cfg)), name=strategy, mode="al")
-    d["al"]["strategy"] = strategy
-    return config_from_dict(d)
+    # gal.* cannot influence an AL-only run; gal.adapt (which needs generation) is reset first.
+    cfg = updated(updated(cfg, "gal", adapt="none"), "al", strategy=strategy)
+    return updated(cfg, "experiment", runs_dir=str(baselines_dir(cfg)), name=strategy, mode="al")

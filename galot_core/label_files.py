@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from galot_core.errors import GalotError, show
+from galot_core.errors import GalotError, show, show_names
 from galot_core.labels import (SKIP, Batch, Item, check_open, missing, normalise, pending_cycle, read_answers,
                                read_batch, resolve_answer, write_answers)
 from galot_core.runfolder import RunFolder
@@ -69,8 +69,7 @@ class ImportReport:
         out = [f"cycle {self.cycle}: imported {self.imported} labels ({self.changed} changed); "
                f"{self.labelled} / {self.total} labelled"]
         if self.missing:
-            shown = ", ".join(self.missing[:5]) + (", …" if len(self.missing) > 5 else "")
-            out.append(f"{len(self.missing)} images still have no label: {shown}")
+            out.append(f"{len(self.missing)} images still have no label: {show_names(self.missing)}")
         return out
 
 
@@ -192,7 +191,7 @@ def import_rows(run_dir: str | Path, rows: Iterable[tuple[str, str, str]], cycle
         answer = resolve_answer(batch, label)
         if answer is None:
             problems.add(lambda: f"{where}: unknown class {show(label)} for {show(item.image)}; use one of "
-                                 f"{', '.join(batch.classes)} or {SKIP}")
+                                 f"{show_names(batch.classes)} or {SKIP}")
             continue
         if item.index in seen:
             problems.add(lambda: f"{where}: duplicate row for {show(item.image)} (first at {seen[item.index]}); "

@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from galot_core.errors import GalotError, show
-from galot_core.images import open_image
+from galot_core.errors import GalotError, show, show_names
+from galot_core.images import open_image, to_mode
 from galot_core import synthetic
 from galot_core.io import atomic_write_bytes, atomic_write_json
+from galot_core.names import class_names_problem, name_key
 from galot_core.runfolder import RunFolder
 from galot_core.runfolder.checks import CLASSES_MAX, POOL_MAX, bad_file, read_checked_json
 
@@ -104,7 +105,7 @@ def _thumbnail_png(dataset: Dataset, index: int) -> bytes:
     if dataset.pool_files and dataset.root:
         try:
             with open_image(Path(dataset.root) / dataset.pool_files[index]) as im:
-                im = im.convert("RGB")
+                im = to_mode(im, "RGB")
                 im.thumbnail((THUMB_MAX, THUMB_MAX), Image.Resampling.LANCZOS)
                 return _png(im)
         except (OSError, ValueError):  # ValueError: ImageTooLarge
@@ -151,6 +152,8 @@ def read_batch(run_dir: str | Path, cycle: int) -> Batch | None:
     if not isinstance(classes, list) or not 1 <= len(classes) <= CLASSES_MAX or \
             not all(isinstance(c, str) and c for c in classes):
         raise bad_file(path, "'classes'", "must list the class names", fix)
+    if class_names_problem("classes", classes):
+        raise bad_file(path, "'classes'", "must be distinct class names without control characters", fix)
     items = d.get("items")
     if not isinstance(items, list):
         raise bad_file(path, "'items'", "must be a list", fix)
@@ -217,7 +220,8 @@ def pending_cycle(run_dir: str | Path) -> int | None:
 
 
 def normalise(name: str) -> str:
-    return " ".join(str(name).split()).lower()
+    """A class name or answer as matched (galot_core/names.py: case, spacing and Unicode form ignored)."""
+    return name_key(name)
 
 
 def resolve_answer(batch: Batch, answer: str) -> str | None:
@@ -236,7 +240,7 @@ def give(run_dir: str | Path, batch: Batch, index: int, answer: str) -> list[dic
         raise GalotError(f"image: pool index {index} is not in the batch of cycle {batch.cycle}")
     resolved = resolve_answer(batch, answer)
     if resolved is None:
-        raise GalotError(f"label: unknown class {show(answer)}; use one of {', '.join(batch.classes)} or {SKIP}")
+        raise GalotError(f"label: unknown class {show(answer)}; use one of {show_names(batch.classes)} or {SKIP}")
     with RunFolder(run_dir).labels_lock():
         check_open(run_dir, batch)
         answers = [a for a in read_answers(run_dir, batch.cycle) if a["index"] != index]

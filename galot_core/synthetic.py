@@ -197,11 +197,6 @@ def decode_entries(items: list[tuple[ManifestEntry, bytes]], size: int,
     return torch.cat(images), torch.tensor([e.label for e, _ in items], dtype=torch.int64)
 
 
-def load_synthetic_entries(folder: Path, entries: list[ManifestEntry], size: int,
-                           channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return decode_entries([(e, (folder / e.file).read_bytes()) for e in entries], size, channels)
-
-
 def load_synthetic(folders: list[Path], size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All manifest-listed images of ``folders`` as uint8 (N, channels, size, size) and their pseudo-labels."""
     return decode_entries([(e, (folder / e.file).read_bytes()) for folder in folders for e in read_manifest(folder)],

@@ -20,15 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from galot_core.config import TrainConfig
+from galot_core.devices import resolve_device
 from galot_core.faults import failpoint
 from galot_core.models import Classifier, LossPredictionHead, loss_prediction_loss, mc_dropout
 from galot_core.transforms import Preprocess, augment
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def auto_augment(natural: bool, flip: bool | None = None) -> str:

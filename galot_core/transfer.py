@@ -21,7 +21,8 @@ from galot_core.data import Dataset, load_dataset
 from galot_core.errors import GalotError
 from galot_core.io import atomic_write_json, read_json
 from galot_core.models import build_model
-from galot_core.train import accuracy, fit, resolve_device
+from galot_core.devices import resolve_device
+from galot_core.train import accuracy, fit
 from galot_core.transforms import Preprocess
 
 
@@ -49,7 +50,7 @@ def transfer(cfg: Config, arch: str, dataset: Dataset | None = None, progress: b
     if len(labels) == 0:
         raise GalotError(f"{source}: the experiment has no labelled or generated images yet; run a cycle first")
     t, tc = cfg.transfer, cfg.train
-    train_cfg = type(tc)(**{**cfg.to_dict()["train"], "epochs": t.epochs, "min_steps": t.min_steps, "lr": t.lr})
+    train_cfg = tc.model_copy(update={"epochs": t.epochs, "min_steps": t.min_steps, "lr": t.lr})
     torch.manual_seed(t.seed)
     model = build_model(arch, dataset.channels, dataset.num_classes, cfg.model.dropout)
     preprocess = Preprocess(dataset.image_size, dataset.channels, dataset.mean, dataset.std)

@@ -24,8 +24,9 @@ import torch
 from galot_core.data.base import Dataset, ImageSet
 from galot_core.data.imagefolder import (OnBadImage, _hidden, _size_and_mode, _visible_dirs, channel_stats,
                                          decode_images)
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show_names
 from galot_core.images import DEFAULT_MAX_PIXELS
+from galot_core.names import check_class_names, name_key
 
 _FIX_BAD = "remove or replace the file, or set data.on_bad_image: skip"
 
@@ -37,6 +38,7 @@ def load_folder(root: str | Path, classes: list[str] | tuple[str, ...], *, image
     root = Path(root).expanduser()
     if not root.is_dir():
         raise GalotError(f"data.root: folder '{root}' does not exist; point data.root at the folder of your images")
+    check_class_names("data.classes", classes)
     names = [" ".join(c.split()) for c in classes]
     files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root)))
     if not files:
@@ -61,14 +63,14 @@ def _test_set(test_root: Path, names: list[str], size: tuple[int, int], mode: st
     if not test_root.is_dir():
         raise GalotError(f"data.test_root: folder '{test_root}' does not exist; point it at a folder with one "
                          "sub-folder per class, or remove data.test_root")
-    by_name = {n.lower(): i for i, n in enumerate(names)}
+    by_name = {name_key(n): i for i, n in enumerate(names)}
     files: list[Path] = []
     labels: list[int] = []
     for folder in _visible_dirs(test_root):
-        key = " ".join(folder.name.replace("_", " ").replace("-", " ").split()).lower()
+        key = name_key(folder.name.replace("_", " ").replace("-", " "))
         if key not in by_name:
             raise GalotError(f"data.test_root: sub-folder '{folder.name}' is not one of data.classes "
-                             f"({', '.join(names)}); rename or remove it")
+                             f"({show_names(names)}); rename or remove it")
         found = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
         files += found
         labels += [by_name[key]] * len(found)

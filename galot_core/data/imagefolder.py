@@ -23,8 +23,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from galot_core.data.base import Dataset, ImageSet
-from galot_core.errors import GalotError
-from galot_core.images import DEFAULT_MAX_PIXELS, open_image
+from galot_core.errors import GalotError, show_names
+from galot_core.images import DEFAULT_MAX_PIXELS, open_image, oriented_size, to_mode
+from galot_core.names import check_class_names
 
 OnBadImage = Literal["skip", "fail"]
 
@@ -121,7 +122,7 @@ def _decode(path: Path, mode: str, size: tuple[int, int], on_bad_image: OnBadIma
     """``path`` as a ``mode`` image of ``size`` (W, H), or None when it is bad (or too large) and skipped."""
     try:
         with open_image(path, max_pixels) as image:
-            image = image.convert(mode)
+            image = to_mode(image, mode)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
         _bad_image(path, exc, on_bad_image, fix)
         return None
@@ -186,7 +187,9 @@ def _class_folders(train_dir: Path) -> list[str]:
 def _class_names(folders: list[str], class_names_file: str | Path | None) -> list[str]:
     """Human class names for ``folders``: from the mapping file if given, else the folder names."""
     if class_names_file is None:
-        return [" ".join(name.replace("_", " ").replace("-", " ").split()) for name in folders]
+        names = [" ".join(name.replace("_", " ").replace("-", " ").split()) for name in folders]
+        check_class_names("data.root (its class sub-folders)", names, folders)
+        return names
     mapping = _read_name_mapping(Path(class_names_file).expanduser())
     missing = [name for name in folders if name not in mapping]
     extra = sorted(set(mapping) - set(folders))
@@ -197,11 +200,12 @@ def _class_names(folders: list[str], class_names_file: str | Path | None) -> lis
         raise GalotError(
             f"data.class_names_file: {'; '.join(problems)}; map every class folder, and only those, to a name"
         )
+    check_class_names(f"data.class_names_file '{class_names_file}'", [mapping[name] for name in folders])
     return [mapping[name] for name in folders]
 
 
 def _quoted(names: Sequence[str]) -> str:
-    return ", ".join(f"'{name}'" for name in names)
+    return show_names(names)
 
 
 def _read_name_mapping(path: Path) -> dict[str, str]:
@@ -277,7 +281,8 @@ def _headers(files: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> lis
     for path in files:
         try:
             with open_image(path, max_pixels) as image:
-                headers.append((image.height, image.width, image.mode))
+                width, height = oriented_size(image)
+                headers.append((height, width, image.mode))
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
     return headers

@@ -14,7 +14,7 @@ import torch
 
 from galot_core.data.base import Dataset, ImageSet
 from galot_core.data.imagefolder import decode_images
-from galot_core.errors import GalotError
+from galot_core.errors import GalotError, show_names
 
 FOLDER = "tiny-imagenet-200"
 NATIVE_SIZE = 64
@@ -66,7 +66,7 @@ def _class_names(words_file: Path, wnids: list[str]) -> list[str]:
     missing = [wnid for wnid in wnids if wnid not in words]
     if missing:
         raise GalotError(
-            f"data.root: '{words_file}' has no entry for {', '.join(missing[:5])}; extract the full '{FOLDER}' archive"
+            f"data.root: '{words_file}' has no entry for {show_names(missing)}; extract the full '{FOLDER}' archive"
         )
     first = [words[wnid].split(",")[0].strip() for wnid in wnids]
     counts = Counter(first)

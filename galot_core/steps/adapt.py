@@ -1,7 +1,7 @@
 """Step 2 (beyond the paper, ``gal.adapt``): fit the generator to the real labels bought so far.
 
 Why: the generator's idea of "a realistic photo of a {label}" is fixed when it is pretrained,
-and issue 15 measured that this, not σ_GAL, is what caps GALOT: on Fashion two classes are
+and docs/results.md ("Issue 15's verdict") measured that this, not σ_GAL, is what caps GALOT: on Fashion two classes are
 drawn wrong most of the time, whatever TextOpt does. galot has the labelled real images in
 hand every cycle; this step lets them reach the generator before TextOpt runs:
 
@@ -108,14 +108,14 @@ def adapt_generator(ctx: Context, cycle: int) -> dict[str, Any]:
         raise GalotError(f"cycle {cycle}: gal.adapt: {kind} has no labelled image to fit; label the cycle's batch first")
     with ctx.t2i_lock:
         t2i = ctx.t2i
-        before = t2i.num_unet_calls
+        before = t2i.num_denoiser_calls
         x0 = _labelled_latents(ctx, labelled)
         gen = torch.Generator().manual_seed(ctx.seed(cycle, 8))
         fit = _fit_lora if kind == "lora" else _fit_embedding
         tensors, losses = fit(ctx, cycle, x0, torch.tensor(labels), gen)
         failpoint("adapt.before_write")
         record = {"inputs_sha256": digest, "losses": [round(v, 6) for v in losses], "labelled": len(labelled),
-                  "classes": sorted(set(labels)), "unet_calls": t2i.num_unet_calls - before, **_fit_parameters(ctx)}
+                  "classes": sorted(set(labels)), "unet_calls": t2i.num_denoiser_calls - before, **_fit_parameters(ctx)}
         run.write_adapter(cycle, kind, tensors, record)
         if kind == "lora":
             t2i.galot_adapter = (_stamp(path), 1.0)  # the denoiser holds this fit, at scale 1
@@ -155,7 +155,7 @@ def use_adapter(ctx: Context, cycle: int) -> str | None:
         if getattr(t2i, "galot_adapter", None) != want:
             tensors, _ = run.read_adapter(cycle, kind)  # type: ignore[misc]
             g = ctx.cfg.gal
-            if finetune.ADAPTER not in getattr(t2i.unet, "peft_config", {}):
+            if finetune.ADAPTER not in getattr(t2i.denoiser, "peft_config", {}):
                 finetune.attach_lora(t2i, g.adapt_rank, g.adapt_modules, seed=0)
             finetune.load_lora_state(t2i, tensors, str(path))
             finetune.set_lora_scale(t2i, g.adapt_scale)

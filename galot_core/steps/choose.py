@@ -49,11 +49,11 @@ def label_check(ctx: Context, cycle: int, raw: torch.Tensor) -> tuple[list[int] 
     with ctx.t2i_lock:
         t2i = ctx.t2i
         use_adapter(ctx, cycle)  # the generator judges its images as it made them
-        before = t2i.num_unet_calls
+        before = t2i.num_denoiser_calls
         gen = torch.Generator(t2i.device).manual_seed(ctx.seed(cycle, 7))
         zero_shot = diffusion_classify(t2i, raw.float() / 255, t2i.encode(ctx.prompts()),
                                        generator=gen).cpu().tolist()
-        return zero_shot, t2i.num_unet_calls - before
+        return zero_shot, t2i.num_denoiser_calls - before
 
 
 def candidate_scores(ctx: Context, cycle: int, raw: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ def alpha(ctx: Context, eps: torch.Tensor, s_star: torch.Tensor) -> torch.Tensor
 
     With ``gal.step_scale: paper`` a sign step moves every one of the D coordinates by α, an
     L2 step of α·√D ≫ ε, so each step leaves the ball and the projection throws it back
-    onto the sphere (issue 15). ``ball`` divides a sign step by √D so that its L2 length is
+    onto the sphere (docs/results.md, "Step rule"). ``ball`` divides a sign step by √D so that its L2 length is
     alpha_ratio·ε, as the ``l2`` step's already is.
     """
     g = ctx.cfg.gal
@@ -70,7 +70,7 @@ class GroupGradient:
             batch = self.ctx.batch_size("TextOpt")
             with self.ctx.t2i_lock:
                 use_adapter(self.ctx, self.cycle)
-                before = t2i.num_unet_calls
+                before = t2i.num_denoiser_calls
                 noise = t2i.initial_noise(classes * g.samples, gen)  # every class's, as one draw
                 noise = noise.view(classes, g.samples, *noise.shape[1:])[self.rows].flatten(0, 1)
                 try:
@@ -82,7 +82,7 @@ class GroupGradient:
                 except torch.cuda.OutOfMemoryError:
                     self.ctx.halve_batch("TextOpt", min(batch, want))
                 finally:
-                    self.calls += t2i.num_unet_calls - before
+                    self.calls += t2i.num_denoiser_calls - before
 
 
 def optimize_group(ctx: Context, cycle: int, group: int) -> int:

@@ -137,7 +137,7 @@ def generate_shard(ctx: Context, cycle: int, shard: int) -> int:
         cond = conditioning(ctx, cycle, batch, emb["s"])
         with ctx.t2i_lock:  # one model per process: concurrent tasks take turns on it
             adapter = use_adapter(ctx, cycle)
-            before = t2i.num_unet_calls
+            before = t2i.num_denoiser_calls
             noise = torch.cat([t2i.initial_noise(1, torch.Generator(t2i.device).manual_seed(sd)) for sd in seeds])
             try:
                 simulated_oom(len(batch))
@@ -148,7 +148,7 @@ def generate_shard(ctx: Context, cycle: int, shard: int) -> int:
                 rest = batch + [item for b in queue for item in b]
                 queue = [rest[i:i + size] for i in range(0, len(rest), size)]
                 continue
-            calls = t2i.num_unet_calls - before
+            calls = t2i.num_denoiser_calls - before
         pngs = [synthetic.png_bytes(img) for img in to_uint8(images.cpu())]
         for k, (item, data) in enumerate(zip(batch, pngs)):
             atomic_write_bytes(folder / name[item], data)

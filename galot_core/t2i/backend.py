@@ -39,8 +39,8 @@ from galot_core.t2i.conditioning import Conditioning
 from galot_core.t2i.gradients import AcquisitionGradient
 from galot_core.t2i.hub import local_folder
 from galot_core.t2i.latents import LatentImages
-from galot_core.t2i.loading import (component_loader, configured_scheduler, moved, pipeline_family, read_model_index,
-                                    resolve_options)
+from galot_core.t2i.loading import (component_loader, configured_scheduler, moved, pipe_family, pipeline_family,
+                                    read_model_index, resolve_options)
 from galot_core.t2i.schedule import predict_x0, step_kwargs
 from galot_core.t2i.text_encoders import TextEncoderPlacement, with_text_encoders
 
@@ -60,7 +60,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         scheduler: any diffusers scheduler that exposes ``alphas_cumprod`` (DDIM, PNDM, Euler, DPM-Solver, ...).
         vae: an ``AutoencoderKL``; ``None`` means a pixel-space model whose UNet sample IS the image in [-1, 1].
         device: where all components live; default: the UNet's device.
-        unet_dtype: dtype of the UNet and VAE (e.g. fp16 on CUDA); default: leave as they are.
+        denoiser_dtype: dtype of the denoiser and VAE (e.g. fp16 on CUDA); default: leave as they are.
         model_id, revision, variant: provenance only (recorded by callers in their metadata).
         text_encoder_dtype: dtype of the text encoder(s); default fp32. bf16 halves their memory
             (T5-XXL alone is 9.5 GB in fp32) at the price of slightly different embeddings.
@@ -71,8 +71,8 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         offload_text_encoders: keep the text encoders on the CPU between encodings
             (:mod:`~galot_core.t2i.text_encoders` says why only they).
 
-    ``unet`` is the family's denoiser (a UNet for SD/SDXL, a transformer for FLUX);
-    ``num_unet_calls`` counts its forward passes (a classifier-free-guidance batch of
+    ``denoiser`` holds the family's noise / velocity predictor (the ``unet`` argument for SD/SDXL,
+    a ``transformer`` for SD3, FLUX and Z-Image); ``num_denoiser_calls`` counts its forward passes (a classifier-free-guidance batch of
     [uncond, cond] is one call), so benchmarks can report cost independently of hardware.
     """
 
@@ -94,7 +94,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         vae: torch.nn.Module | None = None,
         *,
         device: str | torch.device | None = None,
-        unet_dtype: torch.dtype | None = None,
+        denoiser_dtype: torch.dtype | None = None,
         model_id: str = "",
         revision: str = "",
         variant: str = "",
@@ -107,38 +107,32 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         self.text_encoder_dtype, self.offload_text_encoders = text_encoder_dtype, offload_text_encoders
         self.text_encoder = moved(text_encoder, self.encoder_device, text_encoder_dtype)
         self.tokenizer = tokenizer
-        self.unet = moved(unet, self.device, unet_dtype)
-        self.scheduler = scheduler
-        self.vae = moved(vae, self.device, unet_dtype) if vae is not None else None
+        self.denoiser, self.scheduler = moved(unet, self.device, denoiser_dtype), scheduler
+        self.vae = moved(vae, self.device, denoiser_dtype) if vae is not None else None
         # We never train these here: only the prompt embedding receives gradients.
-        self._freeze(self.text_encoder, self.unet, self.vae)
+        self._freeze(self.text_encoder, self.denoiser, self.vae)
+        if gradient_checkpointing and not getattr(self.denoiser, "_supports_gradient_checkpointing", False):
+            raise GalotError(f"t2i.gradient_checkpointing: {type(self.denoiser).__name__} does not support it: set it to false")
         if gradient_checkpointing:
-            if not getattr(self.unet, "_supports_gradient_checkpointing", False):
-                raise GalotError(f"t2i.gradient_checkpointing: {type(self.unet).__name__} does not support it: "
-                                 "set it to false")
-            self.unet.enable_gradient_checkpointing()
+            self.denoiser.enable_gradient_checkpointing()
         self.resolution = resolution
         self.model_id, self.revision, self.variant = model_id, revision, variant  # provenance
-        self.num_unet_calls = 0
+        self.num_denoiser_calls = 0
         self._uncond: Tensor | None = None
 
     @staticmethod
     def _freeze(*modules: torch.nn.Module | None) -> None:
-        for module in modules:
-            if module is not None:
-                module.eval()
-                module.requires_grad_(False)
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        """The UNet or transformer that predicts noise / velocity (the attribute is ``unet`` for history)."""
-        return self.unet
+        for module in (m for m in modules if m is not None):
+            module.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ construction
-
     @classmethod
     def from_pipeline(cls, pipe: DiffusionPipeline, **kwargs: Any) -> DiffusersT2I:
-        """Wrap an already-built ``StableDiffusionPipeline`` (its components are shared, not copied)."""
+        """Wrap an already-built pipeline (its components are shared, not copied); on ``DiffusersT2I`` the
+        pipeline's family picks the class (as diffusers' ``AutoPipelineForText2Image.from_pipe``)."""
+        family = FAMILIES[pipe_family(pipe, None if cls is DiffusersT2I else cls.family)]
+        if family is not cls:
+            return family.from_pipeline(pipe, **kwargs)
         return cls(pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler, getattr(pipe, "vae", None), **kwargs)
 
     @classmethod
@@ -190,19 +184,10 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         components = family._load_components(folder, model_dtype=model_dtype, variant=variant or None,
                                              text_encoder_dtype=encoder_dtype)
         sched = configured_scheduler(components.pop("scheduler"), scheduler, timestep_spacing)
-        return family(
-            **components,
-            scheduler=sched,
-            device=torch_device,
-            unet_dtype=model_dtype,
-            model_id=str(id_or_path),
-            revision=revision or "",
-            variant=variant or "",
-            text_encoder_dtype=encoder_dtype,
-            resolution=resolution,
-            gradient_checkpointing=gradient_checkpointing,
-            offload_text_encoders=offload_text_encoders,
-        )
+        return family(**components, scheduler=sched, device=torch_device, denoiser_dtype=model_dtype,
+                      model_id=str(id_or_path), revision=revision or "", variant=variant or "",
+                      text_encoder_dtype=encoder_dtype, resolution=resolution,
+                      gradient_checkpointing=gradient_checkpointing, offload_text_encoders=offload_text_encoders)
 
     @classmethod
     def _load_components(cls, folder: Path, *, model_dtype: torch.dtype, variant: str | None,
@@ -219,13 +204,12 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         }
 
     # ------------------------------------------------------------------ properties
-
     @property
     def compute_dtype(self) -> torch.dtype:
         """Dtype of latents and scheduler arithmetic: at least fp32, so an fp16 UNet does not
         degrade the scheduler's update or change the noise; fp64 when the UNet is fp64 (used by
         finite-difference checks)."""
-        return torch.promote_types(self.unet.dtype, torch.float32)
+        return torch.promote_types(self.denoiser.dtype, torch.float32)
 
     @property
     def uncond(self) -> Tensor:
@@ -235,7 +219,6 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         return self._uncond
 
     # ------------------------------------------------------------------ text
-
     @torch.no_grad()
     @with_text_encoders
     def encode(self, prompts: list[str]) -> Tensor:
@@ -263,7 +246,6 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         return Conditioning(packed)
 
     # ------------------------------------------------------------------ sampling
-
     @torch.no_grad()
     def generate(
         self,
@@ -316,7 +298,6 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         return self._decode(latents)
 
     # ------------------------------------------------------------------ the loop
-
     def _denoise(
         self,
         cond: Tensor,
@@ -344,21 +325,20 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         start = start or 0
         grad_enabled = torch.is_grad_enabled()
         # 2. As the pipeline does: the [uncond, cond] conditioning is built once, not per step.
-        unet_dtype = self.unet.dtype
-        inputs = self._model_inputs(cond, guidance_scale, unet_dtype, noise)
+        denoiser_dtype = self.denoiser.dtype
+        inputs = self._model_inputs(cond, guidance_scale, denoiser_dtype, noise)
         # 3. The loop; only steps from grad_from on are recorded for autograd.
         for i, t in enumerate(self.scheduler.timesteps):
             if i < start:
                 continue
             with torch.set_grad_enabled(grad_enabled and i >= grad_from):
-                model_output, x_t = self._model_output(latents, t, inputs, guidance_scale, unet_dtype)
+                model_output, x_t = self._model_output(latents, t, inputs, guidance_scale, denoiser_dtype)
                 if i == tweedie_at:
                     return self._unpack(self._predict_x0(model_output, x_t, i, t), noise)
                 latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs, return_dict=False)[0]
         return self._unpack(latents, noise)
 
     # ------------------------------------------------------------------ family hooks (SD 1/2 here)
-
     def _set_timesteps(self, num_inference_steps: int, noise: Tensor) -> None:
         """The scheduler's timesteps for this run; ``noise`` (B, C, h, w) gives the image size to
         families whose schedule depends on it (FLUX's resolution-dependent shift)."""
@@ -381,7 +361,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
 
     def _denoiser_call(self, model_input: Tensor, t: Tensor, inputs: Any) -> Tensor:
         """One raw forward pass of the denoiser on ``model_input`` (already in its dtype)."""
-        return self.unet(model_input, t, encoder_hidden_states=inputs, return_dict=False)[0]
+        return self.denoiser(model_input, t, encoder_hidden_states=inputs, return_dict=False)[0]
 
     def _model_output(self, latents: Tensor, t: Tensor, inputs: Any, guidance_scale: float,
                       dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -397,7 +377,7 @@ class DiffusersT2I(AcquisitionGradient, LatentImages, TextEncoderPlacement):
         # compute_dtype from the UNet dtype passed in: the property walks every parameter of the
         # UNet, which at one call per step cost ~3-5 % of generation against diffusers' own loop.
         output = self._denoiser_call(model_input.to(dtype), t, inputs).to(torch.promote_types(dtype, torch.float32))
-        self.num_unet_calls += 1
+        self.num_denoiser_calls += 1
         if do_cfg:
             output_uncond, output_text = output.chunk(2)
             output = output_uncond + guidance_scale * (output_text - output_uncond)

@@ -16,8 +16,8 @@ on it runs on Stable Diffusion too:
 
 It is trained only on the ``t2i_train`` split of its world — ``mnist5k`` or ``fashion_mnist``
 (disjoint from the AL pool and the test set) — with captions drawn from many templates and synonyms and 10% empty
-captions for classifier-free guidance. The recipe is the one that worked in the trials
-recorded in FACTS.md (a pixel-space model did not).
+captions for classifier-free guidance. The recipe is the one that worked in the
+project's pretraining trials (a pixel-space UNet of 1.6M parameters reached only 36–53 % judged pseudo-label accuracy).
 """
 
 from __future__ import annotations

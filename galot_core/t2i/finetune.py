@@ -10,7 +10,7 @@ transformers (SD3, FLUX.1, FLUX.2, Z-Image). The denoiser is called through the 
 the loop uses, unguided, so one loss serves every family.
 
 Why adapt at all: the generator's idea of "a photo of a {label}" is fixed when it is
-pretrained; the labels galot buys each cycle never reach it (issue 15, FACTS.md's pilots). A
+pretrained; the labels galot buys each cycle never reach it (docs/results.md, "Issue 15's verdict"). A
 LoRA on the denoiser's attention can redraw a class the model gets wrong; an embedding fit can
 only move within what the frozen denoiser already draws, which is why it is kept inside a ball.
 """
@@ -57,12 +57,12 @@ def _noised(t2i: Any, x0: Tensor, noise: Tensor, u: Tensor, steps: Tensor) -> tu
 
 def denoiser_output(t2i: Any, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
     """One unguided denoiser call on x_t (initial-noise layout) at times ``t`` (B,), same layout out."""
-    dtype = t2i.unet.dtype
+    dtype = t2i.denoiser.dtype
     inputs = t2i._model_inputs(cond.to(t2i.device, t2i.compute_dtype), t2i.training_guidance, dtype, x_t)
     if is_flow_matching(t2i):
         out, _ = t2i._model_output(t2i._pack(x_t), t, inputs, t2i.training_guidance, dtype)
         return t2i._unpack(out, x_t)
-    t2i.num_unet_calls += 1
+    t2i.num_denoiser_calls += 1
     return t2i._denoiser_call(x_t.to(dtype), t, inputs).to(t2i.compute_dtype)
 
 
@@ -85,8 +85,8 @@ def fit_embeddings(t2i: Any, x0: Tensor, labels: Tensor, template: Tensor, *, st
     """Per class, the conditioning row whose denoising loss on the class's images is lowest.
 
     Starts from ``start`` (last cycle's fit) or ``template`` (s*_c, one row per class) and stays
-    within ``radius``·‖s*_c‖ of the template (projected after every Adam step): FACTS.md's pilot
-    lost labels when the fit drifted freely toward the images' style. Only classes with images
+    within ``radius``·‖s*_c‖ of the template (projected after every Adam step): in a pilot fit
+    without the ball, labels were lost when the fit drifted freely toward the images' style. Only classes with images
     move; exact zeros of the template (Z-Image's padding rows) stay zero.
     """
     template = template.float()
@@ -116,7 +116,7 @@ def fit_embeddings(t2i: Any, x0: Tensor, labels: Tensor, template: Tensor, *, st
 
 def check_lora_target(t2i: Any, modules: tuple[str, ...]) -> None:
     """Refuse, before any work, a denoiser that cannot take a LoRA on ``modules`` (one line each)."""
-    den = t2i.unet
+    den = t2i.denoiser
     if not hasattr(den, "add_adapter"):
         raise GalotError(f"gal.adapt: lora needs a diffusers model with peft support; {type(den).__name__} has "
                          "none: use gal.adapt: embedding or none")
@@ -133,7 +133,7 @@ def attach_lora(t2i: Any, rank: int, modules: tuple[str, ...], seed: int) -> Non
     from peft import LoraConfig
 
     check_lora_target(t2i, modules)
-    den = t2i.unet
+    den = t2i.denoiser
     if ADAPTER in getattr(den, "peft_config", {}):
         den.delete_adapters(ADAPTER)
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(modules))
@@ -149,14 +149,14 @@ def attach_lora(t2i: Any, rank: int, modules: tuple[str, ...], seed: int) -> Non
 
 def _prefix(t2i: Any) -> str:
     """The key prefix of the denoiser in diffusers' LoRA files: ``unet`` or ``transformer``."""
-    return "unet" if type(t2i.unet).__name__.startswith("UNet") else "transformer"
+    return "unet" if type(t2i.denoiser).__name__.startswith("UNet") else "transformer"
 
 
 def lora_state(t2i: Any) -> dict[str, Tensor]:
     """The fitted LoRA weights with diffusers' keys (``unet.…lora_A.weight``), fp32, on the CPU."""
     from peft.utils import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(t2i.unet, adapter_name=ADAPTER)
+    state = get_peft_model_state_dict(t2i.denoiser, adapter_name=ADAPTER)
     return {f"{_prefix(t2i)}.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
@@ -169,16 +169,16 @@ def load_lora_state(t2i: Any, tensors: dict[str, Tensor], source: str) -> None:
     if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
         raise GalotError(f"{source}: the LoRA weights do not fit this model's adapter (another model, rank or "
                          "gal.adapt_modules); delete the file to fit it again")
-    state = {k[len(prefix):]: v.to(t2i.device, t2i.unet.dtype) for k, v in tensors.items()}
-    set_peft_model_state_dict(t2i.unet, state, adapter_name=ADAPTER)
-    t2i.unet.requires_grad_(False)
+    state = {k[len(prefix):]: v.to(t2i.device, t2i.denoiser.dtype) for k, v in tensors.items()}
+    set_peft_model_state_dict(t2i.denoiser, state, adapter_name=ADAPTER)
+    t2i.denoiser.requires_grad_(False)
 
 
 def set_lora_scale(t2i: Any, scale: float) -> None:
     """How strongly the adapter acts at generation (1 = as fitted, 0 = the pretrained model)."""
     from peft.tuners.lora import LoraLayer
 
-    for module in t2i.unet.modules():
+    for module in t2i.denoiser.modules():
         if isinstance(module, LoraLayer):
             module.set_scale(ADAPTER, scale)  # scaling = scale·alpha/r, set, not multiplied
 
@@ -199,9 +199,9 @@ def fit_lora(t2i: Any, x0: Tensor, cond: Tensor, uncond: Tensor, *, steps: int, 
 
     ``cond`` (N, ...) is each image's class conditioning; ``uncond_prob`` of a batch's rows get
     the empty prompt instead, so the unconditional branch of classifier-free guidance learns the
-    images' domain too (FACTS.md's pilot: 10 %).
+    images' domain too (10 %, which kept guidance working in the pilot LoRA fit).
     """
-    params = [p for n, p in t2i.unet.named_parameters() if "lora_" in n]
+    params = [p for n, p in t2i.denoiser.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)

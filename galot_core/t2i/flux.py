@@ -44,7 +44,7 @@ class _TransformerInputs(NamedTuple):
 
 
 class FluxT2I(PackedT2I):
-    """FLUX.1 (``FluxPipeline`` folders). ``unet`` holds the ``FluxTransformer2DModel``;
+    """FLUX.1 (``FluxPipeline`` folders). ``denoiser`` holds the ``FluxTransformer2DModel``;
     ``max_sequence_length`` is the T5 prompt length (the pipeline's default 512)."""
 
     family = "flux"
@@ -97,7 +97,7 @@ class FluxT2I(PackedT2I):
 
         height, width = self._image_size(height, width)
         multiple = self.vae_scale_factor * 2
-        shape = (batch_size, self.unet.config.in_channels // 4, 2 * (height // multiple), 2 * (width // multiple))
+        shape = (batch_size, self.denoiser.config.in_channels // 4, 2 * (height // multiple), 2 * (width // multiple))
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self.compute_dtype)
 
     def _pack(self, noise: Tensor) -> Tensor:
@@ -126,7 +126,7 @@ class FluxT2I(PackedT2I):
         image_ids = image_ids.reshape(h * w, 3).to(cond.device, cond.dtype)
         text_ids = torch.zeros(c.tokens.shape[1], 3, device=cond.device, dtype=cond.dtype)
         guidance = None
-        if self.unet.config.guidance_embeds:
+        if self.denoiser.config.guidance_embeds:
             guidance = torch.full([cond.shape[0]], guidance_scale, device=cond.device, dtype=torch.float32)
         return _TransformerInputs(c.tokens.to(dtype), c.pooled.to(dtype), text_ids, image_ids, guidance)
 
@@ -134,8 +134,8 @@ class FluxT2I(PackedT2I):
                       dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """One transformer call (no classifier-free guidance batch): the velocity, and x_t itself."""
         timestep = t.expand(latents.shape[0]).to(latents.dtype)
-        output = self.unet(hidden_states=latents.to(dtype), timestep=timestep / 1000, guidance=inputs.guidance,
+        output = self.denoiser(hidden_states=latents.to(dtype), timestep=timestep / 1000, guidance=inputs.guidance,
                            pooled_projections=inputs.pooled, encoder_hidden_states=inputs.tokens,
                            txt_ids=inputs.text_ids, img_ids=inputs.image_ids, return_dict=False)[0]
-        self.num_unet_calls += 1
+        self.num_denoiser_calls += 1
         return output.to(torch.promote_types(dtype, torch.float32)), latents

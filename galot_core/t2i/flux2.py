@@ -56,7 +56,7 @@ def position_ids(rows: int, cols: int, text_length: int, batch: int) -> tuple[Te
 
 
 class Flux2KleinT2I(DiffusersT2I):
-    """FLUX.2 [klein] (``Flux2KleinPipeline`` folders). ``unet`` holds the ``Flux2Transformer2DModel``.
+    """FLUX.2 [klein] (``Flux2KleinPipeline`` folders). ``denoiser`` holds the ``Flux2Transformer2DModel``.
 
     Args (besides the backend's):
         is_distilled: the pipeline's config flag: step-distilled models ignore guidance.
@@ -115,7 +115,7 @@ class Flux2KleinT2I(DiffusersT2I):
         """Patchified (B, 4C, h/2, w/2) noise, drawn like ``Flux2KleinPipeline.prepare_latents``."""
         height, width = self._image_size(height, width)
         multiple = self.vae_scale_factor * 2
-        shape = (batch_size, self.unet.config.in_channels, height // multiple, width // multiple)
+        shape = (batch_size, self.denoiser.config.in_channels, height // multiple, width // multiple)
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self.compute_dtype)
 
     def _pack(self, noise: Tensor) -> Tensor:
@@ -164,10 +164,10 @@ class Flux2KleinT2I(DiffusersT2I):
         guided = self._guided(guidance_scale)
         model_input = torch.cat([latents] * 2) if guided else latents
         timestep = t.expand(model_input.shape[0]).to(latents.dtype)
-        output = self.unet(hidden_states=model_input.to(dtype), timestep=timestep / 1000, guidance=None,
+        output = self.denoiser(hidden_states=model_input.to(dtype), timestep=timestep / 1000, guidance=None,
                            encoder_hidden_states=inputs.tokens, txt_ids=inputs.text_ids, img_ids=inputs.image_ids,
                            return_dict=False)[0]
-        self.num_unet_calls += 1
+        self.num_denoiser_calls += 1
         output = output.to(torch.promote_types(dtype, torch.float32))
         if guided:
             uncond, cond = output.chunk(2)

@@ -10,7 +10,7 @@ estimator:
   prediction from that call, not ``scheduler.step``'s output: with the common
   "leading" spacing the last timestep is t = 0 (or 1) and the scheduler's last
   step is numerically the identity, so its gradient w.r.t. ``s`` is 0 or ~1e-19
-  (measured, FACTS.md). The result is multiplied by T = ``num_inference_steps``
+  (measured on SD 1/2's DDIM). The result is multiplied by T = ``num_inference_steps``
   as in Eq. 7.
 * ``"last_m"``: backprop through the last ``m`` UNet calls (and the scheduler
   steps between them), ending with the same Tweedie x0; scaled by T / m.

@@ -15,7 +15,7 @@ from torch import Tensor
 
 
 class LatentImages:
-    """Conversions between images in [0, 1] and latents; needs ``unet``, ``vae`` (or ``None`` for a
+    """Conversions between images in [0, 1] and latents; needs ``denoiser``, ``vae`` (or ``None`` for a
     pixel-space model), ``device``, ``compute_dtype`` and ``resolution`` from the backend."""
 
     @property
@@ -38,7 +38,7 @@ class LatentImages:
         size = self._image_size(None, None)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        channels = self.vae.config.in_channels if self.vae is not None else self.unet.config.in_channels
+        channels = self.vae.config.in_channels if self.vae is not None else self.denoiser.config.in_channels
         if x.shape[1] != channels:
             x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1) if channels in (1, 3) else x
         if self.vae is None:
@@ -56,13 +56,13 @@ class LatentImages:
     ) -> Tensor:
         """Standard normal x_T (before ``init_noise_sigma``), drawn like the pipeline's ``prepare_latents``.
 
-        Drawn in ``compute_dtype`` (fp32 for fp32/fp16/bf16 UNets), so the same seed gives the
+        Drawn in ``compute_dtype`` (fp32 for fp32/fp16/bf16 denoisers), so the same seed gives the
         same noise for every estimator and for those dtypes ("common random numbers").
         """
         height, width = self._image_size(height, width)
         shape = (
             batch_size,
-            self.unet.config.in_channels,
+            self.denoiser.config.in_channels,
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
@@ -73,14 +73,14 @@ class LatentImages:
     (FLUX.1 and FLUX.2: 128, i.e. 1024 px)."""
 
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        """(height, width) in pixels: the arguments, else ``resolution``, else the UNet's sample_size
+        """(height, width) in pixels: the arguments, else ``resolution``, else the denoiser's sample_size
         (or :attr:`default_latent_side`) times the VAE factor (the pipeline's default)."""
         if self.resolution is not None:
             return height or self.resolution, width or self.resolution
         if self.default_latent_side is not None:
             side = self.default_latent_side * self.vae_scale_factor
             return height or side, width or side
-        sample_size = self.unet.config.sample_size
+        sample_size = self.denoiser.config.sample_size
         default_h, default_w = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
         return height or default_h * self.vae_scale_factor, width or default_w * self.vae_scale_factor
 

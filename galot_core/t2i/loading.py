@@ -8,6 +8,7 @@ loop only; the family modules (SDXL, FLUX) use the same helpers to load their ow
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,8 @@ from typing import Any, Callable
 import diffusers
 import torch
 
-from galot_core.errors import GalotError
+from galot_core.devices import resolve_device
+from galot_core.errors import GalotError, show
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # t2i.scheduler names → diffusers classes (all expose alphas_cumprod or sigmas, see schedule.predict_x0).
@@ -27,6 +29,11 @@ _LAYOUT = "model_index.json plus unet/, vae/, text_encoder/, tokenizer/, schedul
 # model_index.json's _class_name -> family. The family decides which components are loaded and
 # how the denoiser is called (its class registers in galot_core.t2i.backend.FAMILIES); anything
 # else is refused in one line.
+# The libraries a model_index.json entry may name for a component galot loads: checked before
+# anything is imported, so a folder cannot make galot import a module (and run its import-time code)
+# by naming it. Every supported family's components come from these two (tests/tiny_families.py).
+COMPONENT_LIBRARIES = ("diffusers", "transformers")
+
 PIPELINES: dict[str, str] = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
@@ -41,7 +48,7 @@ def resolve_options(device: str, dtype: str, text_encoder_dtype: str, timestep_s
                     scheduler: str | None) -> tuple[torch.device, torch.dtype, torch.dtype]:
     """Check the loading options before touching the disk or the network: (device, UNet/VAE dtype,
     text encoder dtype); see :meth:`DiffusersT2I.from_pretrained` for their meaning."""
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "t2i.device")
     model_dtype = resolve_dtype(dtype, torch_device)
     if text_encoder_dtype not in DTYPES:
         raise GalotError(f"t2i.text_encoder_dtype: {text_encoder_dtype!r} is not one of {', '.join(DTYPES)}: "
@@ -72,18 +79,6 @@ def moved(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | No
     return module if dtype is None or dtype == module.dtype else module.to(dtype=dtype)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise GalotError(f"t2i.device: {device!r} is not a device: use auto, cpu or cuda") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise GalotError(f"t2i.device: {device!r} but CUDA is not available here: use auto or cpu")
-    return resolved
-
-
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -100,14 +95,10 @@ def pipeline_family(folder: Path) -> str:
             f"t2i.model: folder '{folder}' is missing model_index.json: point t2i.model at a diffusers folder "
             f"({_LAYOUT}), e.g. one written by pipeline.save_pretrained()"
         )
-    try:
-        class_name = json.loads(index_file.read_text()).get("_class_name")
-    except (ValueError, AttributeError):
-        raise GalotError(f"t2i.model: '{index_file}' is not a JSON object: re-save the model with "
-                         "pipeline.save_pretrained()") from None
+    class_name = _read_index(index_file).get("_class_name")
     if class_name not in PIPELINES:
         raise GalotError(
-            f"t2i.model: '{folder}' holds a {class_name} (model_index.json _class_name), which galot does not "
+            f"t2i.model: '{folder}' holds a {show(class_name)} (model_index.json _class_name), which galot does not "
             f"support: use a model of one of {', '.join(PIPELINES)}"
         )
     return PIPELINES[class_name]
@@ -141,11 +132,9 @@ def read_model_index(folder: Path, required: tuple[str, ...] = _REQUIRED_COMPONE
             f"t2i.model: folder '{folder}' is missing model_index.json: point t2i.model at a diffusers folder "
             f"({_LAYOUT}), e.g. one written by pipeline.save_pretrained()"
         )
-    index = {
-        name: (entry[0], entry[1])
-        for name, entry in json.loads(index_file.read_text()).items()
-        if name in (*required, *optional) and isinstance(entry, list) and entry[0] and entry[1]
-    }
+    raw = _read_index(index_file)
+    index = {name: entry for name in (*required, *optional)
+             if (entry := _component_entry(index_file, name, raw.get(name))) is not None}
     # Optional components (pixel-space models list vae as [null, null]) are checked only when listed.
     expected = [name for name in order if name in required or name in index]
     problems = [f"{name}/" for name in expected if not (folder / name).is_dir()]
@@ -159,10 +148,58 @@ def read_model_index(folder: Path, required: tuple[str, ...] = _REQUIRED_COMPONE
     return index
 
 
+def _read_index(index_file: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(index_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise GalotError(f"t2i.model: '{index_file}' is not a JSON object: re-save the model with "
+                         "pipeline.save_pretrained()")
+    return raw
+
+
+def _component_entry(index_file: Path, name: str, entry: Any) -> tuple[str, str] | None:
+    """model_index.json's ``[library, class]`` for component ``name``, checked without importing
+    anything: the library one of :data:`COMPONENT_LIBRARIES` and installed, the class a public name;
+    None when the component is not listed (absent, or ``[null, null]``)."""
+    if entry is None or (isinstance(entry, list) and len(entry) == 2 and entry[0] is None and entry[1] is None):
+        return None
+    fix = "re-save the model with pipeline.save_pretrained() or fix that entry"
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+        raise GalotError(f"t2i.model: '{index_file}' field '{name}' must be [library, class], got {show(entry)}; {fix}")
+    library, class_name = entry
+    if library not in COMPONENT_LIBRARIES:
+        raise GalotError(f"t2i.model: '{index_file}' field '{name}' names library {show(library)}, which galot does "
+                         f"not load components from (allowed: {', '.join(COMPONENT_LIBRARIES)}); {fix}")
+    if not class_name.isidentifier() or class_name.startswith("_"):
+        raise GalotError(f"t2i.model: '{index_file}' field '{name}' names class {show(class_name)}, which is not a "
+                         f"class name; {fix}")
+    if importlib.util.find_spec(library) is None:  # finds the package without running it
+        raise GalotError(f"t2i.model: '{index_file}' field '{name}' needs {library}, which is not installed: "
+                         f"pip install {library}")
+    return library, class_name
+
+
+def pipe_family(pipe: Any, expected: str | None = None) -> str:
+    """The family of an already-built pipeline, by its class (or a base class) as :data:`PIPELINES` names
+    it; a pipeline of no supported family, or not of ``expected``, is refused in one line."""
+    family = next((PIPELINES[k.__name__] for k in type(pipe).__mro__ if k.__name__ in PIPELINES), None)
+    if family is None or (expected is not None and family != expected):
+        wanted = f"a pipeline of family {expected!r}" if expected else f"one of {', '.join(PIPELINES)}"
+        raise GalotError(f"from_pipeline: pipe is a {type(pipe).__name__}, not {wanted}: pass such a pipeline, or "
+                         "call DiffusersT2I.from_pipeline (it picks the family) or from_pretrained on its folder")
+    return family
+
+
 def load_component(folder: Path, name: str, library: str, class_name: str, **kwargs: Any) -> Any:
-    """Load ``folder/name`` with the class that model_index.json names (e.g. transformers.BertModel)."""
+    """Load ``folder/name`` with the class that model_index.json names (e.g. transformers.BertModel);
+    ``library`` was checked by :func:`read_model_index` before anything was imported."""
+    if library not in COMPONENT_LIBRARIES:  # a caller that did not read the index through read_model_index
+        raise GalotError(f"t2i.model: model_index.json names library {show(library)} for {name}/, which galot does "
+                         f"not load components from (allowed: {', '.join(COMPONENT_LIBRARIES)})")
     component_class = getattr(importlib.import_module(library), class_name, None)
-    if component_class is None:
+    if not isinstance(component_class, type) or not hasattr(component_class, "from_pretrained"):
         raise GalotError(
             f"t2i.model: model_index.json names {library}.{class_name} for {name}/, which the installed "
             f"{library} does not provide: install a matching {library} version"

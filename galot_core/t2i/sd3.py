@@ -44,7 +44,7 @@ class _TransformerInputs(NamedTuple):
 
 
 class SD3T2I(PackedT2I):
-    """SD3 / SD3.5 (``StableDiffusion3Pipeline`` folders). ``unet`` holds the ``SD3Transformer2DModel``;
+    """SD3 / SD3.5 (``StableDiffusion3Pipeline`` folders). ``denoiser`` holds the ``SD3Transformer2DModel``;
     ``text_encoder_3``/``tokenizer_3`` (T5) may be ``None``; ``max_sequence_length`` is T5's prompt
     length (the pipeline's default 256)."""
 
@@ -95,7 +95,7 @@ class SD3T2I(PackedT2I):
     def _t5_states(self, prompts: list[str]) -> Tensor:
         """T5's last hidden state, or zeros of the transformer's joint width without T5 (as the pipeline)."""
         if self.text_encoder_3 is None:
-            return torch.zeros(len(prompts), self.max_sequence_length, self.unet.config.joint_attention_dim,
+            return torch.zeros(len(prompts), self.max_sequence_length, self.denoiser.config.joint_attention_dim,
                                device=self.device)
         ids = self.tokenizer_3(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
                                add_special_tokens=True, return_tensors="pt").input_ids.to(self.device)
@@ -107,7 +107,7 @@ class SD3T2I(PackedT2I):
         """The scheduler's own sigmas; with ``use_dynamic_shifting``, shifted by mu(image tokens)."""
         kwargs = {}
         if self.scheduler.config.get("use_dynamic_shifting", None):
-            patch = self.unet.config.patch_size
+            patch = self.denoiser.config.patch_size
             kwargs["mu"] = resolution_shift(self.scheduler, (noise.shape[-2] // patch) * (noise.shape[-1] // patch),
                                             max_shift=1.16)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device, **kwargs)
@@ -124,6 +124,6 @@ class SD3T2I(PackedT2I):
         return _TransformerInputs(tokens.to(dtype), pooled.to(dtype))
 
     def _denoiser_call(self, model_input: Tensor, t: Tensor, inputs: _TransformerInputs) -> Tensor:
-        return self.unet(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
+        return self.denoiser(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
                          encoder_hidden_states=inputs.tokens, pooled_projections=inputs.pooled,
                          return_dict=False)[0]

@@ -119,5 +119,5 @@ class SDXLT2I(PackedT2I):
 
     def _denoiser_call(self, model_input: Tensor, t: Tensor, inputs: _UNetInputs) -> Tensor:
         added = {"text_embeds": inputs.pooled, "time_ids": inputs.time_ids}
-        return self.unet(model_input, t, encoder_hidden_states=inputs.hidden, added_cond_kwargs=added,
+        return self.denoiser(model_input, t, encoder_hidden_states=inputs.hidden, added_cond_kwargs=added,
                          return_dict=False)[0]

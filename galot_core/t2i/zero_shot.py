@@ -1,8 +1,8 @@
 """The text-to-image model as a zero-shot classifier, to check generated images' pseudo-labels.
 
 A generated image carries the class it was prompted with. Whether it really shows that class
-is what TextOpt puts at risk (issue 15: per image made informative and correct, 3–5 wrong
-pseudo-labels). No second model is available offline, but the generator itself is one:
+is what TextOpt puts at risk (docs/results.md, "Issue 15's verdict": per image made informative
+and correct, 3–5 wrong pseudo-labels). No second model is available offline, but the generator itself is one:
 Diffusion Classifier (Li, Prabhudesai, Duggal, Brown, Pathak: "Your Diffusion Model is Secretly
 a Zero-Shot Classifier", ICCV 2023) picks the class whose prompt lets the denoiser predict the
 added noise best,
@@ -11,7 +11,7 @@ added noise best,
 
 with the same timesteps and noise draws for every class (paired differences: the noise
 cancels out of the comparison). Cost: classes × timesteps × draws UNet calls per image.
-It shares the generator's biases, so it is a partial gate, not a judge (FACTS.md: on MNIST
+It shares the generator's biases, so it is a partial gate, not a judge (measured on MNIST:
 it rejected 10 of 25 judge-wrong images and 4 of 175 judge-right ones).
 """
 
@@ -36,7 +36,7 @@ def class_errors(t2i, images: Tensor, class_embeds: Tensor, *, timesteps: tuple[
     sched = t2i.scheduler
     abar = sched.alphas_cumprod.to(z0.device, z0.dtype)
     errors = torch.zeros(n, classes, dtype=torch.float64, device=z0.device)
-    hidden = class_embeds.to(t2i.device, t2i.unet.dtype)
+    hidden = class_embeds.to(t2i.device, t2i.denoiser.dtype)
     prediction = sched.config.prediction_type
     for t in timesteps:
         a = abar[t]
@@ -48,9 +48,9 @@ def class_errors(t2i, images: Tensor, class_embeds: Tensor, *, timesteps: tuple[
             xs, ts = x_t.repeat_interleave(classes, 0), target.repeat_interleave(classes, 0)
             hs = hidden.repeat(n, 1, 1)
             for i in range(0, len(xs), batch_size):
-                out = t2i.unet(xs[i:i + batch_size].to(t2i.unet.dtype), torch.full((len(xs[i:i + batch_size]),), t,
+                out = t2i.denoiser(xs[i:i + batch_size].to(t2i.denoiser.dtype), torch.full((len(xs[i:i + batch_size]),), t,
                                device=z0.device), encoder_hidden_states=hs[i:i + batch_size], return_dict=False)[0]
-                t2i.num_unet_calls += 1
+                t2i.num_denoiser_calls += 1
                 err = (out.to(ts.dtype) - ts[i:i + batch_size]).pow(2).flatten(1).mean(1)
                 errors.view(-1)[i:i + len(err)] += err.double()
     return errors

@@ -48,7 +48,7 @@ def own_tokens(tokens: Tensor) -> list[Tensor]:
 
 
 class ZImageT2I(DiffusersT2I):
-    """Z-Image (``ZImagePipeline`` folders). ``unet`` holds the ``ZImageTransformer2DModel``;
+    """Z-Image (``ZImagePipeline`` folders). ``denoiser`` holds the ``ZImageTransformer2DModel``;
     ``max_sequence_length`` caps the prompt tokens (the pipeline's 512)."""
 
     family = "zimage"
@@ -97,7 +97,7 @@ class ZImageT2I(DiffusersT2I):
         """(B, C, h, w) noise with h, w even, drawn like ``ZImagePipeline.prepare_latents``."""
         height, width = self._image_size(height, width)
         multiple = self.vae_scale_factor * 2
-        shape = (batch_size, self.unet.config.in_channels, 2 * (height // multiple), 2 * (width // multiple))
+        shape = (batch_size, self.denoiser.config.in_channels, 2 * (height // multiple), 2 * (width // multiple))
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self.compute_dtype)
 
     def _set_timesteps(self, num_inference_steps: int, noise: Tensor) -> None:
@@ -120,9 +120,9 @@ class ZImageT2I(DiffusersT2I):
         batch = latents.shape[0]
         timestep = (1000 - t.expand(batch)) / 1000
         frames = (latents.to(dtype).repeat(2, 1, 1, 1) if guided else latents.to(dtype)).unsqueeze(2)
-        out = self.unet(list(frames.unbind(dim=0)), timestep.repeat(2) if guided else timestep, inputs,
+        out = self.denoiser(list(frames.unbind(dim=0)), timestep.repeat(2) if guided else timestep, inputs,
                         return_dict=False)[0]
-        self.num_unet_calls += 1
+        self.num_denoiser_calls += 1
         out = torch.stack([o.to(torch.promote_types(dtype, torch.float32)) for o in out]).squeeze(2)
         if guided:
             cond, uncond = out[:batch], out[batch:]
