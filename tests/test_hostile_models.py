@@ -20,9 +20,9 @@ from galot_core.t2i.flux import FluxT2I  # noqa: E402
 from galot_core.t2i.sd3 import SD3T2I  # noqa: E402
 from galot_core.t2i.sdxl import SDXLT2I  # noqa: E402
 from galot_core.t2i.zimage import ZImageT2I  # noqa: E402
-from tests.tiny_families import (tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline,  # noqa: E402
+from galot_core.t2i.tiny import (tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline,  # noqa: E402
                                  tiny_z_image_pipeline)
-from tests.tiny_sd import tiny_sd_pipeline  # noqa: E402
+from galot_core.t2i.tiny import tiny_sd_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

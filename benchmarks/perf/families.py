@@ -180,12 +180,12 @@ def textopt_step(backend, s, size: int, steps: int, guidance: float, k: int) -> 
                                                             guidance_scale=guidance, generator=gen(), height=size,
                                                             width=size), device)
     for estimator in ("last_step", "tweedie", "full"):
-        calls = backend.num_unet_calls
+        calls = backend.num_denoiser_calls
         (grads[estimator], _), seconds = timed(lambda: backend.acquisition_grad(
             s, objective, k=k, generator=gen(), num_inference_steps=steps, guidance_scale=guidance,
             estimator=estimator, height=size, width=size, batch_size=1 if device.type == "cuda" else None), device)
         out[estimator] = {"seconds": seconds, "x_generate_k": seconds / out["generate_k_s"],
-                          "denoiser_calls": backend.num_unet_calls - calls}
+                          "denoiser_calls": backend.num_denoiser_calls - calls}
     for estimator in ("last_step", "tweedie"):
         out[estimator]["cosine_to_full"] = float(torch.nn.functional.cosine_similarity(
             grads[estimator].flatten(), grads["full"].flatten(), dim=0))
@@ -200,10 +200,10 @@ def memory(backend, s, size: int, steps: int, guidance: float, k: int) -> dict[s
                                  height=size, width=size, batch_size=1)
     plain = peak_gib(step, backend.device)
     _, plain_s = timed(step, backend.device)
-    backend.unet.enable_gradient_checkpointing()
+    backend.denoiser.enable_gradient_checkpointing()
     checkpointed = peak_gib(step, backend.device)
     _, checkpointed_s = timed(step, backend.device)
-    backend.unet.disable_gradient_checkpointing()
+    backend.denoiser.disable_gradient_checkpointing()
     return {"full_step_peak_gib": plain, "full_step_s": plain_s, "checkpointed_peak_gib": checkpointed,
             "checkpointed_s": checkpointed_s}
 
@@ -232,7 +232,7 @@ def adaptation(backend, size: int, batch: int, steps: int = 5) -> dict[str, Any]
         _, seconds = timed(fn, device)
         out[f"{name}_s_per_step"] = seconds / steps
     out["lora_parameters"] = sum(v.numel() for v in ft.lora_state(backend).values())
-    backend.unet.delete_adapters(ft.ADAPTER)
+    backend.denoiser.delete_adapters(ft.ADAPTER)
     return out
 
 

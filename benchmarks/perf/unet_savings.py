@@ -79,12 +79,12 @@ def textopt_batching(t2i: DiffusersT2I, judge, dataset, k: int = 6, repeats: int
     grads = {}
     for name, fn in (("batched", batched), ("per_class", per_class)):
         fn()  # warm-up
-        times, calls0 = [], t2i.num_unet_calls
+        times, calls0 = [], t2i.num_denoiser_calls
         for _ in range(repeats):
             t = time.perf_counter()
             grads[name] = fn()
             times.append(time.perf_counter() - t)
-        out[name] = {"seconds": statistics.median(times), "unet_calls": (t2i.num_unet_calls - calls0) // repeats}
+        out[name] = {"seconds": statistics.median(times), "unet_calls": (t2i.num_denoiser_calls - calls0) // repeats}
     diff = (grads["batched"] - grads["per_class"]).abs().max().item()
     same_sign = (torch.sign(grads["batched"]) == torch.sign(grads["per_class"])).float().mean().item()
     return {"classes": classes, "k": k, **out, "max_abs_grad_difference": diff, "same_sign_fraction": same_sign,
@@ -107,7 +107,7 @@ def sweep(judge, dataset, run: Path) -> list[dict]:
     for scheduler, steps in SETTINGS:
         t2i = load(scheduler)
         row = {"scheduler": scheduler, "steps": steps}
-        seconds, calls0 = 0.0, t2i.num_unet_calls
+        seconds, calls0 = 0.0, t2i.num_denoiser_calls
         for name, emb in (("eps0", s_star), ("textopt", optimised)):
             labels = torch.arange(len(emb)).repeat_interleave(PER_CLASS)
             noise = t2i.initial_noise(len(labels), torch.Generator().manual_seed(11))
@@ -122,7 +122,7 @@ def sweep(judge, dataset, run: Path) -> list[dict]:
             row[f"judged_{name}_se"] = math.sqrt(acc * (1 - acc) / len(labels))
         n_images = 2 * PER_CLASS * len(dataset.class_names)
         row["images_per_s"] = n_images / seconds
-        row["unet_calls_per_100_images"] = (t2i.num_unet_calls - calls0) * 100 / n_images
+        row["unet_calls_per_100_images"] = (t2i.num_denoiser_calls - calls0) * 100 / n_images
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

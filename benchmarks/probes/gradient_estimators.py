@@ -143,13 +143,13 @@ class Probe:
 
     def run(self, estimator: str, k: int, seed: int) -> dict:
         a, t2i = self.args, self.t2i
-        calls0 = t2i.num_unet_calls
+        calls0 = t2i.num_denoiser_calls
         wall0, cpu0 = time.perf_counter(), time.process_time()
         grad, values = t2i.acquisition_grad(
             self.s, self.objective, k=k, generator=torch.Generator().manual_seed(seed), num_inference_steps=a.steps,
             guidance_scale=a.guidance, estimator=estimator, m=a.m, batch_size=a.batch_size)
         return {"grad": grad, "objective": values.tolist(), "seconds": time.perf_counter() - wall0,
-                "cpu_seconds": time.process_time() - cpu0, "unet_calls": t2i.num_unet_calls - calls0}
+                "cpu_seconds": time.process_time() - cpu0, "unet_calls": t2i.num_denoiser_calls - calls0}
 
     def thread_check(self) -> dict:
         check = {}

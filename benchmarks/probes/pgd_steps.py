@@ -76,10 +76,10 @@ def main() -> None:
         for name, (rule, scale) in RULES.items():
             for seed in range(args.seeds):
                 seeds = iter(range(100 * seed, 100 * seed + 100))
-                calls = t2i.num_unet_calls
+                calls = t2i.num_denoiser_calls
                 alpha = 0.2 * eps * (scale if scale is not None else 1 / s_star.numel() ** 0.5)
                 s = textopt.optimize(s_star, lambda x: grad(x, next(seeds)), eps, alpha, 10, step=rule)
-                calls = t2i.num_unet_calls - calls
+                calls = t2i.num_denoiser_calls - calls
                 change = sigma(s) - base
                 rows.append({"class": c, "rule": name, "seed": seed, "distance_over_eps": float((s - s_star).norm()) / eps,
                              "cosine": float(torch.nn.functional.cosine_similarity((s - s_star).flatten(),

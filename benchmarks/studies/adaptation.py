@@ -83,11 +83,11 @@ def validation_split(d, exclude: set[int], n: int = 1000) -> tuple[torch.Tensor,
 def fitted_generator(t2i, arm: str, x0, y, s_star, seed: int) -> tuple[torch.Tensor, dict]:
     """The arm's generator: the conditioning to generate from (and the LoRA attached to ``t2i``)."""
     kind, p = ARMS[arm]
-    if ft.ADAPTER in getattr(t2i.unet, "peft_config", {}):
-        t2i.unet.delete_adapters(ft.ADAPTER)
+    if ft.ADAPTER in getattr(t2i.denoiser, "peft_config", {}):
+        t2i.denoiser.delete_adapters(ft.ADAPTER)
     if kind == "none":
         return s_star, {}
-    before, t = t2i.num_unet_calls, time.perf_counter()
+    before, t = t2i.num_denoiser_calls, time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     if kind == "embedding":
         s, losses = ft.fit_embeddings(t2i, x0, y, s_star, steps=p["steps"], lr=p["lr"], radius=p["radius"],
@@ -98,7 +98,7 @@ def fitted_generator(t2i, arm: str, x0, y, s_star, seed: int) -> tuple[torch.Ten
                              generator=gen)
         s = s_star
     k = min(10, len(losses))
-    return s, {"fit_seconds": time.perf_counter() - t, "fit_unet_calls": t2i.num_unet_calls - before,
+    return s, {"fit_seconds": time.perf_counter() - t, "fit_unet_calls": t2i.num_denoiser_calls - before,
                "loss_start": sum(losses[:k]) / k, "loss_end": sum(losses[-k:]) / k, **p}
 
 
