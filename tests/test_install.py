@@ -26,7 +26,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "params.yaml", "dvc.yaml", "galot", "galot_core", "flows", "tasks")
 
-pytestmark = pytest.mark.slow
+# one worker builds the module-scoped venv once (pytest-xdist, --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_install")]
 
 
 @pytest.fixture(scope="module")
