@@ -299,7 +299,6 @@ def lora_reference(tmp_path_factory, tiny_sd_folder, prefect_api):
     return root, env, params_in, fingerprint(root / "reference/runs/crash")
 
 
-@pytest.mark.xdist_group("test_adapt.lora_reference")  # lora_reference built once, in one worker
 @pytest.mark.parametrize("point", ["adapt.before_write:2", "generate.mid_batch:2"])
 def test_sigkill_during_an_adapted_cycle_then_rerun_matches(lora_reference, point):
     """Killed after cycle 2's fit (not yet written) or mid-generation on the adapted model (a fresh

@@ -89,10 +89,6 @@ CASES = {
 }
 
 
-# one worker builds the module-scoped existing_run once (pytest-xdist, --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_bad_inputs")
-
-
 @pytest.fixture(scope="module")
 def existing_run(tmp_path_factory, tiny_sd_folder, prefect_api):
     """A fresh experiment name per case, next to a run folder with one completed cycle."""

@@ -138,7 +138,6 @@ def extended_run(tmp_path_factory, tiny_digits, tiny_sd_folder):
     return short, longer, third, packed, first
 
 
-@pytest.mark.xdist_group("test_cycle.extended_run")  # extended_run built once, in one worker
 def test_extending_a_run_keeps_the_epsilon_schedule_it_started_with(extended_run, tmp_path, tiny_digits,
                                                                     tiny_sd_folder):
     short, longer, third, _, _ = extended_run
@@ -151,7 +150,6 @@ def test_extending_a_run_keeps_the_epsilon_schedule_it_started_with(extended_run
     assert fresh.epsilon(3) == pytest.approx(0.5 * 2 / 3)  # a run started with 4 cycles has the 4-cycle schedule
 
 
-@pytest.mark.xdist_group("test_cycle.extended_run")  # extended_run built once, in one worker
 def test_each_cycle_exports_only_its_own_shard(extended_run, tiny_digits):
     from galot_core import export
 

@@ -38,10 +38,6 @@ TINY = {
 }
 
 
-# one worker builds the module-scoped repo once (pytest-xdist, --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_dvc_pipeline")
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, prefect_api):
     path = tmp_path_factory.mktemp("dvc-repo")

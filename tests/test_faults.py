@@ -60,10 +60,6 @@ def fingerprint(run_dir: Path) -> dict[str, str]:
     return out
 
 
-# one worker builds the module-scoped setup once (pytest-xdist, --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_faults")
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_sd_folder, prefect_api):
     root = tmp_path_factory.mktemp("faults")

@@ -17,9 +17,6 @@ import pytest
 
 from tests.test_flows import write_params
 
-# A real Prefect server and `galot serve` in one worker (pytest-xdist, --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("prefect_server")
-
 BIN = Path(sys.executable).parent
 
 
