@@ -10,7 +10,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (pyproject's addopts: -n 2) the cores are shared by the workers.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +84,23 @@ def isolated_services(tmp_path_factory):
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     yield root
+
+
+@pytest.fixture(autouse=True)
+def prefect_console_on_an_open_stream():
+    """Prefect binds its console log handler to the sys.stderr of the moment (on import, and when a
+    server starts in this process); under capsys that stream is closed when the test ends, and a later
+    flow run's logging would fail on it. After each test, such a handler writes to sys.stderr again
+    (whichever order a worker runs the tests in)."""
+    yield
+    import logging
+    import sys
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for handler in (h for logger in loggers for h in getattr(logger, "handlers", ())):
+        if type(handler).__name__ == "PrefectConsoleHandler" and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # (not setStream: it flushes the closed one)
+            handler.console.file = sys.stderr
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ def tiny_cfg(tmp_path, **sections):
     raw = {
         "experiment": {"name": "t", "runs_dir": str(tmp_path), "mode": "al", "cycles": 3, "seed": 1},
         "al": {"strategy": "MarginSampling", "budget_per_cycle": 20},
-        "train": {"epochs": 2, "min_steps": 20, "device": "cpu"},
+        "train": {"epochs": 1, "min_steps": 4, "device": "cpu"},  # as few steps as the GAL tests
     }
     for k, v in sections.items():
         raw.setdefault(k, {}).update(v)

@@ -99,7 +99,7 @@ def test_new_user_session_from_an_empty_folder(venv, prefect_api, tmp_path, mnis
             Image.fromarray(mnist5k.pool.images[i, 0].numpy()).save(work / "digits" / name / f"{k}.png")
     galot("run", "--set", "experiment.name=mine", "--set", "experiment.mode=al", "--set", "experiment.cycles=1",
           "--set", "experiment.judge=null", "--set", "data.dataset=imagefolder", "--set", "data.root=digits",
-          "--set", "al.budget_per_cycle=30", "--set", "train.epochs=1", "--set", "train.min_steps=20",
+          "--set", "al.budget_per_cycle=30", "--set", "train.epochs=1", "--set", "train.min_steps=4",
           "--set", "train.device=cpu")
     run = work / "runs" / "mine"
     galot("predict", "runs/mine", "digits/seven", "digits/one/0.png", "--csv", "pred.csv")

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,102 +80,58 @@ def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | No
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_label_page_in_a_browser(tmp_path, browser, digit_folder):
-    from selenium.webdriver.common.by import By
+class Person:
+    """The "person" at the labelling page: reads it and answers with the true class (click or key)."""
 
-    folder, names, truth = digit_folder
-    params = human_params(tmp_path, folder, names, "unused", mode="al", name="page", budget=N)
-    exp = Experiment(config_from_dict(yaml.safe_load(params.read_text())))
-    with pytest.raises(labels.WaitingForLabels):
-        exp.run_cycle()  # cycle 1 selects its batch and stops for labels
-    run = exp.dir
+    def __init__(self, browser, names: list[str], truth: dict[str, str]):
+        from selenium.webdriver.common.by import By
+
+        self.browser, self.names, self.truth, self.by = browser, names, truth, By
+        self.given: dict[str, str] = {}
+
+    def text(self, css: str) -> str:
+        return self.browser.find_element(self.by.CSS_SELECTOR, css).text
+
+    def progress(self) -> str:
+        try:
+            return self.text("#progress")
+        except Exception:  # the page is (re)loading
+            return ""
+
+    def current_image(self) -> str:
+        return self.text(".card.current .name")
+
+    def answer_current(self, how: str = "click") -> str:
+        image = self.current_image()
+        cls = self.truth[image]
+        before = self.progress()
+        if how == "key":
+            self.browser.find_element(self.by.TAG_NAME, "body").send_keys(str((self.names.index(cls) + 1) % 10))
+        else:
+            self.browser.find_element(self.by.CSS_SELECTOR, f'button.class[data-answer="{cls}"]').click()
+        wait_until(lambda: self.progress() != before, 10, "the answer to be saved")
+        return image
+
+    def answer(self, how: str = "click") -> str:
+        """Answer the current image and remember the answer as given."""
+        image = self.answer_current(how)
+        self.given[image] = self.truth[image]
+        return image
+
+    def done_disabled(self) -> bool:
+        return self.browser.find_element(self.by.ID, "done").get_attribute("disabled") is not None
+
+
+@contextmanager
+def label_serve(run: Path, params: Path, cwd: Path):
+    """`galot label serve RUN` in its own process; its URL and process, stopped with Ctrl-C at the end."""
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("PREFECT_API_URL", None)
     serve = subprocess.Popen([str(BIN / "galot"), "label", "serve", str(run), "--params", str(params),
-                              "--port", str(port)], cwd=tmp_path, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-
-    def text(css: str) -> str:
-        return browser.find_element(By.CSS_SELECTOR, css).text
-
-    def progress() -> str:
-        try:
-            return text("#progress")
-        except Exception:  # the page is (re)loading
-            return ""
-
-    def current_image() -> str:
-        return text(".card.current .name")
-
-    def answer_current(how: str = "click") -> str:
-        image = current_image()
-        cls = truth[image]
-        before = progress()
-        if how == "key":
-            browser.find_element(By.TAG_NAME, "body").send_keys(str((names.index(cls) + 1) % 10))
-        else:
-            browser.find_element(By.CSS_SELECTOR, f'button.class[data-answer="{cls}"]').click()
-        wait_until(lambda: progress() != before, 10, "the answer to be saved")
-        return image
-
+                              "--port", str(port)], cwd=cwd, env=env, start_new_session=True)
     try:
-        wait_until(lambda: _up(url), 60, "the labelling page", serve)
-        browser.get(url)
-        wait_until(lambda: progress() == f"0 / {N} labelled", 20, "the batch")
-        assert len(browser.find_elements(By.CSS_SELECTOR, ".card img")) == N
-        assert [b.get_attribute("data-answer") for b in browser.find_elements(By.CSS_SELECTOR, "button.class")] \
-            == names
-        given = {}
-        for how in ("click", "key", "click", "key", "click"):
-            image = answer_current(how)
-            given[image] = truth[image]
-        assert progress() == f"5 / {N} labelled"
-
-        # A reload half-way: everything given so far is still there.
-        browser.refresh()
-        wait_until(lambda: progress() == f"5 / {N} labelled", 20, "the reloaded page")
-        shown = {c.find_element(By.CSS_SELECTOR, ".name").text: c.find_element(By.CSS_SELECTOR, ".answer").text
-                 for c in browser.find_elements(By.CSS_SELECTOR, ".card")}
-        assert {k: v for k, v in shown.items() if v} == given
-
-        # Skip one ("none of these classes"), label one, undo it, label it again.
-        skipped = current_image()
-        browser.find_element(By.ID, "skip").click()
-        wait_until(lambda: progress() == f"6 / {N} labelled", 10, "the skip")
-        image = answer_current()
-        browser.find_element(By.ID, "undo").click()
-        wait_until(lambda: progress() == f"6 / {N} labelled", 10, "the undo")
-        assert current_image() == image
-        given[answer_current()] = truth[image]  # the same image again
-        for _ in range(2):
-            image = answer_current("key")
-            given[image] = truth[image]
-        assert browser.find_element(By.ID, "done").get_attribute("disabled") is not None
-        shot = tmp_path / "label-page.png"
-        browser.save_screenshot(str(shot))
-        if os.environ.get("GALOT_SCREENSHOT_DIR"):
-            shutil.copy(shot, Path(os.environ["GALOT_SCREENSHOT_DIR"]) / "label-page.png")
-        while progress() != f"{N} / {N} labelled":
-            image = answer_current()
-            given[image] = truth[image]
-        answers = {a["image"]: a["answer"] for a in labels.read_answers(run, 1)}  # saved as given
-        assert answers == {**given, skipped: "skip"}
-        assert browser.find_element(By.ID, "done").get_attribute("disabled") is None
-
-        # Done: the experiment continues (cycle 1 trains) and stops at cycle 2, shown on the page.
-        browser.find_element(By.ID, "done").click()
-        wait_until(lambda: "cycle 2" in text("#title") and progress() == f"0 / {N} labelled", 300,
-                   "cycle 2's batch on the page", serve)
-        metrics = json.loads((run / "cycles" / "cycle_001" / "metrics.json").read_text())
-        assert metrics["labelled"] == N - 1 and 0.0 <= metrics["test_accuracy"] <= 1.0
-        pool = json.loads((run / "pool.json").read_text())
-        batch = labels.read_batch(run, 1)
-        assert list(zip(pool["labelled"], pool["labels"])) == [
-            (it.index, names.index(truth[it.image])) for it in batch.items if it.image != skipped]
-        assert pool["removed"] == [next(it.index for it in batch.items if it.image == skipped)]
-        # The `galot run` that done started has stopped at cycle 2's batch (exit status 3).
-        wait_until(lambda: _state(url).get("activity", "") is None, 120, "the experiment to stop", serve)
+        yield f"http://127.0.0.1:{port}/", serve
     finally:
         serve.send_signal(signal.SIGINT)  # Ctrl-C
         try:
@@ -182,6 +139,83 @@ def test_label_page_in_a_browser(tmp_path, browser, digit_folder):
         finally:
             if serve.poll() is None:
                 os.killpg(serve.pid, signal.SIGKILL)
+
+
+def _first_five_and_a_reload(person: Person) -> None:
+    by, browser = person.by, person.browser
+    wait_until(lambda: person.progress() == f"0 / {N} labelled", 20, "the batch")
+    assert len(browser.find_elements(by.CSS_SELECTOR, ".card img")) == N
+    assert [b.get_attribute("data-answer") for b in browser.find_elements(by.CSS_SELECTOR, "button.class")] \
+        == person.names
+    for how in ("click", "key", "click", "key", "click"):
+        person.answer(how)
+    assert person.progress() == f"5 / {N} labelled"
+
+    # A reload half-way: everything given so far is still there.
+    browser.refresh()
+    wait_until(lambda: person.progress() == f"5 / {N} labelled", 20, "the reloaded page")
+    shown = {c.find_element(by.CSS_SELECTOR, ".name").text: c.find_element(by.CSS_SELECTOR, ".answer").text
+             for c in browser.find_elements(by.CSS_SELECTOR, ".card")}
+    assert {k: v for k, v in shown.items() if v} == person.given
+
+
+def _skip_undo_and_the_rest(person: Person, run: Path, shot: Path) -> str:
+    """Skip one ("none of these classes"), label one, undo it, label it again, then all the rest;
+    the skipped image."""
+    browser, by = person.browser, person.by
+    skipped = person.current_image()
+    browser.find_element(by.ID, "skip").click()
+    wait_until(lambda: person.progress() == f"6 / {N} labelled", 10, "the skip")
+    image = person.answer_current()
+    browser.find_element(by.ID, "undo").click()
+    wait_until(lambda: person.progress() == f"6 / {N} labelled", 10, "the undo")
+    assert person.current_image() == image
+    person.given[person.answer_current()] = person.truth[image]  # the same image again
+    for _ in range(2):
+        person.answer("key")
+    assert person.done_disabled()
+    browser.save_screenshot(str(shot))
+    if os.environ.get("GALOT_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["GALOT_SCREENSHOT_DIR"]) / "label-page.png")
+    while person.progress() != f"{N} / {N} labelled":
+        person.answer()
+    answers = {a["image"]: a["answer"] for a in labels.read_answers(run, 1)}  # saved as given
+    assert answers == {**person.given, skipped: "skip"}
+    assert not person.done_disabled()
+    return skipped
+
+
+def _done_continues_to_cycle_2(person: Person, run: Path, skipped: str, url: str, serve) -> None:
+    """Done: the experiment continues (cycle 1 trains) and stops at cycle 2, shown on the page."""
+    names, truth = person.names, person.truth
+    person.browser.find_element(person.by.ID, "done").click()
+    wait_until(lambda: "cycle 2" in person.text("#title") and person.progress() == f"0 / {N} labelled", 300,
+               "cycle 2's batch on the page", serve)
+    metrics = json.loads((run / "cycles" / "cycle_001" / "metrics.json").read_text())
+    assert metrics["labelled"] == N - 1 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    pool = json.loads((run / "pool.json").read_text())
+    batch = labels.read_batch(run, 1)
+    assert list(zip(pool["labelled"], pool["labels"])) == [
+        (it.index, names.index(truth[it.image])) for it in batch.items if it.image != skipped]
+    assert pool["removed"] == [next(it.index for it in batch.items if it.image == skipped)]
+    # The `galot run` that done started has stopped at cycle 2's batch (exit status 3).
+    wait_until(lambda: _state(url).get("activity", "") is None, 120, "the experiment to stop", serve)
+
+
+def test_label_page_in_a_browser(tmp_path, browser, digit_folder):
+    folder, names, truth = digit_folder
+    params = human_params(tmp_path, folder, names, "unused", mode="al", name="page", budget=N)
+    exp = Experiment(config_from_dict(yaml.safe_load(params.read_text())))
+    with pytest.raises(labels.WaitingForLabels):
+        exp.run_cycle()  # cycle 1 selects its batch and stops for labels
+    run = exp.dir
+    person = Person(browser, names, truth)
+    with label_serve(run, params, tmp_path) as (url, serve):
+        wait_until(lambda: _up(url), 60, "the labelling page", serve)
+        browser.get(url)
+        _first_five_and_a_reload(person)
+        skipped = _skip_undo_and_the_rest(person, run, tmp_path / "label-page.png")
+        _done_continues_to_cycle_2(person, run, skipped, url, serve)
 
 
 def _state(url: str) -> dict:

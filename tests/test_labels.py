@@ -70,12 +70,9 @@ def fill(csv_path: Path, truth: dict[str, str], skip: set[str] = frozenset(), on
     return out
 
 
-def test_two_human_cycles_with_file_import(tmp_path, digit_folder, tiny_sd_folder):
-    folder, names, truth = digit_folder
-    params = human_params(tmp_path, folder, names, tiny_sd_folder)
-    run = tmp_path / "runs" / "mine"
-
-    # Cycle 1 selects its batch and stops: one line, exit status 3, nothing trained.
+def _cycle_1_stops_for_labels(run: Path, params: Path, tmp_path: Path, names, truth):
+    """Cycle 1 selects its batch and stops: one line, exit status 3, nothing trained; its batch and
+    the digests of labels/."""
     r = galot("run", "--params", str(params), cwd=tmp_path)
     assert r.returncode == 3, r.stderr[-3000:]
     assert (f"galot: cycle 1 waits for 6 labels (0 / 6 given): run `galot label serve {run}` or "
@@ -90,8 +87,12 @@ def test_two_human_cycles_with_file_import(tmp_path, digit_folder, tiny_sd_folde
     # Rerunning before labelling changes nothing (the batch is not selected again).
     r = galot("run", "--params", str(params), cwd=tmp_path)
     assert r.returncode == 3 and digest((run / "labels").rglob("*")) == selected
+    return batch1, selected
 
-    # Export, label half in a "spreadsheet", import: a partial file is fine and reported.
+
+def _partial_then_bad_import(run: Path, tmp_path: Path, truth, batch1) -> Path:
+    """Export, label half in a "spreadsheet", import: a partial file is fine and reported. Then a
+    file with mistakes: one line per problem, nothing imported. The exported CSV."""
     r = galot("label", "export", str(run), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     exported = run / "labels" / "cycle_001.csv"
@@ -100,7 +101,6 @@ def test_two_human_cycles_with_file_import(tmp_path, digit_folder, tiny_sd_folde
     assert r.returncode == 0, r.stderr
     assert "3 / 6 labelled" in r.stdout and "3 images still have no label" in r.stdout
 
-    # A file with mistakes: one line per problem, nothing imported.
     ids = [it.image for it in batch1.items]
     bad = tmp_path / "bad.csv"
     bad.write_text(f"image,label\n{ids[3]},eleven\nnot_there.png,one\n{ids[4]},{truth[ids[4]]}\n"
@@ -113,9 +113,14 @@ def test_two_human_cycles_with_file_import(tmp_path, digit_folder, tiny_sd_folde
     assert "unknown class 'eleven'" in lines[0] and "unknown image 'not_there.png'" in lines[1]
     assert "duplicate row" in lines[2] and "nothing imported" in lines[3]
     assert labels.read_answers(run, 1) == before
+    return exported
 
-    # The whole file, one image answered "skip": cycle 1 goes on without selecting again.
-    skipped = ids[5]
+
+def _cycle_1_completes_with_a_skip(run: Path, params: Path, tmp_path: Path, names, truth, batch1, selected,
+                                   exported: Path):
+    """The whole file, one image answered "skip": cycle 1 goes on without selecting again. Cycle 1's
+    weight digests and the pool's expected (index, label) pairs."""
+    skipped = batch1.items[5].image
     full = fill(exported, truth, skip={skipped})
     r = galot("label", "import", str(run), str(full), cwd=tmp_path)
     assert r.returncode == 0 and "6 / 6 labelled" in r.stdout and "run `galot run` to continue" in r.stdout
@@ -128,6 +133,17 @@ def test_two_human_cycles_with_file_import(tmp_path, digit_folder, tiny_sd_folde
     expected = [(it.index, names.index(truth[it.image])) for it in batch1.items if it.image != skipped]
     assert list(zip(pool["labelled"], pool["labels"])) == expected and pool["cycles"] == [1] * 5
     assert pool["removed"] == [next(it.index for it in batch1.items if it.image == skipped)]
+    return cycle1, expected
+
+
+def test_two_human_cycles_with_file_import(tmp_path, digit_folder, tiny_sd_folder):
+    folder, names, truth = digit_folder
+    params = human_params(tmp_path, folder, names, tiny_sd_folder)
+    run = tmp_path / "runs" / "mine"
+    batch1, selected = _cycle_1_stops_for_labels(run, params, tmp_path, names, truth)
+    exported = _partial_then_bad_import(run, tmp_path, truth, batch1)
+    cycle1, expected = _cycle_1_completes_with_a_skip(run, params, tmp_path, names, truth, batch1, selected,
+                                                      exported)
 
     # Cycle 2: its batch avoids cycle 1's images, including the skipped one.
     batch2 = labels.read_batch(run, 2)

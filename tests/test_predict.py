@@ -10,19 +10,15 @@ from PIL import Image
 
 from galot.flows.cli import main
 from galot_core.checkpoint import load_classifier
-from galot_core.experiment import Experiment
 from galot_core.train import predict
-from tests.test_experiment_al import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_digits):
-    tmp = tmp_path_factory.mktemp("predict")
-    cfg = tiny_cfg(tmp, experiment={"cycles": 1})
-    exp = Experiment(cfg, dataset=tiny_digits)
-    exp.run()
+def trained_run(finished_gal_run):
+    """The session's finished run (tests/conftest.py); `galot predict` only reads it."""
+    cfg, exp = finished_gal_run
     return cfg.run_dir, exp
 
 

@@ -83,9 +83,8 @@ def test_verify_cli_exit_codes(finished, tmp_path):
 
 
 def test_out_of_memory_halves_the_batch_and_images_are_unchanged(tmp_path, tiny_digits, tiny_sd_folder,
-                                                                   monkeypatch, caplog):
-    ref = Experiment(gal_cfg(tmp_path / "ref", tiny_sd_folder), dataset=tiny_digits)
-    ref.run()
+                                                                   finished_gal_run, monkeypatch, caplog):
+    ref = finished_gal_run[1]  # gal_cfg as below, run without the simulated limit (read only here)
     monkeypatch.setenv("GALOT_SIMULATE_OOM_ABOVE", "3")  # an "accelerator" that fits 3 images at a time
     exp = Experiment(gal_cfg(tmp_path / "oom", tiny_sd_folder), dataset=tiny_digits)
     with caplog.at_level("WARNING", logger="galot"):
