@@ -79,7 +79,7 @@ def test_lora_and_embedding_fits_lower_the_loss_on_a_fixed_batch(family):
     # the LoRA fit: fresh adapter leaves the model unchanged, then the loss falls
     ft.attach_lora(t2i, 4, MODULES, seed=0)
     assert fixed_loss(t2i, x0, cond[y]) == pytest.approx(start, rel=1e-5)
-    params = [p for n, p in t2i.unet.named_parameters() if "lora_" in n]
+    params = [p for n, p in t2i.denoiser.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=1e-2)

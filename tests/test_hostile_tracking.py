@@ -78,7 +78,7 @@ def test_server_that_accepts_but_never_answers_times_out(tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{listener.getsockname()[1]}")
         monkeypatch.setenv(TIMEOUT_ENV, "0.5")
         start = time.monotonic()
-        message = _refused(_cfg(tmp_path), "does not answer", "0.5 s", TIMEOUT_ENV)
+        _refused(_cfg(tmp_path), "does not answer", "0.5 s", TIMEOUT_ENV)
         assert time.monotonic() - start < 3
 
 

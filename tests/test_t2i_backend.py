@@ -90,13 +90,13 @@ def test_generate_matches_pipeline(pipe, embeds, scheduler, guidance_scale, eta)
     assert (images - expected).abs().max() <= 1e-5
 
 
-def test_unet_call_counter(pipe, embeds):
+def test_denoiser_call_counter(pipe, embeds):
     backend = backend_with(pipe)
     backend.generate(embeds, num_inference_steps=3, guidance_scale=3.0)
-    assert backend.num_unet_calls == 3  # a CFG batch of [uncond, cond] counts once
+    assert backend.num_denoiser_calls == 3  # a CFG batch of [uncond, cond] counts once
     backend.acquisition_grad(embeds[:1], weighted_sum, k=2, num_inference_steps=3, guidance_scale=3.0,
                              estimator="full", batch_size=1)
-    assert backend.num_unet_calls == 3 + 2 * 3  # one call per step per chunk
+    assert backend.num_denoiser_calls == 3 + 2 * 3  # one call per step per chunk
 
 
 # ---------------------------------------------------------------------- acquisition_grad
@@ -150,7 +150,7 @@ def test_last_step_gradient_is_nonzero_with_leading_spacing(pipe, embeds, schedu
 def test_full_gradient_matches_finite_differences(embeds):
     """Exact backprop through every step vs a central difference along a random direction, in fp64."""
     pipe64 = tiny_sd_pipeline()
-    backend = DiffusersT2I.from_pipeline(pipe64, unet_dtype=torch.float64)
+    backend = DiffusersT2I.from_pipeline(pipe64, denoiser_dtype=torch.float64)
     k, steps, guidance = 2, 2, 3.0
     s = embeds[:1].double()
     grad, _ = backend.acquisition_grad(s, weighted_sum, k=k, generator=seeded(), num_inference_steps=steps,
@@ -230,15 +230,15 @@ def test_tweedie_x0_agrees_with_the_scheduler(pipe, scheduler, prediction_type):
         latents = step.prev_sample
 
 
-def test_fp16_unet_returns_fp32_gradient(pipe, embeds):
+def test_fp16_denoiser_returns_fp32_gradient(pipe, embeds):
     half = tiny_sd_pipeline()
     try:
-        backend = DiffusersT2I.from_pipeline(half, unet_dtype=torch.float16)
+        backend = DiffusersT2I.from_pipeline(half, denoiser_dtype=torch.float16)
         grad, values = backend.acquisition_grad(embeds[:1], weighted_sum, k=2, generator=seeded(),
                                                 num_inference_steps=3, guidance_scale=3.0, estimator="tweedie")
     except RuntimeError as error:  # some CPU builds lack fp16 kernels
         pytest.skip(f"fp16 UNet unsupported on this CPU: {error}")
-    assert backend.text_encoder.dtype == torch.float32 and backend.unet.dtype == torch.float16
+    assert backend.text_encoder.dtype == torch.float32 and backend.denoiser.dtype == torch.float16
     assert grad.dtype == torch.float32 and values.dtype == torch.float32 and torch.isfinite(grad).all()
     reference, _ = backend_with(pipe).acquisition_grad(embeds[:1], weighted_sum, k=2, generator=seeded(),
                                                        num_inference_steps=3, guidance_scale=3.0,
@@ -274,7 +274,7 @@ def saved_model(pipe, tmp_path_factory):
 
 def test_from_pretrained_local_folder(pipe, embeds, saved_model):
     loaded = DiffusersT2I.from_pretrained(saved_model, device="cpu", timestep_spacing="trailing")
-    assert loaded.unet.dtype == torch.float32 and loaded.model_id == str(saved_model)
+    assert loaded.denoiser.dtype == torch.float32 and loaded.model_id == str(saved_model)
     assert loaded.scheduler.config.timestep_spacing == "trailing"
     torch.testing.assert_close(loaded.encode(PROMPTS), embeds)
     expected = backend_with(pipe, "ddim", timestep_spacing="trailing").generate(

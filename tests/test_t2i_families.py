@@ -156,7 +156,7 @@ def test_flux_generate_matches_pipeline(guidance_embeds, dynamic_shift):
     images = backend.generate(c.pack(), num_inference_steps=3, guidance_scale=3.5, generator=seeded())
     expected = pipe(PROMPTS, num_inference_steps=3, guidance_scale=3.5, height=16, width=16, max_sequence_length=16,
                     generator=seeded(), output_type="pt").images
-    assert images.shape == (2, 3, 16, 16) and backend.num_unet_calls == 3  # no guidance batch
+    assert images.shape == (2, 3, 16, 16) and backend.num_denoiser_calls == 3  # no guidance batch
     assert (images - expected).abs().max() <= 1e-5
 
 
@@ -289,14 +289,14 @@ def test_gradient_checkpointing_recomputes_and_keeps_the_gradient(family):
     for checkpointing in (False, True):
         backend = backend_class.from_pipeline(pipe, gradient_checkpointing=checkpointing, **extra)
         # a layer INSIDE a checkpointed block (the checkpointed module's own hooks do not fire on recompute)
-        block = (backend.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1 if family == "sdxl"
-                 else backend.unet.transformer_blocks[0].attn)
+        block = (backend.denoiser.down_blocks[1].attentions[0].transformer_blocks[0].attn1 if family == "sdxl"
+                 else backend.denoiser.transformer_blocks[0].attn)
         calls = []
         handle = block.register_forward_hook(lambda *args: calls.append(1))
         grad, _ = backend.acquisition_grad(backend.encode(PROMPTS[:1]), weighted_sum, k=1, generator=seeded(),
                                            num_inference_steps=2, guidance_scale=3.0, estimator="full")
         handle.remove()
-        backend.unet.disable_gradient_checkpointing()
+        backend.denoiser.disable_gradient_checkpointing()
         results.append((grad, len(calls)))
     (plain, plain_calls), (checkpointed, checkpointed_calls) = results
     assert checkpointed_calls > plain_calls
@@ -308,7 +308,7 @@ def test_bf16_text_encoders_are_an_option(tmp_path):
     backend = DiffusersT2I.from_pretrained(tmp_path, device="cpu", text_encoder_dtype="bf16", resolution=16)
     assert isinstance(backend, FluxT2I)
     assert backend.text_encoder.dtype == backend.text_encoder_2.dtype == torch.bfloat16
-    assert backend.unet.dtype == torch.float32 and backend.encode(PROMPTS).dtype == torch.float32
+    assert backend.denoiser.dtype == torch.float32 and backend.encode(PROMPTS).dtype == torch.float32
     reference = DiffusersT2I.from_pretrained(tmp_path, device="cpu", resolution=16).encode(PROMPTS)
     cosine = torch.nn.functional.cosine_similarity(backend.encode(PROMPTS).flatten(), reference.flatten(), dim=0)
     assert 0.99 < cosine < 1.0  # close, not identical: bf16 rounds

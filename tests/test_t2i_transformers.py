@@ -62,7 +62,7 @@ def test_sd3_generate_matches_pipeline(t5, guidance_scale):
     images = backend.generate(c.pack(), num_inference_steps=3, guidance_scale=guidance_scale, generator=seeded())
     expected = pipe(PROMPTS, num_inference_steps=3, guidance_scale=guidance_scale, max_sequence_length=16,
                     generator=seeded(), output_type="pt").images
-    assert images.shape == (2, 3, 16, 16) and backend.num_unet_calls == 3
+    assert images.shape == (2, 3, 16, 16) and backend.num_denoiser_calls == 3
     assert (images - expected).abs().max() <= 1e-5
 
 
@@ -78,7 +78,7 @@ def test_flux2_klein_generate_matches_pipeline(distilled, guidance_scale):
     expected = pipe(prompt=PROMPTS, num_inference_steps=3, guidance_scale=guidance_scale, height=16, width=16,
                     max_sequence_length=32, text_encoder_out_layers=FLUX2_LAYERS, generator=seeded(),
                     output_type="pt").images
-    assert images.shape == (2, 3, 16, 16) and backend.num_unet_calls == 3  # guidance: one [uncond, cond] batch
+    assert images.shape == (2, 3, 16, 16) and backend.num_denoiser_calls == 3  # guidance: one [uncond, cond] batch
     assert (images - expected).abs().max() <= 1e-5
 
 
@@ -97,7 +97,7 @@ def test_z_image_generate_matches_pipeline(guidance_scale):
     images = backend.generate(embeds, num_inference_steps=3, guidance_scale=guidance_scale, generator=seeded())
     expected = pipe(list(PROMPTS), num_inference_steps=3, guidance_scale=guidance_scale, height=16, width=16,
                     max_sequence_length=64, generator=seeded(), output_type="pt").images
-    assert images.shape == (2, 3, 16, 16) and backend.num_unet_calls == 3
+    assert images.shape == (2, 3, 16, 16) and backend.num_denoiser_calls == 3
     assert (images - expected).abs().max() <= 1e-5
 
 
@@ -251,11 +251,11 @@ def test_gradient_checkpointing_keeps_the_gradient(family):
     for checkpointing in (False, True):
         backend = make_backend(pipe)
         if checkpointing:
-            backend.unet.enable_gradient_checkpointing()
-        assert backend.unet.is_gradient_checkpointing == checkpointing
+            backend.denoiser.enable_gradient_checkpointing()
+        assert backend.denoiser.is_gradient_checkpointing == checkpointing
         grad, _ = backend.acquisition_grad(backend.encode(PROMPTS[:1]), weighted_sum, k=1, generator=seeded(),
                                            num_inference_steps=2, guidance_scale=guidance, estimator="full")
-        backend.unet.disable_gradient_checkpointing()
+        backend.denoiser.disable_gradient_checkpointing()
         grads.append(grad)
     assert_grad_close(grads[1], grads[0])
 
@@ -280,7 +280,7 @@ def test_offloaded_text_encoders_wait_on_the_cpu_and_encode_on_the_gpu():
     pipe = tiny_sd3_pipeline()
     backend = SD3T2I.from_pipeline(pipe, device="cuda", max_sequence_length=16, offload_text_encoders=True)
     encoders = (backend.text_encoder, backend.text_encoder_2, backend.text_encoder_3)
-    assert backend.unet.device.type == "cuda" and all(e.device.type == "cpu" for e in encoders)
+    assert backend.denoiser.device.type == "cuda" and all(e.device.type == "cpu" for e in encoders)
     embeds = backend.encode(PROMPTS)
     assert embeds.device.type == "cuda" and all(e.device.type == "cpu" for e in encoders)
     resident = SD3T2I.from_pipeline(tiny_sd3_pipeline(), device="cuda", max_sequence_length=16)

@@ -104,7 +104,7 @@ def targets(results: dict[str, dict]) -> list[str]:
         met = [c["arm"] for c in at200 if c["judged"] >= 0.95 and min(c["judged_per_class"]) >= 0.85]
         best = max(at200, key=lambda c: c["judged"], default=None)
         if best is not None:
-            out.append(f"- **Fashion label fidelity at |L| = 200 (target: judged ≥ 95 %, no class below 85 %)**: "
+            out.append("- **Fashion label fidelity at |L| = 200 (target: judged ≥ 95 %, no class below 85 %)**: "
                        + (f"met by {', '.join(met)}." if met else
                           f"not met; the best arm, {best['arm']}, is judged {pct(best['judged'])} % with its worst "
                           f"class at {pct(min(best['judged_per_class']))} %."))
