@@ -150,7 +150,7 @@ def cell(t2i, cfg, d, judge, val, s_star, labelled, arm: str) -> dict:
             "with_real_test": with_real["test"]}
 
 
-def measure(world: str, arms: list[str]) -> None:
+def measure(world: str, arms: list[str], sizes: tuple[int, ...] = SIZES, out: Path | None = None) -> None:
     folder = WORLDS[world]
     os.chdir(folder)  # the world's params.yaml names its paths relative to its folder
     cfg = load_config("params.yaml", [])
@@ -160,7 +160,7 @@ def measure(world: str, arms: list[str]) -> None:
     s_star = t2i.encode([cfg.gal.template.format(label=n) for n in d.class_names]).float()
     sets = labelled_sets(folder)
     val = validation_split(d, set(sets[max(SIZES)][0]))
-    out = result_path(world)
+    out = out or result_path(world)
     result = json.loads(out.read_text()) if out.exists() else {}
     sha = model_sha(cfg.t2i.model)
     if result.get("model_sha256", sha) != sha:  # cells of two generators must never share a table
@@ -171,7 +171,7 @@ def measure(world: str, arms: list[str]) -> None:
                    "threads": torch.get_num_threads()})
     result.setdefault("real_only", {})
     result.setdefault("cells", {})
-    for n in SIZES:
+    for n in sizes:  # the validation split is the same whatever the sizes: it avoids |L| = 200's images
         if str(n) not in result["real_only"]:
             idx, labels = sets[n]
             x, y = d.pool.images[torch.tensor(idx)], torch.tensor(labels)
@@ -190,11 +190,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", choices=list(WORLDS), default="mnist5k")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument("--sizes", nargs="+", type=int, choices=SIZES, default=list(SIZES), help="the |L| to measure")
+    ap.add_argument("--out", type=Path, help="the result file (default benchmarks/results/adaptation_WORLD.json); "
+                    "another generator's cells go to another file")
     ap.add_argument("--report", action="store_true", help="only regenerate docs/results.md from the JSON files")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if not args.report:
-        measure(args.world, args.arms)
+        measure(args.world, args.arms, tuple(args.sizes), args.out and args.out.resolve())
     from benchmarks.studies.report import write as study_report  # docs/results.md, whose section "A generator that learns from the labels" this feeds
 
     study_report.main([])
