@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from galot_core.runfolder import RunFolder
 from tests.test_flows import write_params
 
 BIN = Path(sys.executable).parent
@@ -76,10 +78,25 @@ def test_deployment_run_advances_the_experiment(server, tmp_path, tiny_sd_folder
             return r.returncode == 0
 
         wait_for(deployed, 180, "the galot/cycle deployment", serve)
-        metrics = tmp_path / "runs/served/metrics.json"
+
+        def deployment_run() -> subprocess.CompletedProcess:
+            return subprocess.run([str(BIN / "prefect"), "deployment", "run", "galot/cycle", "--watch",
+                                   "--watch-timeout", "400"], env=env, capture_output=True, text=True, timeout=480)
+
+        # Another process advancing the run (a `galot run`) holds its lock: the deployment's flow run,
+        # in the serving process, is refused and writes nothing.
+        run_dir = tmp_path / "runs/served"
+        with RunFolder(run_dir).run_lock():
+            refused = deployment_run()
+        assert refused.returncode != 0 and "Failed" in refused.stdout, refused.stdout[-2000:]
+        flow_run = re.search(r"UUID: ([0-9a-f-]{36})", refused.stdout).group(1)
+        logs = subprocess.run([str(BIN / "prefect"), "flow-run", "logs", flow_run], env=env, capture_output=True,
+                              text=True, timeout=120).stdout
+        assert "is already running this experiment" in logs, logs[-2000:]
+        assert list(run_dir.iterdir()) == []
+        metrics = run_dir / "metrics.json"
         for cycle in (1, 2):
-            r = subprocess.run([str(BIN / "prefect"), "deployment", "run", "galot/cycle", "--watch",
-                                "--watch-timeout", "400"], env=env, capture_output=True, text=True, timeout=480)
+            r = deployment_run()
             assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
             assert "Completed" in r.stdout
             rows = json.loads(metrics.read_text())
