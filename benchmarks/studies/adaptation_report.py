@@ -29,6 +29,27 @@ def load() -> dict[str, dict]:
     return {w: json.loads(p.read_text()) for w, p in RESULTS.items() if p.exists()}
 
 
+def other_generators() -> list[str]:
+    """Cells measured on another galot-mini than the world's table (``--out adaptation_W_<sha>.json``):
+    their own subsection each, never mixed into the tables or the verdict above."""
+    lines = []
+    for path in sorted((ROOT / "benchmarks" / "results").glob("adaptation_*_*.json")):
+        r = json.loads(path.read_text())
+        if not r.get("cells"):
+            continue
+        names, at = r["class_names"], max(c["labelled"] for c in r["cells"].values())
+        best = max((c for c in r["cells"].values() if c["labelled"] == at), key=lambda c: c["judged"])
+        worst = min(best["judged_per_class"])
+        lines += [f"### {TITLES[r['world']]} on a re-pretrained galot-mini {r['model_sha256'][:12]} "
+                  f"({path.name}: the world's params.yaml and seed, weights that differ from the table's; "
+                  f"{r['t2i_steps']} steps, guidance {r['guidance']:g})", "", *world_table(r), "", *per_class_table(r, at),
+                  f"Label-fidelity target at |L| = {at} (judged ≥ 95 %, no class below 85 %): "
+                  + ("met" if best["judged"] >= 0.95 and worst >= 0.85 else "not met")
+                  + f" — the best arm, {best['arm']}, is judged {pct(best['judged'])} %, its worst class "
+                  f"{names[best['judged_per_class'].index(worst)]} {pct(worst)} %.", ""]
+    return lines
+
+
 def common_sizes(r: dict) -> list[int]:
     """The |L| at which every arm of the file was measured: arms are compared only there."""
     arms = {c["arm"] for c in r["cells"].values()}
@@ -195,6 +216,7 @@ def section(results: dict[str, dict] | None = None) -> list[str]:
         lines += [f"### {TITLES[world]} (galot-mini {r['model_sha256']}, {r['t2i_steps']} steps, guidance "
                   f"{r['guidance']:g}, {r['threads']} torch thread)", "", *world_table(r), "",
                   *per_class_table(r, max(c["labelled"] for c in r["cells"].values()))]
+    lines += other_generators()
     lines += ["### What it says", "", *targets(results), ""]
     lines += ["### Cost on real checkpoints (an estimate, not a measurement)", "",
               "In image-passes through the denoiser (a forward and backward pass ≈ 3 forward passes); with "
