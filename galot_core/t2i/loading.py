@@ -31,7 +31,7 @@ _LAYOUT = "model_index.json plus unet/, vae/, text_encoder/, tokenizer/, schedul
 # else is refused in one line.
 # The libraries a model_index.json entry may name for a component galot loads: checked before
 # anything is imported, so a folder cannot make galot import a module (and run its import-time code)
-# by naming it. Every supported family's components come from these two (tests/tiny_families.py).
+# by naming it. Every supported family's components come from these two (galot_core/t2i/tiny.py builds one of each).
 COMPONENT_LIBRARIES = ("diffusers", "transformers")
 
 PIPELINES: dict[str, str] = {
